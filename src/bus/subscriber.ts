@@ -1,0 +1,152 @@
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'eventemitter3';
+import type { Redis } from 'ioredis';
+import { describeError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+
+export interface SubscriptionConfirmed {
+  /** Confirmed again after the subscriber connection was lost. */
+  readonly again: boolean;
+  /** Time without a confirmed subscription: events published then were missed. */
+  readonly gapMs: number;
+}
+
+interface SubscriberEvents {
+  confirmed: (info: SubscriptionConfirmed) => void;
+  lost: () => void;
+}
+
+export interface EventSubscriberOptions {
+  readonly subscriber: Redis;
+  readonly command: Redis;
+  readonly patterns: readonly string[];
+  readonly probeChannel: string;
+  readonly log: Logger;
+  /** Called for every message on a subscribed pattern, straight from the socket. */
+  readonly onMessage: (channel: Buffer, payload: Buffer) => void;
+}
+
+const PROBE_WAIT_MS = 1_000;
+const RETRY_MS = 250;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
+
+/**
+ * Holds the pattern subscription. ioredis calls a connection `ready` before
+ * the server has confirmed any subscription, so after every (re)connect this
+ * subscribes again and publishes a probe to itself: only when the probe comes
+ * back is the subscription confirmed.
+ */
+export class EventSubscriber extends EventEmitter<SubscriberEvents> {
+  readonly #o: EventSubscriberOptions;
+  #confirmed = false;
+  #everConfirmed = false;
+  #lostAt = Date.now();
+  #stopped = false;
+  #confirming = false;
+  #probeWaiter: { token: string; resolve: () => void } | undefined;
+
+  constructor(options: EventSubscriberOptions) {
+    super();
+    this.#o = options;
+    const { subscriber, probeChannel } = options;
+    subscriber.on('pmessageBuffer', (_pattern: string, channel: Buffer, payload: Buffer) => options.onMessage(channel, payload));
+    subscriber.on('message', (channel: string, message: string) => {
+      if (channel === probeChannel && this.#probeWaiter?.token === message) this.#probeWaiter.resolve();
+    });
+    subscriber.on('ready', () => void this.#confirm());
+    subscriber.on('close', () => {
+      if (!this.#confirmed) return;
+      this.#confirmed = false;
+      this.#lostAt = Date.now();
+      if (!this.#stopped) {
+        this.#o.log.warn('event subscription lost: events published until it is confirmed again are missed');
+        this.emit('lost');
+      }
+    });
+  }
+
+  get confirmed(): boolean {
+    return this.#confirmed;
+  }
+
+  /** Starts confirming (if the connection is ready) and resolves once confirmed. */
+  start(signal?: AbortSignal): Promise<void> {
+    if (this.#o.subscriber.status === 'ready') void this.#confirm();
+    if (this.#confirmed) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        this.off('confirmed', onConfirmed);
+        reject(signal?.reason ?? new Error('aborted'));
+      };
+      const onConfirmed = (): void => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      this.once('confirmed', onConfirmed);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  async #confirm(): Promise<void> {
+    if (this.#confirming || this.#stopped) return;
+    this.#confirming = true;
+    const { subscriber, command, patterns, probeChannel, log } = this.#o;
+    try {
+      while (!this.#stopped && subscriber.status === 'ready') {
+        try {
+          await subscriber.psubscribe(...patterns);
+          await subscriber.subscribe(probeChannel);
+          if (await this.#probe(command)) {
+            const gapMs = Date.now() - this.#lostAt;
+            const again = this.#everConfirmed;
+            this.#confirmed = true;
+            this.#everConfirmed = true;
+            if (again) log.warn({ gapMs, patterns }, 'event subscription confirmed again; events published during the gap were missed');
+            else log.info({ patterns }, 'event subscription confirmed');
+            this.emit('confirmed', { again, gapMs });
+            return;
+          }
+        } catch (err) {
+          log.debug({ err: describeError(err) }, 'subscription confirmation attempt failed');
+        }
+        await sleep(RETRY_MS);
+      }
+    } finally {
+      this.#confirming = false;
+    }
+  }
+
+  async #probe(command: Redis): Promise<boolean> {
+    if (command.status !== 'ready') return false;
+    const token = randomBytes(8).toString('hex');
+    let timer: NodeJS.Timeout | undefined;
+    const arrived = new Promise<boolean>((resolve) => {
+      this.#probeWaiter = { token, resolve: () => resolve(true) };
+      timer = setTimeout(() => resolve(false), PROBE_WAIT_MS);
+    });
+    try {
+      await command.publish(this.#o.probeChannel, token);
+      return await arrived;
+    } finally {
+      clearTimeout(timer);
+      this.#probeWaiter = undefined;
+    }
+  }
+
+  /** Unsubscribes so Redis stops sending; messages already in flight still arrive. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#confirmed = false;
+    const { subscriber, patterns, probeChannel } = this.#o;
+    if (subscriber.status !== 'ready') return;
+    try {
+      await Promise.race([
+        Promise.all([subscriber.punsubscribe(...patterns), subscriber.unsubscribe(probeChannel)]),
+        sleep(1_000),
+      ]);
+    } catch {
+      // The connection is closing anyway.
+    }
+  }
+}

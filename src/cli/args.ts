@@ -1,0 +1,136 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { listSettings } from '../config/load.ts';
+import { AgentdError } from '../errors.ts';
+
+export const COMMANDS = ['run', 'members', 'publish', 'config', 'help'] as const;
+export type CommandName = (typeof COMMANDS)[number];
+
+export interface ParsedArgs {
+  readonly command: CommandName | undefined;
+  readonly positionals: readonly string[];
+  readonly help: boolean;
+  readonly version: boolean;
+  readonly json: boolean;
+  readonly yes: boolean;
+  readonly configFile: string | undefined;
+  /** Setting flags, re-serialised for convict: ['--redis-url', 'redis://…', …]. */
+  readonly settingArgs: readonly string[];
+  /** --den, which both sets agent.den and picks the den `members` lists. */
+  readonly den: string | undefined;
+}
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+function optionTable(): Options {
+  const options: Options = {
+    help: { type: 'boolean', short: 'h' },
+    version: { type: 'boolean', short: 'v' },
+    json: { type: 'boolean' },
+    yes: { type: 'boolean', short: 'y' },
+    config: { type: 'string', short: 'c' },
+  };
+  for (const s of listSettings()) options[s.arg] = { type: 'string' };
+  return options;
+}
+
+/** Parses the whole command line; unknown flags and a missing value are usage errors (exit 2). */
+export function parseCommandLine(argv: readonly string[]): ParsedArgs {
+  let parsed: ReturnType<typeof parseArgs<{ options: Options; allowPositionals: true; strict: true }>>;
+  try {
+    parsed = parseArgs({ args: [...argv], options: optionTable(), allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new AgentdError('AGENTD_ERR_USAGE', (err as Error).message.split('\n')[0] ?? 'bad arguments');
+  }
+  const [first, ...rest] = parsed.positionals;
+  let command: CommandName | undefined;
+  if (first !== undefined) {
+    if (!(COMMANDS as readonly string[]).includes(first)) {
+      throw new AgentdError('AGENTD_ERR_USAGE', `unknown command "${first}" (commands: ${COMMANDS.join(', ')})`);
+    }
+    command = first as CommandName;
+  }
+  const values = parsed.values as Record<string, string | boolean | undefined>;
+  const settingArgs: string[] = [];
+  for (const s of listSettings()) {
+    const v = values[s.arg];
+    if (typeof v === 'string') settingArgs.push(`--${s.arg}`, v);
+  }
+  return {
+    command,
+    positionals: rest,
+    help: values['help'] === true,
+    version: values['version'] === true,
+    json: values['json'] === true,
+    yes: values['yes'] === true,
+    configFile: typeof values['config'] === 'string' ? values['config'] : undefined,
+    settingArgs,
+    den: typeof values['den'] === 'string' ? values['den'] : undefined,
+  };
+}
+
+const SETTINGS_HINT = `Settings (each also from a config file and the environment; see \`agentd help settings\`):
+  -c, --config FILE         JSON config file (or AGENTD_CONFIG)
+  --redis-url URL           redis:// or rediss:// URL (AGENTD_REDIS_URL, REDIS_URL)
+  --agent-id ID             this agent's id (AGENTD_AGENT_ID)
+  --den DEN                 den id (AGENTD_DEN)
+  --plugins LIST            comma-separated plugin modules (AGENTD_PLUGINS)
+  --log-level LEVEL         fatal|error|warn|info|debug|trace|silent (AGENTD_LOG_LEVEL)`;
+
+export const HELP: Record<CommandName | 'main', string> = {
+  main: `agentd — coordination daemon for AI agents on Redis
+
+Usage: agentd <command> [options]
+
+Commands:
+  run                       run the daemon (heartbeat, presence, event dispatch to plugins)
+  members [--den D] [--json]
+                            list the agents online in a den, with host and heartbeat TTL left
+  publish EVENT [JSON]      publish {"event", "data", ...} on agent:events:EVENT
+  config                    print the effective configuration, secrets redacted
+  help [COMMAND|settings]   show help
+
+Options:
+  -h, --help                help for a command
+  -v, --version             print the version
+
+${SETTINGS_HINT}
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.`,
+  run: `Usage: agentd run [options]
+
+Runs the daemon until SIGTERM or SIGINT. On the first signal it stops taking
+events, drains queued handler calls (lifecycle.drainTimeoutMs), closes plugins,
+leaves its den and exits 0; a second signal, or the drain timeout, exits 1.
+
+${SETTINGS_HINT}`,
+  members: `Usage: agentd members [--den DEN] [--json] [options]
+
+Lists the agents in den:<DEN>:online_agents (default: the configured den) with
+their host, registry status, heartbeat TTL left and last beat.
+
+${SETTINGS_HINT}`,
+  publish: `Usage: agentd publish EVENT [JSON] [--json] [options]
+
+Publishes {"event": EVENT, "data": JSON, "id", "source", "ts", "den"} on the
+channel agent:events:EVENT. JSON defaults to null. Prints how many subscribers
+received it.
+
+${SETTINGS_HINT}`,
+  config: `Usage: agentd config [options]
+
+Prints the effective configuration (defaults < config file < environment <
+flags) as JSON, with passwords redacted. Exits 2 if it is invalid.
+
+${SETTINGS_HINT}`,
+  help: `Usage: agentd help [COMMAND|settings]`,
+};
+
+/** Every setting with its flag, environment variable and default. */
+export function settingsHelp(): string {
+  const lines = ['Settings (later wins: default < config file < environment < flag):', ''];
+  for (const s of listSettings()) {
+    const def = s.key === 'agent.id' ? '(host name)' : JSON.stringify(s.default);
+    lines.push(`  ${s.key}`, `      --${s.arg}, ${s.env}; default ${def}`, `      ${s.doc}`);
+  }
+  return lines.join('\n');
+}

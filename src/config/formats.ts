@@ -1,0 +1,101 @@
+import convict from 'convict';
+import { ID_PATTERN } from './schema.ts';
+
+/** Custom convict formats. Messages never echo a value that could hold a secret. */
+
+let registered = false;
+
+function positiveNumber(value: unknown): number {
+  return typeof value === 'string' && value.trim() !== '' ? Number(value) : (value as number);
+}
+
+function splitList(value: unknown): unknown {
+  if (typeof value !== 'string') return value;
+  return value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+}
+
+export function checkRedisUrl(value: unknown): void {
+  if (typeof value !== 'string' || value.length === 0) throw new Error('must be a redis:// or rediss:// URL');
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new Error('must be a redis:// or rediss:// URL (it does not parse as a URL)');
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
+    throw new Error(`must be a redis:// or rediss:// URL (got scheme "${url.protocol.slice(0, 20)}")`);
+  }
+  if (url.hostname === '') throw new Error('must name a host');
+  const db = url.pathname.replace(/^\//, '');
+  if (db !== '' && !/^\d{1,5}$/.test(db)) throw new Error(`must end in a database number, like /0 (got "/${db.slice(0, 20)}")`);
+}
+
+export function registerFormats(): void {
+  if (registered) return;
+  registered = true;
+  convict.addFormats({
+    'redis-url': { validate: checkRedisUrl },
+    'agent-id': {
+      validate(value: unknown) {
+        if (typeof value !== 'string' || !ID_PATTERN.test(value)) {
+          throw new Error(
+            `must be 1-128 characters of A-Z a-z 0-9 . _ - (got ${JSON.stringify(String(value).slice(0, 140))})`,
+          );
+        }
+      },
+    },
+    'positive-int': {
+      validate(value: unknown) {
+        if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
+          throw new Error(`must be a whole number of at least 1 (got ${JSON.stringify(value)})`);
+        }
+      },
+      coerce: positiveNumber,
+    },
+    'positive-number': {
+      validate(value: unknown) {
+        if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+          throw new Error(`must be a number above 0 (got ${JSON.stringify(value)})`);
+        }
+      },
+      coerce: positiveNumber,
+    },
+    'optional-path': {
+      validate(value: unknown) {
+        if (typeof value !== 'string') throw new Error('must be a file path or empty');
+      },
+    },
+    'pattern-list': {
+      validate(value: unknown) {
+        if (!Array.isArray(value) || value.length === 0) throw new Error('must list at least one channel pattern');
+        for (const p of value) {
+          if (typeof p !== 'string' || p.length === 0) throw new Error('each channel pattern must be a non-empty string');
+        }
+      },
+      coerce: splitList,
+    },
+    'plugin-list': {
+      validate(value: unknown) {
+        if (!Array.isArray(value)) throw new Error('must be a list of plugin modules');
+        value.forEach((entry: unknown, i: number) => {
+          if (typeof entry === 'string' && entry.length > 0) return;
+          if (entry !== null && typeof entry === 'object' && !Array.isArray(entry)) {
+            const { module, options, ...rest } = entry as Record<string, unknown>;
+            const extra = Object.keys(rest);
+            if (extra.length > 0) throw new Error(`entry ${i} has unknown key "${extra[0]}" (allowed: module, options)`);
+            if (typeof module !== 'string' || module.length === 0) throw new Error(`entry ${i} needs a "module" string`);
+            if (options !== undefined && (options === null || typeof options !== 'object' || Array.isArray(options))) {
+              throw new Error(`entry ${i} "options" must be an object`);
+            }
+            return;
+          }
+          throw new Error(`entry ${i} must be a module specifier or {"module": "...", "options": {...}}`);
+        });
+      },
+      coerce: splitList,
+    },
+  });
+}

@@ -1,0 +1,246 @@
+import { hostname } from 'node:os';
+
+/**
+ * The one description of every setting: its doc, format, default, environment
+ * variable and command-line flag. Loading (load.ts) and the docs table are both
+ * built from it; nothing else reads convict.
+ */
+
+export const ID_PATTERN = /^[A-Za-z0-9._-]{1,128}$/;
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export const OVERFLOW_POLICIES = ['drop-newest', 'drop-oldest'] as const;
+
+export const schema = {
+  redis: {
+    url: {
+      doc: 'Redis URL: redis://[user:password@]host:port/db, or rediss:// for TLS. REDIS_URL is read too when AGENTD_REDIS_URL is unset.',
+      format: 'redis-url',
+      default: 'redis://127.0.0.1:6379/0',
+      env: 'AGENTD_REDIS_URL',
+      arg: 'redis-url',
+      sensitive: true,
+    },
+    passwordFile: {
+      doc: 'File whose first line is the Redis password (overrides a password in the URL). Empty: none.',
+      format: 'optional-path',
+      default: '',
+      env: 'AGENTD_REDIS_PASSWORD_FILE',
+      arg: 'redis-password-file',
+    },
+    tls: {
+      caFile: {
+        doc: 'PEM file of the CA that signed the Redis server certificate (rediss:// only). Empty: the system trust store.',
+        format: 'optional-path',
+        default: '',
+        env: 'AGENTD_REDIS_TLS_CA_FILE',
+        arg: 'redis-tls-ca-file',
+      },
+      certFile: {
+        doc: 'PEM client certificate for mutual TLS. Empty: none.',
+        format: 'optional-path',
+        default: '',
+        env: 'AGENTD_REDIS_TLS_CERT_FILE',
+        arg: 'redis-tls-cert-file',
+      },
+      keyFile: {
+        doc: 'PEM private key of the client certificate. Empty: none.',
+        format: 'optional-path',
+        default: '',
+        env: 'AGENTD_REDIS_TLS_KEY_FILE',
+        arg: 'redis-tls-key-file',
+      },
+      serverName: {
+        doc: 'Name the server certificate must carry (SNI and verification). Empty: the URL host.',
+        format: String,
+        default: '',
+        env: 'AGENTD_REDIS_TLS_SERVERNAME',
+        arg: 'redis-tls-servername',
+      },
+      verify: {
+        doc: 'Verify the server certificate. Turning this off is logged as a warning at every start.',
+        format: Boolean,
+        default: true,
+        env: 'AGENTD_REDIS_TLS_VERIFY',
+        arg: 'redis-tls-verify',
+      },
+    },
+    connectTimeoutMs: {
+      doc: 'Time limit for one connection attempt, in ms.',
+      format: 'positive-int',
+      default: 10_000,
+      env: 'AGENTD_REDIS_CONNECT_TIMEOUT_MS',
+      arg: 'redis-connect-timeout-ms',
+    },
+    commandTimeoutMs: {
+      doc: 'Time limit for one Redis command on the shared command connection, in ms (0: none).',
+      format: 'nat',
+      default: 5_000,
+      env: 'AGENTD_REDIS_COMMAND_TIMEOUT_MS',
+      arg: 'redis-command-timeout-ms',
+    },
+    reconnectMaxDelayMs: {
+      doc: 'Upper bound of the jittered, exponential delay between reconnection attempts, in ms. Reconnection never gives up.',
+      format: 'positive-int',
+      default: 1_000,
+      env: 'AGENTD_REDIS_RECONNECT_MAX_DELAY_MS',
+      arg: 'redis-reconnect-max-delay-ms',
+    },
+  },
+  agent: {
+    id: {
+      doc: 'This agent\'s id: 1-128 characters of A-Z a-z 0-9 . _ -',
+      format: 'agent-id',
+      default: hostname(),
+      env: 'AGENTD_AGENT_ID',
+      arg: 'agent-id',
+    },
+    den: {
+      doc: 'The den (group) this agent belongs to: 1-128 characters of A-Z a-z 0-9 . _ -',
+      format: 'agent-id',
+      default: 'default',
+      env: 'AGENTD_DEN',
+      arg: 'den',
+    },
+  },
+  heartbeat: {
+    ttl: {
+      doc: 'Seconds the heartbeat key lives without a refresh; a peer treats the agent as dead after it expires.',
+      format: 'positive-int',
+      default: 60,
+      env: 'AGENTD_HEARTBEAT_TTL',
+      arg: 'heartbeat-ttl',
+    },
+    interval: {
+      doc: 'Seconds between heartbeats (fractions allowed); must be below ttl / 2.',
+      format: 'positive-number',
+      default: 20,
+      env: 'AGENTD_HEARTBEAT_INTERVAL',
+      arg: 'heartbeat-interval',
+    },
+  },
+  events: {
+    patterns: {
+      doc: 'Channel patterns to PSUBSCRIBE to (comma-separated in the environment).',
+      format: 'pattern-list',
+      default: ['agent:events:*'],
+      env: 'AGENTD_EVENT_PATTERNS',
+      arg: 'event-patterns',
+    },
+    maxBytes: {
+      doc: 'Largest message accepted on an event channel, in bytes; larger ones are dropped unread.',
+      format: 'positive-int',
+      default: 1_048_576,
+      env: 'AGENTD_EVENT_MAX_BYTES',
+      arg: 'event-max-bytes',
+    },
+  },
+  queue: {
+    concurrency: {
+      doc: 'Handler calls running at once.',
+      format: 'positive-int',
+      default: 16,
+      env: 'AGENTD_QUEUE_CONCURRENCY',
+      arg: 'queue-concurrency',
+    },
+    max: {
+      doc: 'Handler calls waiting for a slot before the overflow policy applies (an event handled by two plugins takes two).',
+      format: 'positive-int',
+      default: 10_000,
+      env: 'AGENTD_QUEUE_MAX',
+      arg: 'queue-max',
+    },
+    overflow: {
+      doc: 'What a full queue does with a new event: drop-newest (drop the new event) or drop-oldest (drop the longest-waiting calls).',
+      format: OVERFLOW_POLICIES as unknown as string[],
+      default: 'drop-newest',
+      env: 'AGENTD_QUEUE_OVERFLOW',
+      arg: 'queue-overflow',
+    },
+    handlerTimeoutMs: {
+      doc: 'Time limit of one handler call, in ms; at the limit its signal aborts and its slot is freed.',
+      format: 'positive-int',
+      default: 30_000,
+      env: 'AGENTD_HANDLER_TIMEOUT_MS',
+      arg: 'handler-timeout-ms',
+    },
+  },
+  plugins: {
+    doc: 'Plugin modules: paths (relative to the config file, or to the working directory when given by environment or flag) or package names; in a config file also {"module": "...", "options": {...}}. Comma-separated in the environment.',
+    format: 'plugin-list',
+    default: [] as unknown[],
+    env: 'AGENTD_PLUGINS',
+    arg: 'plugins',
+  },
+  lifecycle: {
+    setupTimeoutMs: {
+      doc: 'Time limit for each plugin\'s setup() and close(), in ms.',
+      format: 'positive-int',
+      default: 10_000,
+      env: 'AGENTD_SETUP_TIMEOUT_MS',
+      arg: 'setup-timeout-ms',
+    },
+    drainTimeoutMs: {
+      doc: 'On SIGTERM/SIGINT, how long queued and running handlers may take to finish, in ms (keep it below the supervisor\'s stop timeout: Docker gives 10 s).',
+      format: 'positive-int',
+      default: 8_000,
+      env: 'AGENTD_DRAIN_TIMEOUT_MS',
+      arg: 'drain-timeout-ms',
+    },
+  },
+  log: {
+    level: {
+      doc: 'Log level: fatal, error, warn, info, debug, trace or silent.',
+      format: LOG_LEVELS as unknown as string[],
+      default: 'info',
+      env: 'AGENTD_LOG_LEVEL',
+      arg: 'log-level',
+    },
+  },
+} as const;
+
+export type LogLevel = (typeof LOG_LEVELS)[number];
+export type OverflowPolicy = (typeof OVERFLOW_POLICIES)[number];
+
+export interface PluginSpec {
+  /** Absolute file URL for paths, the bare name for packages. */
+  readonly module: string;
+  readonly options: Readonly<Record<string, unknown>>;
+}
+
+/** The validated, frozen configuration. */
+export interface AgentdConfig {
+  readonly redis: {
+    readonly url: string;
+    readonly passwordFile: string;
+    readonly tls: {
+      readonly caFile: string;
+      readonly certFile: string;
+      readonly keyFile: string;
+      readonly serverName: string;
+      readonly verify: boolean;
+    };
+    readonly connectTimeoutMs: number;
+    readonly commandTimeoutMs: number;
+    readonly reconnectMaxDelayMs: number;
+  };
+  readonly agent: { readonly id: string; readonly den: string };
+  readonly heartbeat: { readonly ttl: number; readonly interval: number };
+  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number };
+  readonly queue: {
+    readonly concurrency: number;
+    readonly max: number;
+    readonly overflow: OverflowPolicy;
+    readonly handlerTimeoutMs: number;
+  };
+  readonly plugins: readonly PluginSpec[];
+  readonly lifecycle: { readonly setupTimeoutMs: number; readonly drainTimeoutMs: number };
+  readonly log: { readonly level: LogLevel };
+}
+
+/** Settings given as objects to embedding code; everything optional, filled from the schema defaults. */
+export type DeepPartial<T> = T extends readonly (infer U)[]
+  ? readonly U[]
+  : T extends object
+    ? { -readonly [K in keyof T]?: DeepPartial<T[K]> }
+    : T;

@@ -1,0 +1,320 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { EventEmitter } from 'eventemitter3';
+import { Dispatcher, type DrainResult, type DropReason, type HandlerFailedInfo } from './bus/dispatcher.ts';
+import { parseEnvelope, type BadInputReason } from './bus/envelope.ts';
+import { publishEvent } from './bus/publish.ts';
+import { EventSubscriber } from './bus/subscriber.ts';
+import type { AgentdConfig } from './config/schema.ts';
+import { AgentdError, describeError } from './errors.ts';
+import { createLogger, type Logger } from './log.ts';
+import { loadPlugins, validatePlugin, type LoadedPlugin } from './plugins/loader.ts';
+import { PluginHost } from './plugins/host.ts';
+import type { AgentInfo, Plugin, PluginOptions } from './plugins/types.ts';
+import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
+import { Connections, type ConnectionStateChange } from './redis/connection.ts';
+import { probeChannel } from './redis/keys.ts';
+import { VERSION } from './version.ts';
+
+export type DaemonState = 'idle' | 'starting' | 'ready' | 'degraded' | 'closing' | 'closed';
+
+export interface EventDroppedInfo {
+  /** Bad input reasons come from the envelope check; the others from the handler queue. */
+  readonly reason: BadInputReason | DropReason;
+  readonly channel: string;
+  /** The event type, when the message got far enough to have one. */
+  readonly event?: string;
+  readonly bytes?: number;
+}
+
+export interface CloseResult {
+  /** Every queued and running handler call finished within the drain timeout. */
+  readonly drained: boolean;
+  /** What was left when the drain timeout hit. */
+  readonly left?: Omit<DrainResult, 'drained'>;
+  /** Steps that failed while closing (each failure is logged; later steps still run). */
+  readonly errors: readonly string[];
+}
+
+export interface DaemonEvents {
+  /** Ready: plugins set up, subscription confirmed, presence written. `again` after a recovery. */
+  ready: (info: { readonly again: boolean }) => void;
+  /** No longer fully working (connection lost, subscription lost); `ready` follows on recovery. */
+  degraded: (info: { readonly reason: string }) => void;
+  eventDropped: (info: EventDroppedInfo) => void;
+  handlerFailed: (info: HandlerFailedInfo) => void;
+  connection: (change: ConnectionStateChange) => void;
+  membership: (change: MembershipChange) => void;
+  heartbeat: (result: BeatResult) => void;
+  closed: (result: CloseResult) => void;
+}
+
+export interface DaemonStats {
+  /** Messages read from subscribed patterns (valid or not). */
+  readonly received: number;
+  readonly invalid: Readonly<Record<BadInputReason, number>>;
+  readonly dispatched: number;
+  readonly unhandled: number;
+  readonly completed: number;
+  readonly failed: number;
+  readonly timedOut: number;
+  readonly dropped: Readonly<Record<DropReason, number>>;
+  readonly waiting: number;
+  readonly running: number;
+  readonly lastBeatAt: number;
+}
+
+export type InlinePlugin = Plugin<PluginOptions> | { readonly plugin: Plugin<PluginOptions>; readonly options?: PluginOptions };
+
+export interface DaemonOptions {
+  readonly config: AgentdConfig;
+  /** Logger to use; one is made from config.log when absent. */
+  readonly logger?: Logger;
+  /** Plugin objects from code, set up after the ones in config.plugins. */
+  readonly plugins?: readonly InlinePlugin[];
+}
+
+/**
+ * The agent daemon: one per agent VM. Embeddable — `start()` and `close()`
+ * do all the work and nothing here touches `process` (signals and exit codes
+ * belong to the CLI entry).
+ */
+export class AgentDaemon extends EventEmitter<DaemonEvents> {
+  readonly config: AgentdConfig;
+  readonly log: Logger;
+  readonly agent: AgentInfo;
+  readonly #connections: Connections;
+  readonly #dispatcher: Dispatcher;
+  readonly #presence: Presence;
+  readonly #subscriber: EventSubscriber;
+  readonly #inline: readonly InlinePlugin[];
+  readonly #startAbort = new AbortController();
+  readonly #invalid: Record<BadInputReason, number> = { too_large: 0, not_json: 0, not_object: 0, no_event: 0, forbidden_key: 0 };
+  readonly #probeChannel: string;
+  #plugins: PluginHost | undefined;
+  #state: DaemonState = 'idle';
+  #received = 0;
+  #closing: Promise<CloseResult> | undefined;
+
+  constructor(options: DaemonOptions) {
+    super();
+    const { config } = options;
+    this.config = config;
+    this.agent = Object.freeze({ id: config.agent.id, den: config.agent.den });
+    this.log = options.logger ?? createLogger({ level: config.log.level, base: { agent: this.agent.id, den: this.agent.den } });
+    this.#inline = options.plugins ?? [];
+    this.#probeChannel = probeChannel(this.agent.id, randomBytes(6).toString('hex'));
+
+    this.#connections = new Connections(config, this.log);
+    this.#connections.on('state', (change) => this.#onConnectionState(change));
+
+    this.#dispatcher = new Dispatcher({
+      concurrency: config.queue.concurrency,
+      maxWaiting: config.queue.max,
+      overflow: config.queue.overflow,
+      handlerTimeoutMs: config.queue.handlerTimeoutMs,
+      log: this.log.child({ component: 'dispatch' }),
+    });
+    this.#dispatcher.on('dropped', (d) => this.emit('eventDropped', { reason: d.reason, channel: d.channel, event: d.event }));
+    this.#dispatcher.on('handlerFailed', (info) => this.emit('handlerFailed', info));
+
+    this.#presence = new Presence({
+      redis: this.#connections.command,
+      agent: this.agent,
+      host: hostname(),
+      pid: process.pid,
+      version: VERSION,
+      ttlSeconds: config.heartbeat.ttl,
+      intervalMs: config.heartbeat.interval * 1000,
+      log: this.log.child({ component: 'presence' }),
+    });
+    this.#presence.on('membership', (m) => this.emit('membership', m));
+    this.#presence.on('beat', (b) => this.emit('heartbeat', b));
+
+    this.#subscriber = new EventSubscriber({
+      subscriber: this.#connections.subscriber,
+      command: this.#connections.command,
+      patterns: config.events.patterns,
+      probeChannel: this.#probeChannel,
+      log: this.log.child({ component: 'subscriber' }),
+      onMessage: (channel, payload) => this.#onMessage(channel, payload),
+    });
+    this.#subscriber.on('lost', () => this.#degrade('event subscription lost'));
+    this.#subscriber.on('confirmed', ({ again }) => {
+      if (again && this.#state === 'degraded') {
+        this.#presence.beatSoon();
+        this.#setState('ready');
+        this.emit('ready', { again: true });
+      }
+    });
+  }
+
+  get state(): DaemonState {
+    return this.#state;
+  }
+
+  /** Publishes an event from this agent; resolves with the number of receivers. */
+  publish(type: string, data: unknown): Promise<number> {
+    return publishEvent(this.#connections.command, type, data, this.agent);
+  }
+
+  stats(): DaemonStats {
+    const c = this.#dispatcher.counts;
+    return {
+      received: this.#received,
+      invalid: { ...this.#invalid },
+      dispatched: c.dispatched,
+      unhandled: c.unhandled,
+      completed: c.completed,
+      failed: c.failed,
+      timedOut: c.timedOut,
+      dropped: { ...c.dropped },
+      waiting: this.#dispatcher.waiting,
+      running: this.#dispatcher.running,
+      lastBeatAt: this.#presence.lastBeatAt,
+    };
+  }
+
+  #setState(state: DaemonState): void {
+    this.#state = state;
+  }
+
+  #degrade(reason: string): void {
+    if (this.#state !== 'ready') return;
+    this.#setState('degraded');
+    this.emit('degraded', { reason });
+  }
+
+  #onConnectionState(change: ConnectionStateChange): void {
+    this.emit('connection', change);
+    if (change.state === 'reconnecting') this.#degrade(`redis ${change.role} connection lost`);
+    // Re-assert presence as soon as commands work again: a restarted Redis has forgotten us.
+    if (change.role === 'command' && change.state === 'ready' && change.downMs !== undefined) this.#presence.beatSoon();
+  }
+
+  #onMessage(channelBuf: Buffer, payload: Buffer): void {
+    this.#received++;
+    const channel = channelBuf.toString();
+    if (channel === this.#probeChannel) return;
+    const parsed = parseEnvelope(channel, payload, this.config.events.maxBytes);
+    if (parsed.ok) {
+      this.#dispatcher.dispatch(parsed.event);
+      return;
+    }
+    this.#invalid[parsed.reason]++;
+    // Channel and reason only: the payload may be huge or hostile.
+    this.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, 200), reason: parsed.reason, bytes: payload.length }, 'dropped a bad message');
+    this.emit('eventDropped', { reason: parsed.reason, channel, bytes: payload.length });
+  }
+
+  async #loadAllPlugins(): Promise<LoadedPlugin[]> {
+    const fromConfig = await loadPlugins(this.config.plugins);
+    const inline = this.#inline.map((p, i): LoadedPlugin => {
+      const plugin = 'plugin' in p ? p.plugin : p;
+      const options = 'plugin' in p ? (p.options ?? {}) : {};
+      try {
+        validatePlugin(plugin);
+      } catch (err) {
+        throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin #${i} given in code: ${(err as Error).message}`);
+      }
+      return { plugin, options, source: '(code)' };
+    });
+    return [...fromConfig, ...inline];
+  }
+
+  /**
+   * Loads and sets up plugins, connects, confirms the subscription and
+   * writes presence. Waits for Redis as long as it takes; `close()` cancels.
+   * Rejects with an AgentdError for a plugin that cannot load or set up.
+   */
+  async start(): Promise<void> {
+    if (this.#state !== 'idle') throw new AgentdError('AGENTD_ERR_CLOSED', `start() called in state ${this.#state}`);
+    this.#setState('starting');
+    const signal = this.#startAbort.signal;
+    const t0 = performance.now();
+    this.log.info({ version: VERSION, patterns: this.config.events.patterns }, 'agentd starting');
+    const loaded = await this.#loadAllPlugins();
+    signal.throwIfAborted();
+    this.#plugins = new PluginHost(loaded, {
+      agent: this.agent,
+      log: this.log,
+      redis: this.#connections.command,
+      publish: (type, data) => this.publish(type, data),
+      timeoutMs: this.config.lifecycle.setupTimeoutMs,
+    });
+
+    this.#connections.connect();
+    await Connections.whenReady(this.#connections.command, signal);
+    await this.#plugins.setup();
+    signal.throwIfAborted();
+    this.#dispatcher.setBindings(this.#plugins.bindings());
+    await this.#subscriber.start(signal);
+
+    // The first beat can fail if Redis drops right now; keep trying until it lands or we are closed.
+    for (;;) {
+      signal.throwIfAborted();
+      try {
+        await this.#presence.join();
+        break;
+      } catch (err) {
+        this.log.warn({ err: describeError(err) }, 'could not write presence yet; retrying');
+        await Connections.whenReady(this.#connections.command, signal);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+    this.#setState(this.#subscriber.confirmed ? 'ready' : 'degraded');
+    this.log.info({ plugins: this.#plugins.names, startMs: Math.round(performance.now() - t0) }, 'agentd ready');
+    this.emit('ready', { again: false });
+  }
+
+  /** What is still queued or running, for a last log line when shutdown is cut short. */
+  pendingWork(): { waiting: number; running: number } {
+    return { waiting: this.#dispatcher.waiting, running: this.#dispatcher.running };
+  }
+
+  /**
+   * Graceful stop: stop taking events, drain up to the drain timeout, close
+   * plugins in reverse, leave presence, close connections. Idempotent.
+   */
+  close(options: { drainTimeoutMs?: number } = {}): Promise<CloseResult> {
+    this.#closing ??= this.#close(options.drainTimeoutMs ?? this.config.lifecycle.drainTimeoutMs);
+    return this.#closing;
+  }
+
+  async #close(drainTimeoutMs: number): Promise<CloseResult> {
+    const wasRunning = this.#state === 'ready' || this.#state === 'degraded';
+    this.#setState('closing');
+    this.#startAbort.abort(new AgentdError('AGENTD_ERR_CLOSED', 'daemon closed during start'));
+    const errors: string[] = [];
+    const step = async (name: string, work: () => Promise<unknown>): Promise<void> => {
+      try {
+        await work();
+      } catch (err) {
+        const message = `${name}: ${describeError(err)}`;
+        errors.push(message);
+        this.log.error({ step: name, err: describeError(err) }, 'shutdown step failed');
+      }
+    };
+    this.log.info({ waiting: this.#dispatcher.waiting, running: this.#dispatcher.running }, 'agentd stopping');
+
+    this.#dispatcher.stopAccepting();
+    await step('unsubscribe', () => this.#subscriber.stop());
+    let drain: DrainResult = { drained: true, waiting: 0, running: [] };
+    await step('drain', async () => {
+      drain = await this.#dispatcher.drain(drainTimeoutMs);
+    });
+    if (!drain.drained) {
+      this.log.error({ drainTimeoutMs, waiting: drain.waiting, running: drain.running }, 'drain timeout: discarded waiting handler calls and aborted running ones');
+    }
+    await step('plugins', async () => this.#plugins?.close());
+    this.#presence.stop();
+    if (wasRunning) await step('leave', () => this.#presence.leave());
+    await step('disconnect', () => this.#connections.close());
+    this.#setState('closed');
+    const result: CloseResult = drain.drained ? { drained: true, errors } : { drained: false, left: { waiting: drain.waiting, running: drain.running }, errors };
+    this.log.info({ drained: result.drained, stats: this.stats() }, 'agentd stopped');
+    this.log.flush();
+    this.emit('closed', result);
+    return result;
+  }
+}

@@ -1,0 +1,19 @@
+/**
+ * agentd's public API: for plugin authors (definePlugin and the types) and
+ * for programs that embed the daemon.
+ */
+export { AgentDaemon } from './daemon.ts';
+export type { CloseResult, DaemonEvents, DaemonOptions, DaemonState, DaemonStats, EventDroppedInfo, InlinePlugin } from './daemon.ts';
+export { definePlugin } from './plugins/types.ts';
+export type { AgentInfo, EventHandler, Plugin, PluginContext, PluginOptions } from './plugins/types.ts';
+export type { AgentEvent, BadInputReason } from './bus/envelope.ts';
+export type { DropReason, HandlerFailedInfo } from './bus/dispatcher.ts';
+export { makeEnvelope, publishEvent, type Envelope } from './bus/publish.ts';
+export { loadConfig, redactConfig, redactUrl, listSettings, type LoadConfigOptions, type LoadedConfig } from './config/load.ts';
+export type { AgentdConfig, DeepPartial, LogLevel, OverflowPolicy, PluginSpec } from './config/schema.ts';
+export { AgentdError, ErrorCodes, type ErrorCode } from './errors.ts';
+export { createLogger, type Logger } from './log.ts';
+export type { MembershipChange, RegistryRecord, AgentStatus, BeatResult } from './presence/presence.ts';
+export type { ConnectionRole, ConnectionState, ConnectionStateChange } from './redis/connection.ts';
+export { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from './redis/keys.ts';
+export { VERSION } from './version.ts';

@@ -1,0 +1,118 @@
+import type { Redis } from 'ioredis';
+import type { Binding } from '../bus/dispatcher.ts';
+import type { AgentEvent } from '../bus/envelope.ts';
+import { AgentdError, describeError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { LoadedPlugin } from './loader.ts';
+import type { AgentInfo, PluginContext, PluginOptions } from './types.ts';
+
+export interface PluginHostDeps {
+  readonly agent: AgentInfo;
+  readonly log: Logger;
+  readonly redis: Redis;
+  readonly publish: (type: string, data: unknown) => Promise<number>;
+  readonly timeoutMs: number;
+}
+
+interface Entry {
+  readonly loaded: LoadedPlugin;
+  readonly context: PluginContext<PluginOptions>;
+}
+
+function withTimeout<T>(work: () => Promise<T> | T, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    Promise.resolve().then(work),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Gives each plugin its own context, runs setup in order and close in
+ * reverse, and turns handlers into dispatcher bindings.
+ */
+export class PluginHost {
+  readonly #entries: Entry[];
+  readonly #deps: PluginHostDeps;
+  readonly #lifetime = new AbortController();
+  #setUp: Entry[] = [];
+
+  constructor(plugins: readonly LoadedPlugin[], deps: PluginHostDeps) {
+    this.#deps = deps;
+    const seen = new Map<string, string>();
+    for (const p of plugins) {
+      const other = seen.get(p.plugin.name);
+      if (other !== undefined) {
+        throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin ${p.source}: name "${p.plugin.name}" is already used by ${other}`);
+      }
+      seen.set(p.plugin.name, p.source);
+    }
+    this.#entries = plugins.map((loaded) => ({
+      loaded,
+      context: Object.freeze({
+        agent: deps.agent,
+        log: deps.log.child({ plugin: loaded.plugin.name }),
+        redis: deps.redis,
+        publish: deps.publish,
+        signal: this.#lifetime.signal,
+        options: loaded.options,
+      }),
+    }));
+  }
+
+  get names(): string[] {
+    return this.#entries.map((e) => e.loaded.plugin.name);
+  }
+
+  /** One binding per (plugin, event type); each call gets the plugin's context with the call's own signal. */
+  bindings(): Binding[] {
+    const out: Binding[] = [];
+    for (const { loaded, context } of this.#entries) {
+      const handlers = loaded.plugin.handlers;
+      for (const [on, fn] of Object.entries(handlers)) {
+        out.push({
+          plugin: loaded.plugin.name,
+          on,
+          call: (event: AgentEvent, signal: AbortSignal) => fn.call(handlers, event, { ...context, signal }),
+        });
+      }
+    }
+    return out;
+  }
+
+  /** Runs every setup in order. On failure, closes those already set up and throws AGENTD_ERR_PLUGIN_SETUP. */
+  async setup(): Promise<void> {
+    for (const entry of this.#entries) {
+      const { plugin, source } = entry.loaded;
+      if (plugin.setup) {
+        try {
+          await withTimeout(() => plugin.setup?.(entry.context), this.#deps.timeoutMs, 'setup');
+        } catch (err) {
+          await this.close();
+          throw new AgentdError('AGENTD_ERR_PLUGIN_SETUP', `plugin ${plugin.name} (${source}): setup failed: ${describeError(err)}`, {
+            cause: err,
+          });
+        }
+      }
+      this.#setUp.push(entry);
+    }
+  }
+
+  /** Closes the plugins that were set up, newest first; one failing close does not stop the others. */
+  async close(): Promise<void> {
+    this.#lifetime.abort(new Error('daemon shutting down'));
+    const entries = this.#setUp.reverse();
+    this.#setUp = [];
+    for (const entry of entries) {
+      const { plugin } = entry.loaded;
+      if (!plugin.close) continue;
+      try {
+        await withTimeout(() => plugin.close?.(entry.context), this.#deps.timeoutMs, 'close');
+      } catch (err) {
+        this.#deps.log.error({ code: 'AGENTD_ERR_PLUGIN_CLOSE', plugin: plugin.name, err: describeError(err) }, 'plugin close failed');
+      }
+    }
+  }
+}

@@ -1,0 +1,62 @@
+import { fileURLToPath } from 'node:url';
+import type { PluginSpec } from '../config/schema.ts';
+import { AgentdError, describeError } from '../errors.ts';
+import type { Plugin, PluginOptions } from './types.ts';
+
+export interface LoadedPlugin {
+  readonly plugin: Plugin<PluginOptions>;
+  readonly options: PluginOptions;
+  /** Where it came from: a file path, a package name, or "(code)". */
+  readonly source: string;
+}
+
+const KNOWN_KEYS = new Set(['name', 'setup', 'handlers', 'close']);
+
+/** Displays a specifier as the operator wrote it: a path for files, the name for packages. */
+export function displaySpecifier(module: string): string {
+  return module.startsWith('file:') ? fileURLToPath(module) : module;
+}
+
+/** Checks a plugin object's shape; throws a message that says what is wrong, without the source. */
+export function validatePlugin(value: unknown): asserts value is Plugin<PluginOptions> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new Error(`the default export must be a plugin object (got ${value === null ? 'null' : typeof value})`);
+  }
+  const p = value as Record<string, unknown>;
+  if (typeof p['name'] !== 'string' || p['name'].trim() === '') throw new Error('the plugin needs a non-empty string "name"');
+  for (const key of Object.keys(p)) {
+    if (!KNOWN_KEYS.has(key)) throw new Error(`unknown plugin key "${key}" (allowed: name, setup, handlers, close)`);
+  }
+  for (const hook of ['setup', 'close'] as const) {
+    if (p[hook] !== undefined && typeof p[hook] !== 'function') throw new Error(`"${hook}" must be a function`);
+  }
+  const handlers = p['handlers'];
+  if (handlers === null || typeof handlers !== 'object' || Array.isArray(handlers)) {
+    throw new Error('"handlers" must be an object of event type → function');
+  }
+  for (const [type, fn] of Object.entries(handlers)) {
+    if (typeof fn !== 'function') throw new Error(`handler "${type}" must be a function`);
+    if (type === '') throw new Error('a handler needs a non-empty event type (or "*")');
+  }
+}
+
+/** Imports each plugin module in order and checks its shape. */
+export async function loadPlugins(specs: readonly PluginSpec[]): Promise<LoadedPlugin[]> {
+  const out: LoadedPlugin[] = [];
+  for (const spec of specs) {
+    const source = displaySpecifier(spec.module);
+    let mod: { default?: unknown };
+    try {
+      mod = (await import(spec.module)) as { default?: unknown };
+    } catch (err) {
+      throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin ${source}: cannot load: ${describeError(err)}`, { cause: err });
+    }
+    try {
+      validatePlugin(mod.default);
+    } catch (err) {
+      throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin ${source}: ${(err as Error).message}`);
+    }
+    out.push({ plugin: mod.default, options: spec.options, source });
+  }
+  return out;
+}

@@ -1,0 +1,54 @@
+import type { Redis } from 'ioredis';
+import type { AgentEvent } from '../bus/envelope.ts';
+import type { Logger } from '../log.ts';
+
+export type PluginOptions = Readonly<Record<string, unknown>>;
+
+export interface AgentInfo {
+  readonly id: string;
+  readonly den: string;
+}
+
+/** What a plugin's setup, handlers and close receive. */
+export interface PluginContext<Options extends object = PluginOptions> {
+  readonly agent: AgentInfo;
+  /** A pino child logger carrying the plugin's name. */
+  readonly log: Logger;
+  /**
+   * The daemon's shared command connection. Do not call blocking commands
+   * (BLPOP, XREAD BLOCK…) or quit() on it: use `redis.duplicate()` for those
+   * and close the duplicate in `close`.
+   */
+  readonly redis: Redis;
+  /** Publishes `{event, data, id, source, ts, den}` on `agent:events:<type>`; resolves with the number of receivers. */
+  publish(type: string, data: unknown): Promise<number>;
+  /**
+   * In a handler: aborts when the handler's time limit passes or the daemon
+   * shuts down. In setup and close: aborts when the daemon shuts down.
+   */
+  readonly signal: AbortSignal;
+  /** This plugin's options from the configuration. */
+  readonly options: Options;
+}
+
+export type EventHandler<Options extends object = PluginOptions> = (
+  event: AgentEvent,
+  ctx: PluginContext<Options>,
+) => Promise<void> | void;
+
+/** A plugin module's default export. */
+export interface Plugin<Options extends object = PluginOptions> {
+  /** Unique among the daemon's plugins; appears in every log line of the plugin. */
+  readonly name: string;
+  /** Runs before the daemon reports ready, with a time limit; a throw stops the start. */
+  setup?(ctx: PluginContext<Options>): Promise<void> | void;
+  /** Handlers by event type; '*' receives every event. */
+  readonly handlers: Readonly<Record<string, EventHandler<Options>>>;
+  /** Runs at shutdown, in reverse order of setup. */
+  close?(ctx: PluginContext<Options>): Promise<void> | void;
+}
+
+/** The typed identity: gives a plugin object its types, changes nothing. */
+export function definePlugin<Options extends object = PluginOptions>(plugin: Plugin<Options>): Plugin<Options> {
+  return plugin;
+}
