@@ -1,0 +1,292 @@
+import type { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { AgentEvent } from '../../src/bus/envelope.ts';
+import type { AgentDaemon, EventDroppedInfo } from '../../src/daemon.ts';
+import type { HandlerFailedInfo } from '../../src/bus/dispatcher.ts';
+import { definePlugin, type PluginContext } from '../../src/plugins/types.ts';
+import { gate, makeDaemon, until, type TestDaemon } from '../helpers/inproc.ts';
+import { startRedis, type TestRedis } from '../helpers/redis.ts';
+
+let redis: TestRedis;
+let pub: Redis;
+const running: AgentDaemon[] = [];
+
+beforeAll(async () => {
+  redis = await startRedis();
+  pub = redis.client();
+});
+afterAll(async () => {
+  await redis.stop();
+});
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((d) => d.close({ drainTimeoutMs: 100 })));
+});
+
+async function started(t: TestDaemon): Promise<TestDaemon> {
+  running.push(t.daemon);
+  await t.daemon.start();
+  return t;
+}
+
+const send = (type: string, data: unknown, extra: Record<string, unknown> = {}) =>
+  pub.publish(`agent:events:${type}`, JSON.stringify({ event: type, data, ...extra }));
+
+describe('dispatch', () => {
+  it('delivers a seed-format message from a plain client to the plugin handler', async () => {
+    const seen: Array<{ event: AgentEvent; ctx: PluginContext }> = [];
+    const t = await started(
+      makeDaemon(redis.url, {}, [
+        { plugin: definePlugin({ name: 'rec', handlers: { new_message: (event, ctx) => void seen.push({ event, ctx }) } }), options: { k: 'v' } },
+      ]),
+    );
+    await send('new_message', { user_id: 'usr-123', text: 'Hello!' });
+    await until(() => seen.length === 1, 'the handler to run');
+    const { event, ctx } = seen[0]!;
+    expect(event).toEqual({ event: 'new_message', data: { user_id: 'usr-123', text: 'Hello!' }, channel: 'agent:events:new_message' });
+    expect(ctx.agent).toEqual({ id: t.config.agent.id, den: t.config.agent.den });
+    expect(ctx.options).toEqual({ k: 'v' });
+    expect(ctx.signal.aborted).toBe(false);
+    expect(await ctx.redis.ping()).toBe('PONG');
+  });
+
+  it('calls the handlers for the type and the "*" handlers, and counts events nobody handles', async () => {
+    const calls: string[] = [];
+    const t = await started(
+      makeDaemon(redis.url, {}, [
+        definePlugin({ name: 'typed', handlers: { alpha: () => void calls.push('typed:alpha') } }),
+        definePlugin({ name: 'all', handlers: { '*': (e) => void calls.push(`all:${e.event}`) } }),
+      ]),
+    );
+    await until(() => calls.includes('all:agent_online'), 'own agent_online');
+    calls.length = 0;
+    await send('alpha', 1);
+    await send('beta', 2);
+    await until(() => calls.length === 3, 'three handler calls');
+    expect(calls.sort()).toEqual(['all:alpha', 'all:beta', 'typed:alpha']);
+
+    let online = 0;
+    let alphas = 0;
+    const t2 = await started(
+      makeDaemon(redis.url, {}, [definePlugin({ name: 'only-alpha', handlers: { alpha: () => void alphas++, agent_online: () => void online++ } })]),
+    );
+    await until(() => online === 1, 'own agent_online');
+    const before = t2.daemon.stats().unhandled;
+    await send('gamma', 3);
+    await send('alpha', 4);
+    await until(() => alphas === 1, 'the alpha sent after gamma');
+    expect(t2.daemon.stats().unhandled).toBe(before + 1);
+    expect(t.daemon.stats().failed).toBe(0);
+  });
+
+  it('drop-newest: holds the queue bound and counts every drop', async () => {
+    const hold = gate();
+    const ran: number[] = [];
+    const t = await started(
+      makeDaemon(redis.url, { queue: { concurrency: 1, max: 5 } }, [
+        definePlugin({
+          name: 'slow',
+          handlers: {
+            work: async (e) => {
+              ran.push(e.data as number);
+              await hold.promise;
+            },
+          },
+        }),
+      ]),
+    );
+    const dropped: EventDroppedInfo[] = [];
+    t.daemon.on('eventDropped', (d) => dropped.push(d));
+    let maxWaiting = 0;
+    for (let i = 0; i < 20; i++) await send('work', i);
+    // Every work event is either running, waiting or dropped.
+    await until(() => {
+      const s = t.daemon.stats();
+      maxWaiting = Math.max(maxWaiting, s.waiting);
+      return s.running + s.waiting + s.dropped.queue_full === 20;
+    }, 'all 20 messages to arrive');
+    const s = t.daemon.stats();
+    expect(s.waiting).toBe(5);
+    expect(s.running).toBe(1);
+    expect(maxWaiting).toBeLessThanOrEqual(5);
+    expect(s.dropped.queue_full).toBe(14);
+    expect(dropped).toHaveLength(14);
+    expect(dropped.every((d) => d.reason === 'queue_full' && d.event === 'work')).toBe(true);
+    hold.open();
+    await until(() => t.daemon.stats().completed >= 6, 'the kept events to run');
+    expect(ran).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(t.lines.filter((l) => l.msg === 'handler queue full: dropping events').length).toBeGreaterThanOrEqual(1);
+  });
+
+  it('drop-oldest: evicts the longest-waiting calls and keeps the newest', async () => {
+    const hold = gate();
+    const ran: number[] = [];
+    const t = await started(
+      makeDaemon(redis.url, { queue: { concurrency: 1, max: 5, overflow: 'drop-oldest' } }, [
+        definePlugin({
+          name: 'slow',
+          handlers: {
+            work: async (e) => {
+              ran.push(e.data as number);
+              await hold.promise;
+            },
+          },
+        }),
+      ]),
+    );
+    for (let i = 0; i < 20; i++) await send('work', i);
+    await until(() => {
+      const s = t.daemon.stats();
+      return s.running + s.waiting + s.dropped.evicted === 20;
+    }, 'all 20 messages to arrive');
+    expect(t.daemon.stats().waiting).toBe(5);
+    expect(t.daemon.stats().dropped.evicted).toBe(14);
+    hold.open();
+    await until(() => ran.length === 6, 'six calls');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(ran).toEqual([0, 15, 16, 17, 18, 19]);
+    expect(t.daemon.stats().completed).toBe(6);
+    expect(t.daemon.stats().failed).toBe(0);
+  });
+
+  it('times a handler out: aborts its signal, frees its slot, and logs plugin and event', async () => {
+    const reasons: unknown[] = [];
+    const order: string[] = [];
+    const t = await started(
+      makeDaemon(redis.url, { queue: { concurrency: 1, handlerTimeoutMs: 200 } }, [
+        definePlugin({
+          name: 'sleepy',
+          handlers: {
+            hang: (_e, ctx) =>
+              new Promise<void>((resolve) => {
+                order.push('hang:start');
+                ctx.signal.addEventListener('abort', () => {
+                  reasons.push(ctx.signal.reason);
+                  resolve();
+                });
+              }),
+            forever: () => new Promise<void>(() => order.push('forever:start')),
+            after: () => void order.push('after'),
+          },
+        }),
+      ]),
+    );
+    const failed: HandlerFailedInfo[] = [];
+    t.daemon.on('handlerFailed', (f) => failed.push(f));
+    await send('hang', null);
+    await send('forever', null);
+    await send('after', null);
+    await until(() => order.includes('after'), 'the third event to get a slot', 3_000);
+    expect(order).toEqual(['hang:start', 'forever:start', 'after']);
+    expect((reasons[0] as Error).name).toBe('TimeoutError');
+    expect(t.daemon.stats().timedOut).toBe(2);
+    expect(failed.map((f) => [f.plugin, f.event, f.reason])).toEqual([
+      ['sleepy', 'hang', 'timeout'],
+      ['sleepy', 'forever', 'timeout'],
+    ]);
+    const lines = t.lines.filter((l) => l['code'] === 'AGENTD_ERR_HANDLER_TIMEOUT');
+    expect(lines.map((l) => [l['plugin'], l['event']])).toEqual([
+      ['sleepy', 'hang'],
+      ['sleepy', 'forever'],
+    ]);
+  });
+
+  it('isolates thrown errors and rejections: other plugins and later events are unaffected', async () => {
+    const good: string[] = [];
+    const t = await started(
+      makeDaemon(redis.url, {}, [
+        definePlugin({
+          name: 'bad',
+          handlers: {
+            boom: () => {
+              throw new Error('sync boom');
+            },
+            reject: async () => {
+              throw new Error('async boom');
+            },
+          },
+        }),
+        definePlugin({ name: 'good', handlers: { boom: () => void good.push('boom'), reject: () => void good.push('reject'), later: () => void good.push('later') } }),
+      ]),
+    );
+    await send('boom', null);
+    await send('reject', null);
+    await send('later', null);
+    await until(() => good.length === 3 && t.daemon.stats().failed === 2, 'all calls to settle');
+    expect(good).toEqual(['boom', 'reject', 'later']);
+    const errors = t.lines.filter((l) => l['code'] === 'AGENTD_ERR_HANDLER_FAILED');
+    expect(errors.map((l) => [l['plugin'], l['event'], l['err']])).toEqual([
+      ['bad', 'boom', 'sync boom'],
+      ['bad', 'reject', 'async boom'],
+    ]);
+    expect(t.daemon.state).toBe('ready');
+  });
+
+  it('drops each kind of bad input before any handler, with one log line and a counter', async () => {
+    const seen: AgentEvent[] = [];
+    const t = await started(makeDaemon(redis.url, { events: { maxBytes: 1024 } }, [definePlugin({ name: 'all', handlers: { '*': (e) => void seen.push(e) } })]));
+    await until(() => seen.length === 1, 'own agent_online');
+    const dropped: EventDroppedInfo[] = [];
+    t.daemon.on('eventDropped', (d) => dropped.push(d));
+    const ch = 'agent:events:x';
+    const secret = 'PAYLOAD-MARKER';
+    await pub.publish(ch, `not json ${secret}`);
+    await pub.publish(ch, JSON.stringify([secret]));
+    await pub.publish(ch, JSON.stringify({ data: secret }));
+    await pub.publish(ch, JSON.stringify({ event: 'x', data: secret.repeat(200) }));
+    await pub.publish(ch, `{"event":"x","data":{"__proto__":{"polluted":"${secret}"}}}`);
+    await send('valid', 'ok');
+    await until(() => seen.length === 2, 'the valid event');
+    expect(seen[1]!.event).toBe('valid');
+    expect(dropped.map((d) => d.reason)).toEqual(['not_json', 'not_object', 'no_event', 'too_large', 'forbidden_key']);
+    expect(t.daemon.stats().invalid).toEqual({ not_json: 1, not_object: 1, no_event: 1, too_large: 1, forbidden_key: 1 });
+    const lines = t.lines.filter((l) => l['code'] === 'AGENTD_ERR_BAD_EVENT');
+    expect(lines).toHaveLength(5);
+    for (const l of lines) {
+      expect(l['channel']).toBe(ch);
+      expect(JSON.stringify(l)).not.toContain(secret);
+    }
+    expect(({} as Record<string, unknown>)['polluted']).toBeUndefined();
+  });
+
+  it('gives every handler the same frozen event: one cannot change what another sees', async () => {
+    const seenByB: unknown[] = [];
+    const errors: string[] = [];
+    await started(
+      makeDaemon(redis.url, { queue: { concurrency: 1 } }, [
+        definePlugin({
+          name: 'a',
+          handlers: {
+            e: (ev) => {
+              try {
+                (ev.data as { n: number }).n = 99;
+              } catch (err) {
+                errors.push((err as Error).name);
+              }
+            },
+          },
+        }),
+        definePlugin({ name: 'b', handlers: { e: (ev) => void seenByB.push(structuredClone(ev.data)) } }),
+      ]),
+    );
+    await send('e', { n: 1 });
+    await until(() => seenByB.length === 1, 'plugin b');
+    expect(errors).toEqual(['TypeError']);
+    expect(seenByB).toEqual([{ n: 1 }]);
+  });
+
+  it('ctx.publish sends an envelope with metadata that other agents receive', async () => {
+    const got: AgentEvent[] = [];
+    const a = await started(makeDaemon(redis.url, {}, [definePlugin({ name: 'listener', handlers: { pong: (e) => void got.push(e) } })]));
+    let publishFrom: PluginContext | undefined;
+    const b = await started(
+      makeDaemon(redis.url, {}, [definePlugin({ name: 'speaker', setup: (ctx) => void (publishFrom = ctx), handlers: {} })]),
+    );
+    const receivers = await publishFrom!.publish('pong', { n: 1 });
+    expect(receivers).toBeGreaterThanOrEqual(2);
+    await until(() => got.length === 1, 'the pong');
+    expect(got[0]).toMatchObject({ event: 'pong', data: { n: 1 }, source: b.config.agent.id, den: b.config.agent.den });
+    expect(got[0]!.id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(Math.abs(Date.now() - (got[0]!.ts ?? 0))).toBeLessThan(5_000);
+    expect(a.daemon.stats().failed).toBe(0);
+  });
+});

@@ -1,0 +1,208 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { loadConfig, redactConfig, listSettings } from '../../src/config/load.ts';
+import { AgentdError } from '../../src/errors.ts';
+
+function tempFile(name: string, content: unknown): string {
+  const dir = mkdtempSync(join(tmpdir(), 'agentd-config-'));
+  const file = join(dir, name);
+  writeFileSync(file, typeof content === 'string' ? content : JSON.stringify(content));
+  return file;
+}
+
+function configError(fn: () => unknown): AgentdError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(AgentdError);
+    const e = err as AgentdError;
+    expect(e.exitCode).toBe(2);
+    expect(e.message).not.toContain('\n');
+    return e;
+  }
+  throw new Error('expected a configuration error');
+}
+
+describe('loadConfig', () => {
+  it('has the contract defaults', () => {
+    const { config } = loadConfig({ env: {} });
+    expect(config.redis.url).toBe('redis://127.0.0.1:6379/0');
+    expect(config.agent.den).toBe('default');
+    expect(config.heartbeat).toEqual({ ttl: 60, interval: 20 });
+    expect(config.events.patterns).toEqual(['agent:events:*']);
+    expect(config.events.maxBytes).toBe(1024 * 1024);
+    expect(config.queue).toEqual({ concurrency: 16, max: 10_000, overflow: 'drop-newest', handlerTimeoutMs: 30_000 });
+    expect(config.lifecycle.drainTimeoutMs).toBeLessThan(10_000);
+    expect(config.log.level).toBe('info');
+    expect(config.plugins).toEqual([]);
+  });
+
+  it('reads the contract environment names, REDIS_URL as a fallback', () => {
+    const { config } = loadConfig({
+      env: {
+        REDIS_URL: 'redis://fallback:1/0',
+        AGENTD_AGENT_ID: 'agent-7',
+        AGENTD_DEN: 'den.blue',
+        AGENTD_HEARTBEAT_TTL: '30',
+        AGENTD_HEARTBEAT_INTERVAL: '2.5',
+        AGENTD_QUEUE_CONCURRENCY: '4',
+        AGENTD_QUEUE_MAX: '100',
+        AGENTD_HANDLER_TIMEOUT_MS: '1500',
+        AGENTD_LOG_LEVEL: 'debug',
+        AGENTD_EVENT_PATTERNS: 'agent:events:*, other:*',
+      },
+    });
+    expect(config.redis.url).toBe('redis://fallback:1/0');
+    expect(config.agent).toEqual({ id: 'agent-7', den: 'den.blue' });
+    expect(config.heartbeat).toEqual({ ttl: 30, interval: 2.5 });
+    expect(config.queue.concurrency).toBe(4);
+    expect(config.queue.max).toBe(100);
+    expect(config.queue.handlerTimeoutMs).toBe(1500);
+    expect(config.log.level).toBe('debug');
+    expect(config.events.patterns).toEqual(['agent:events:*', 'other:*']);
+    expect(loadConfig({ env: { REDIS_URL: 'redis://a:1/0', AGENTD_REDIS_URL: 'redis://b:2/0' } }).config.redis.url).toBe('redis://b:2/0');
+  });
+
+  it('layers defaults < file < environment < flags < code', () => {
+    const file = tempFile('c.json', { agent: { den: 'from-file', id: 'file-id' }, queue: { max: 7, concurrency: 3 }, log: { level: 'warn' } });
+    const { config } = loadConfig({
+      file,
+      env: { AGENTD_DEN: 'from-env', AGENTD_QUEUE_MAX: '8', AGENTD_AGENT_ID: 'env-id' },
+      args: ['--den', 'from-flag', '--agent-id', 'flag-id'],
+      overrides: { agent: { id: 'code-id' } },
+    });
+    expect(config.log.level).toBe('warn'); // file over default
+    expect(config.queue.concurrency).toBe(3); // file
+    expect(config.queue.max).toBe(8); // env over file
+    expect(config.agent.den).toBe('from-flag'); // flag over env
+    expect(config.agent.id).toBe('code-id'); // code over flag
+  });
+
+  it('takes the file from AGENTD_CONFIG', () => {
+    const file = tempFile('c.json', { agent: { den: 'via-env-file' } });
+    expect(loadConfig({ env: { AGENTD_CONFIG: file } }).config.agent.den).toBe('via-env-file');
+  });
+
+  it('returns a deeply frozen config', () => {
+    const { config } = loadConfig({ env: {} });
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.redis.tls)).toBe(true);
+    expect(Object.isFrozen(config.events.patterns)).toBe(true);
+  });
+
+  it('resolves plugin paths against the config file folder, and against cwd when from the environment', () => {
+    const file = tempFile('c.json', { plugins: ['./p/one.js', { module: 'some-package', options: { a: 1 } }] });
+    const dir = join(file, '..');
+    const fromFile = loadConfig({ file, env: {} }).config.plugins;
+    expect(fromFile).toEqual([
+      { module: pathToFileURL(join(dir, 'p/one.js')).href, options: {} },
+      { module: 'some-package', options: { a: 1 } },
+    ]);
+    const fromEnv = loadConfig({ file, env: { AGENTD_PLUGINS: './two.js, ../three.js' }, cwd: '/srv/app' }).config.plugins;
+    expect(fromEnv.map((p) => p.module)).toEqual([pathToFileURL('/srv/app/two.js').href, pathToFileURL('/srv/three.js').href]);
+  });
+
+  describe('refuses bad input with one line naming the key', () => {
+    it('unknown key in the file', () => {
+      const file = tempFile('c.json', { bogus: 1, queue: { maxx: 3 } });
+      const e = configError(() => loadConfig({ file, env: {} }));
+      expect(e.code).toBe('AGENTD_ERR_CONFIG');
+      expect(e.message).toContain('bogus');
+      expect(e.message).toContain('queue.maxx');
+    });
+
+    it.each([
+      ['http://host:1/0', 'redis.url'],
+      ['redis://', 'redis.url'],
+      ['not a url', 'redis.url'],
+      ['redis://h:1/zero', 'redis.url'],
+    ])('bad URL %s', (url, key) => {
+      const e = configError(() => loadConfig({ env: { AGENTD_REDIS_URL: url } }));
+      expect(e.message).toMatch(new RegExp(`^${key.replace('.', '\\.')} \\(from AGENTD_REDIS_URL\\)`));
+    });
+
+    it('never echoes a password from a bad URL', () => {
+      const e = configError(() => loadConfig({ env: { AGENTD_REDIS_URL: 'http://user:hunter2secret@host:1/0' } }));
+      expect(e.message).not.toContain('hunter2secret');
+    });
+
+    it.each(['a:b', 'a*', 'has space', '', 'x'.repeat(129), 'ünï'])('agent id %j', (id) => {
+      const e = configError(() => loadConfig({ env: {}, overrides: { agent: { id } } }));
+      expect(e.message).toContain('agent.id');
+    });
+
+    it('den with a bad character', () => {
+      expect(configError(() => loadConfig({ env: { AGENTD_DEN: 'den:1' } })).message).toContain('agent.den');
+    });
+
+    it.each([
+      ['10', '5'],
+      ['10', '6'],
+      ['60', '30'],
+    ])('heartbeat interval not below ttl/2 (ttl %s, interval %s)', (ttl, interval) => {
+      const e = configError(() => loadConfig({ env: { AGENTD_HEARTBEAT_TTL: ttl, AGENTD_HEARTBEAT_INTERVAL: interval } }));
+      expect(e.message).toMatch(/^heartbeat\.interval: must be below heartbeat\.ttl \/ 2/);
+    });
+
+    it.each([
+      ['AGENTD_HEARTBEAT_TTL', '1.5', 'heartbeat.ttl'],
+      ['AGENTD_HEARTBEAT_TTL', 'abc', 'heartbeat.ttl'],
+      ['AGENTD_QUEUE_CONCURRENCY', '0', 'queue.concurrency'],
+      ['AGENTD_QUEUE_MAX', '10x', 'queue.max'],
+      ['AGENTD_QUEUE_OVERFLOW', 'drop-all', 'queue.overflow'],
+      ['AGENTD_LOG_LEVEL', 'loud', 'log.level'],
+      ['AGENTD_HEARTBEAT_INTERVAL', '-1', 'heartbeat.interval'],
+    ])('%s=%s', (env, value, key) => {
+      expect(configError(() => loadConfig({ env: { [env]: value } })).message).toContain(`${key} (from ${env})`);
+    });
+
+    it('TLS settings with a plain redis:// URL', () => {
+      const ca = tempFile('ca.pem', 'x');
+      const e = configError(() => loadConfig({ env: { AGENTD_REDIS_TLS_CA_FILE: ca } }));
+      expect(e.message).toMatch(/^redis\.tls\.caFile: .*not a rediss:\/\/ URL/);
+    });
+
+    it('unreadable password or CA file', () => {
+      expect(configError(() => loadConfig({ env: { AGENTD_REDIS_PASSWORD_FILE: '/nonexistent/pw' } })).message).toContain('redis.passwordFile');
+      expect(
+        configError(() => loadConfig({ env: { AGENTD_REDIS_URL: 'rediss://h:1/0', AGENTD_REDIS_TLS_CA_FILE: '/nonexistent/ca.pem' } })).message,
+      ).toContain('redis.tls.caFile');
+    });
+
+    it('config file that is not JSON, or missing', () => {
+      const bad = tempFile('c.json', '{ nope');
+      const e = configError(() => loadConfig({ file: bad, env: {} }));
+      expect(e.code).toBe('AGENTD_ERR_CONFIG_FILE');
+      expect(e.message).toContain(bad);
+      expect(configError(() => loadConfig({ file: '/nonexistent/agentd.json', env: {} })).message).toContain('/nonexistent/agentd.json');
+    });
+
+    it('plugin entries of the wrong shape', () => {
+      const file = tempFile('c.json', { plugins: [{ module: './x.js', extra: true }] });
+      expect(configError(() => loadConfig({ file, env: {} })).message).toMatch(/^plugins: entry 0 has unknown key "extra"/);
+    });
+  });
+
+  it('redacts the URL password for printing', () => {
+    const { config } = loadConfig({ env: { AGENTD_REDIS_URL: 'rediss://user:p%40ss@redis.example:6380/2' } });
+    expect(config.redis.url).toBe('rediss://user:p%40ss@redis.example:6380/2');
+    const printed = JSON.stringify(redactConfig(config));
+    expect(printed).not.toContain('p%40ss');
+    expect(printed).toContain('rediss://user:***@redis.example:6380/2');
+  });
+
+  it('gives every setting a doc, an AGENTD_ environment name and a flag', () => {
+    const settings = listSettings();
+    expect(settings.length).toBeGreaterThan(15);
+    for (const s of settings) {
+      expect(s.doc.length, s.key).toBeGreaterThan(10);
+      expect(s.env, s.key).toMatch(/^AGENTD_[A-Z0-9_]+$/);
+      expect(s.arg, s.key).toMatch(/^[a-z][a-z0-9-]+$/);
+    }
+    expect(new Set(settings.map((s) => s.env)).size).toBe(settings.length);
+    expect(new Set(settings.map((s) => s.arg)).size).toBe(settings.length);
+  });
+});
