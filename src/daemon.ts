@@ -129,7 +129,11 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       log: this.log.child({ component: 'presence' }),
     });
     this.#presence.on('membership', (m) => this.emit('membership', m));
-    this.#presence.on('beat', (b) => this.emit('heartbeat', b));
+    this.#presence.on('beat', (b) => {
+      this.emit('heartbeat', b);
+      if (b.ok) this.#refreshState();
+      else this.#degrade('heartbeat failing');
+    });
 
     this.#subscriber = new EventSubscriber({
       subscriber: this.#connections.subscriber,
@@ -140,13 +144,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       onMessage: (channel, payload) => this.#onMessage(channel, payload),
     });
     this.#subscriber.on('lost', () => this.#degrade('event subscription lost'));
-    this.#subscriber.on('confirmed', ({ again }) => {
-      if (again && this.#state === 'degraded') {
-        this.#presence.beatSoon();
-        this.#setState('ready');
-        this.emit('ready', { again: true });
-      }
-    });
+    this.#subscriber.on('confirmed', () => this.#refreshState());
   }
 
   get state(): DaemonState {
@@ -179,9 +177,20 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#state = state;
   }
 
+  /** Back to ready once every part works again: both connections, a confirmed subscription, a fresh beat. */
+  #refreshState(): void {
+    if (this.#state !== 'degraded') return;
+    const beatFresh = Date.now() - this.#presence.lastBeatAt < this.config.heartbeat.interval * 2000;
+    if (!this.#connections.ready || !this.#subscriber.confirmed || !beatFresh) return;
+    this.#setState('ready');
+    this.log.info('agentd ready again');
+    this.emit('ready', { again: true });
+  }
+
   #degrade(reason: string): void {
     if (this.#state !== 'ready') return;
     this.#setState('degraded');
+    this.log.warn({ reason }, 'agentd degraded');
     this.emit('degraded', { reason });
   }
 
@@ -190,6 +199,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     if (change.state === 'reconnecting') this.#degrade(`redis ${change.role} connection lost`);
     // Re-assert presence as soon as commands work again: a restarted Redis has forgotten us.
     if (change.role === 'command' && change.state === 'ready' && change.downMs !== undefined) this.#presence.beatSoon();
+    if (change.state === 'ready') this.#refreshState();
   }
 
   #onMessage(channelBuf: Buffer, payload: Buffer): void {
@@ -210,8 +220,9 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   async #loadAllPlugins(): Promise<LoadedPlugin[]> {
     const fromConfig = await loadPlugins(this.config.plugins);
     const inline = this.#inline.map((p, i): LoadedPlugin => {
-      const plugin = 'plugin' in p ? p.plugin : p;
-      const options = 'plugin' in p ? (p.options ?? {}) : {};
+      const wrapped = typeof p === 'object' && p !== null && 'plugin' in p;
+      const plugin = wrapped ? p.plugin : p;
+      const options = wrapped ? (p.options ?? {}) : {};
       try {
         validatePlugin(plugin);
       } catch (err) {
