@@ -21,13 +21,17 @@ async function connectOnce(config: AgentdConfig): Promise<Redis> {
     connectionName: `agentd-cli:${config.agent.id}`,
     retryStrategy: () => null,
   });
-  client.on('error', () => undefined);
+  // connect() rejects with a generic "Connection is closed"; the 'error' event has the cause.
+  let cause: unknown;
+  client.on('error', (err: unknown) => {
+    cause ??= err;
+  });
   try {
     await client.connect();
     return client;
   } catch (err) {
     client.disconnect();
-    throw new AgentdError('AGENTD_ERR_REDIS', `cannot reach redis at ${redactUrl(config.redis.url)}: ${describeError(err)}`);
+    throw new AgentdError('AGENTD_ERR_REDIS', `cannot reach redis at ${redactUrl(config.redis.url)}: ${describeError(cause ?? err)}`);
   }
 }
 
