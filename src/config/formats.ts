@@ -63,6 +63,27 @@ export function registerFormats(): void {
       },
       coerce: positiveNumber,
     },
+    'non-negative-int': {
+      validate(value: unknown) {
+        if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+          throw new Error(`must be a whole number of at least 0 (got ${JSON.stringify(value)})`);
+        }
+      },
+      coerce: positiveNumber,
+    },
+    // convict's own Boolean reads every string but "false" as true, so "off" would turn a feature on.
+    switch: {
+      validate(value: unknown) {
+        if (typeof value !== 'boolean') throw new Error(`must be one of true, false, on, off, yes, no, 1, 0 (got ${JSON.stringify(value)})`);
+      },
+      coerce(value: unknown) {
+        if (typeof value !== 'string') return value;
+        const v = value.trim().toLowerCase();
+        if (['true', 'on', 'yes', '1'].includes(v)) return true;
+        if (['false', 'off', 'no', '0'].includes(v)) return false;
+        return value;
+      },
+    },
     'optional-path': {
       validate(value: unknown) {
         if (typeof value !== 'string') throw new Error('must be a file path or empty');

@@ -59,7 +59,7 @@ export const schema = {
       },
       verify: {
         doc: 'Verify the server certificate. Turning this off is logged as a warning at every start.',
-        format: Boolean,
+        format: 'switch',
         default: true,
         env: 'AGENTD_REDIS_TLS_VERIFY',
         arg: 'redis-tls-verify',
@@ -74,7 +74,7 @@ export const schema = {
     },
     commandTimeoutMs: {
       doc: 'Time limit for one Redis command on the shared command connection, in ms (0: none).',
-      format: 'nat',
+      format: 'non-negative-int',
       default: 5_000,
       env: 'AGENTD_REDIS_COMMAND_TIMEOUT_MS',
       arg: 'redis-command-timeout-ms',

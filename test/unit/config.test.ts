@@ -206,3 +206,26 @@ describe('loadConfig', () => {
     expect(new Set(settings.map((s) => s.arg)).size).toBe(settings.length);
   });
 });
+
+describe('switches and counts from the environment', () => {
+  it.each([
+    ['off', false],
+    ['false', false],
+    ['0', false],
+    ['no', false],
+    ['on', true],
+    ['TRUE', true],
+    ['1', true],
+  ])('AGENTD_REDIS_TLS_VERIFY=%s', (value, expected) => {
+    expect(loadConfig({ env: { AGENTD_REDIS_URL: 'rediss://h:1/0', AGENTD_REDIS_TLS_VERIFY: value } }).config.redis.tls.verify).toBe(expected);
+  });
+
+  it('refuses a switch value it does not understand instead of reading it as true', () => {
+    expect(() => loadConfig({ env: { AGENTD_REDIS_TLS_VERIFY: 'nope' } })).toThrow(/redis\.tls\.verify \(from AGENTD_REDIS_TLS_VERIFY\)/);
+  });
+
+  it('refuses trailing garbage in numbers', () => {
+    expect(() => loadConfig({ env: { AGENTD_REDIS_COMMAND_TIMEOUT_MS: '10x' } })).toThrow(/redis\.commandTimeoutMs/);
+    expect(loadConfig({ env: { AGENTD_REDIS_COMMAND_TIMEOUT_MS: '0' } }).config.redis.commandTimeoutMs).toBe(0);
+  });
+});
