@@ -11,9 +11,11 @@ import { createLogger, type Logger } from './log.ts';
 import { loadPlugins, validatePlugin, type LoadedPlugin } from './plugins/loader.ts';
 import { PluginHost } from './plugins/host.ts';
 import type { AgentInfo, Plugin, PluginOptions } from './plugins/types.ts';
+import { LoopMonitor } from './presence/loop-monitor.ts';
 import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
+import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
 import { Connections, type ConnectionStateChange } from './redis/connection.ts';
-import { probeChannel } from './redis/keys.ts';
+import { expiredEventsChannel, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
 
 export type DaemonState = 'idle' | 'starting' | 'ready' | 'degraded' | 'closing' | 'closed';
@@ -45,6 +47,8 @@ export interface DaemonEvents {
   handlerFailed: (info: HandlerFailedInfo) => void;
   connection: (change: ConnectionStateChange) => void;
   membership: (change: MembershipChange) => void;
+  /** This agent's watcher reaped a dead peer and published agent_down. */
+  peerDown: (down: AgentDown) => void;
   heartbeat: (result: BeatResult) => void;
   closed: (result: CloseResult) => void;
 }
@@ -62,6 +66,10 @@ export interface DaemonStats {
   readonly waiting: number;
   readonly running: number;
   readonly lastBeatAt: number;
+  /** Dead peers this agent reaped. */
+  readonly reaped: number;
+  /** Worst event-loop delay seen, in ms. */
+  readonly loopDelayMaxMs: number;
 }
 
 export type InlinePlugin = Plugin<PluginOptions> | { readonly plugin: Plugin<PluginOptions>; readonly options?: PluginOptions };
@@ -87,6 +95,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   readonly #dispatcher: Dispatcher;
   readonly #presence: Presence;
   readonly #subscriber: EventSubscriber;
+  readonly #watcher: PeerWatcher | undefined;
+  readonly #loop: LoopMonitor;
   readonly #inline: readonly InlinePlugin[];
   readonly #startAbort = new AbortController();
   readonly #invalid: Record<BadInputReason, number> = { too_large: 0, not_json: 0, not_object: 0, no_event: 0, forbidden_key: 0 };
@@ -129,17 +139,35 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       log: this.log.child({ component: 'presence' }),
     });
     this.#presence.on('membership', (m) => this.emit('membership', m));
+    this.#loop = new LoopMonitor((config.heartbeat.ttl - config.heartbeat.interval) * 1000, this.log.child({ component: 'presence' }));
     this.#presence.on('beat', (b) => {
+      this.#loop.check();
       this.emit('heartbeat', b);
       if (b.ok) this.#refreshState();
       else this.#degrade('heartbeat failing');
     });
 
+    if (config.watch.enabled) {
+      this.#watcher = new PeerWatcher({
+        redis: this.#connections.command,
+        agent: this.agent,
+        dens: config.watch.dens,
+        sweepIntervalMs: config.watch.sweepInterval * 1000,
+        notifications: config.watch.notifications,
+        log: this.log.child({ component: 'watcher' }),
+      });
+      this.#watcher.on('down', (down) => this.emit('peerDown', down));
+    }
+    const watcher = this.#watcher;
+    const db = Number(new URL(config.redis.url).pathname.slice(1) || 0);
     this.#subscriber = new EventSubscriber({
       subscriber: this.#connections.subscriber,
       command: this.#connections.command,
       patterns: config.events.patterns,
       probeChannel: this.#probeChannel,
+      ...(watcher && config.watch.notifications !== 'off'
+        ? { channels: new Map([[expiredEventsChannel(db), (key: string) => watcher.onExpired(key)]]) }
+        : {}),
       log: this.log.child({ component: 'subscriber' }),
       onMessage: (channel, payload) => this.#onMessage(channel, payload),
     });
@@ -170,6 +198,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       waiting: this.#dispatcher.waiting,
       running: this.#dispatcher.running,
       lastBeatAt: this.#presence.lastBeatAt,
+      reaped: this.#watcher?.reaped ?? 0,
+      loopDelayMaxMs: this.#loop.worstMs,
     };
   }
 
@@ -198,7 +228,11 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.emit('connection', change);
     if (change.state === 'reconnecting') this.#degrade(`redis ${change.role} connection lost`);
     // Re-assert presence as soon as commands work again: a restarted Redis has forgotten us.
-    if (change.role === 'command' && change.state === 'ready' && change.downMs !== undefined) this.#presence.beatSoon();
+    if (change.role === 'command' && change.state === 'ready' && change.downMs !== undefined) {
+      this.#presence.beatSoon();
+      // A restarted server has its configured notify-keyspace-events back.
+      void this.#watcher?.enableNotifications();
+    }
     if (change.state === 'ready') this.#refreshState();
   }
 
@@ -273,6 +307,11 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         await new Promise((r) => setTimeout(r, 250));
       }
     }
+    this.#loop.start();
+    if (this.#watcher) {
+      await this.#watcher.enableNotifications();
+      this.#watcher.start();
+    }
     this.#setState(this.#subscriber.confirmed ? 'ready' : 'degraded');
     this.log.info({ plugins: this.#plugins.names, startMs: Math.round(performance.now() - t0) }, 'agentd ready');
     this.emit('ready', { again: false });
@@ -309,6 +348,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.log.info({ waiting: this.#dispatcher.waiting, running: this.#dispatcher.running }, 'agentd stopping');
 
     this.#dispatcher.stopAccepting();
+    this.#watcher?.stop();
+    this.#loop.stop();
     await step('unsubscribe', () => this.#subscriber.stop());
     let drain: DrainResult = { drained: true, waiting: 0, running: [] };
     await step('drain', async () => {

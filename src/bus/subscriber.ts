@@ -21,6 +21,8 @@ export interface EventSubscriberOptions {
   readonly command: Redis;
   readonly patterns: readonly string[];
   readonly probeChannel: string;
+  /** Plain channels to SUBSCRIBE to as well, each with its own listener (e.g. keyspace expiry events). */
+  readonly channels?: ReadonlyMap<string, (message: string) => void>;
   readonly log: Logger;
   /** Called for every message on a subscribed pattern, straight from the socket. */
   readonly onMessage: (channel: Buffer, payload: Buffer) => void;
@@ -52,7 +54,11 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     const { subscriber, probeChannel } = options;
     subscriber.on('pmessageBuffer', (_pattern: string, channel: Buffer, payload: Buffer) => options.onMessage(channel, payload));
     subscriber.on('message', (channel: string, message: string) => {
-      if (channel === probeChannel && this.#probeWaiter?.token === message) this.#probeWaiter.resolve();
+      if (channel === probeChannel) {
+        if (this.#probeWaiter?.token === message) this.#probeWaiter.resolve();
+        return;
+      }
+      options.channels?.get(channel)?.(message);
     });
     subscriber.on('ready', () => void this.#confirm());
     subscriber.on('close', () => {
@@ -96,7 +102,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
       while (!this.#stopped && subscriber.status === 'ready') {
         try {
           await subscriber.psubscribe(...patterns);
-          await subscriber.subscribe(probeChannel);
+          await subscriber.subscribe(probeChannel, ...(this.#o.channels?.keys() ?? []));
           if (await this.#probe(command)) {
             const gapMs = Date.now() - this.#lostAt;
             const again = this.#everConfirmed;
@@ -142,7 +148,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     if (subscriber.status !== 'ready') return;
     try {
       await Promise.race([
-        Promise.all([subscriber.punsubscribe(...patterns), subscriber.unsubscribe(probeChannel)]),
+        Promise.all([subscriber.punsubscribe(...patterns), subscriber.unsubscribe(probeChannel, ...(this.#o.channels?.keys() ?? []))]),
         sleep(1_000),
       ]);
     } catch {

@@ -98,6 +98,18 @@ export function registerFormats(): void {
       },
       coerce: splitList,
     },
+    'den-list': {
+      validate(value: unknown) {
+        if (!Array.isArray(value)) throw new Error('must be a list of den ids, or "*"');
+        for (const den of value) {
+          if (typeof den !== 'string' || (den !== '*' && !ID_PATTERN.test(den))) {
+            throw new Error(`each den must be 1-128 characters of A-Z a-z 0-9 . _ - or "*" (got ${JSON.stringify(den)})`);
+          }
+        }
+        if (value.includes('*') && value.length > 1) throw new Error('"*" watches every den; list it alone');
+      },
+      coerce: splitList,
+    },
     'plugin-list': {
       validate(value: unknown) {
         if (!Array.isArray(value)) throw new Error('must be a list of plugin modules');

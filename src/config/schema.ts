@@ -119,6 +119,36 @@ export const schema = {
       arg: 'heartbeat-interval',
     },
   },
+  watch: {
+    enabled: {
+      doc: 'Watch peers: report agents whose heartbeat expired as agent_down (exactly once across all watchers) and remove them from their den.',
+      format: 'switch',
+      default: true,
+      env: 'AGENTD_WATCH',
+      arg: 'watch',
+    },
+    sweepInterval: {
+      doc: 'Seconds between sweeps of the watched dens for members whose heartbeat key is gone (fractions allowed).',
+      format: 'positive-number',
+      default: 5,
+      env: 'AGENTD_SWEEP_INTERVAL',
+      arg: 'sweep-interval',
+    },
+    dens: {
+      doc: 'Dens to watch (comma-separated in the environment); empty: this agent\'s own den; "*": every den named in the registry.',
+      format: 'den-list',
+      default: [] as string[],
+      env: 'AGENTD_WATCH_DENS',
+      arg: 'watch-dens',
+    },
+    notifications: {
+      doc: 'Keyspace expiry notifications, which make detection faster than the sweep: listen (use them if the server sends them), enable (also try CONFIG SET notify-keyspace-events), off (sweep only).',
+      format: ['listen', 'enable', 'off'],
+      default: 'listen',
+      env: 'AGENTD_WATCH_NOTIFICATIONS',
+      arg: 'watch-notifications',
+    },
+  },
   events: {
     patterns: {
       doc: 'Channel patterns to PSUBSCRIBE to (comma-separated in the environment).',
@@ -226,6 +256,12 @@ export interface AgentdConfig {
   };
   readonly agent: { readonly id: string; readonly den: string };
   readonly heartbeat: { readonly ttl: number; readonly interval: number };
+  readonly watch: {
+    readonly enabled: boolean;
+    readonly sweepInterval: number;
+    readonly dens: readonly string[];
+    readonly notifications: 'listen' | 'enable' | 'off';
+  };
   readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number };
   readonly queue: {
     readonly concurrency: number;

@@ -7,8 +7,23 @@
 export const REGISTRY_KEY = 'global:agent_registry';
 export const EVENT_CHANNEL_PREFIX = 'agent:events:';
 
+export const HEARTBEAT_PREFIX = 'agent:';
+export const HEARTBEAT_SUFFIX = ':heartbeat';
+
 export function heartbeatKey(agentId: string): string {
-  return `agent:${agentId}:heartbeat`;
+  return HEARTBEAT_PREFIX + agentId + HEARTBEAT_SUFFIX;
+}
+
+/** The agent id in a heartbeat key, or undefined for any other key. */
+export function agentOfHeartbeatKey(key: string): string | undefined {
+  if (!key.startsWith(HEARTBEAT_PREFIX) || !key.endsWith(HEARTBEAT_SUFFIX)) return undefined;
+  const id = key.slice(HEARTBEAT_PREFIX.length, -HEARTBEAT_SUFFIX.length);
+  return id.length > 0 && !id.includes(':') ? id : undefined;
+}
+
+/** The channel on which Redis announces expired keys of database `db` (notify-keyspace-events with E and x). */
+export function expiredEventsChannel(db: number): string {
+  return `__keyevent@${db}__:expired`;
 }
 
 export function denMembersKey(den: string): string {

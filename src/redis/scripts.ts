@@ -1,0 +1,96 @@
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { Redis } from 'ioredis';
+import { HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX, REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from './keys.ts';
+
+/**
+ * The Lua scripts, one `.lua` file each (`<name>-<numberOfKeys>.lua`, with a
+ * header listing KEYS, ARGV and output), registered with defineCommand so
+ * ioredis sends EVALSHA and falls back to EVAL after a Redis restart.
+ */
+
+const SCRIPTS = {
+  agentdReapAgent: 'reap-agent-3.lua',
+  agentdSweepDen: 'sweep-den-1.lua',
+} as const;
+
+type ScriptName = keyof typeof SCRIPTS;
+
+interface ScriptCommands {
+  agentdReapAgent(
+    heartbeat: string,
+    den: string,
+    registry: string,
+    id: string,
+    now: number,
+    agentDen: string,
+    watcherId: string,
+    watcherDen: string,
+    via: string,
+    eventId: string,
+    channel: string,
+  ): Promise<[number, string]>;
+  agentdSweepDen(den: string, prefix: string, suffix: string): Promise<[number, ...string[]]>;
+}
+
+const sources = new Map<ScriptName, string>();
+
+function source(name: ScriptName): string {
+  let lua = sources.get(name);
+  if (lua === undefined) {
+    lua = readFileSync(new URL(`./scripts/${SCRIPTS[name]}`, import.meta.url), 'utf8');
+    sources.set(name, lua);
+  }
+  return lua;
+}
+
+function numberOfKeys(file: string): number {
+  return Number(/-(\d+)\.lua$/.exec(file)?.[1]);
+}
+
+/** Adds the scripts to a client (idempotent) and returns it typed with them. */
+export function withScripts(redis: Redis): Redis & ScriptCommands {
+  for (const name of Object.keys(SCRIPTS) as ScriptName[]) {
+    if (typeof (redis as unknown as Record<string, unknown>)[name] !== 'function') {
+      redis.defineCommand(name, { numberOfKeys: numberOfKeys(SCRIPTS[name]), lua: source(name) });
+    }
+  }
+  return redis as Redis & ScriptCommands;
+}
+
+export type ReapOutcome = { readonly reaped: true; readonly envelope: string } | { readonly reaped: false; readonly reason: 'alive' | 'absent' };
+
+export interface ReapRequest {
+  readonly id: string;
+  readonly den: string;
+  readonly now: number;
+  readonly watcher: { readonly id: string; readonly den: string };
+  readonly via: 'expiry' | 'sweep';
+}
+
+/**
+ * Removes a dead agent from its den, marks it down and publishes agent_down —
+ * if and only if its heartbeat is still gone and it is still a member.
+ */
+export async function reapAgent(redis: Redis, r: ReapRequest): Promise<ReapOutcome> {
+  const [won, detail] = await withScripts(redis).agentdReapAgent(
+    heartbeatKey(r.id),
+    denMembersKey(r.den),
+    REGISTRY_KEY,
+    r.id,
+    r.now,
+    r.den,
+    r.watcher.id,
+    r.watcher.den,
+    r.via,
+    randomUUID(),
+    eventChannel('agent_down'),
+  );
+  return won === 1 ? { reaped: true, envelope: detail } : { reaped: false, reason: detail === 'alive' ? 'alive' : 'absent' };
+}
+
+/** Members of a den whose heartbeat key is gone, and how many members the den has. */
+export async function sweepDen(redis: Redis, den: string): Promise<{ members: number; missing: string[] }> {
+  const [members, ...missing] = await withScripts(redis).agentdSweepDen(denMembersKey(den), HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX);
+  return { members, missing };
+}
