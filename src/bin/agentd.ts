@@ -4,7 +4,7 @@
  * signals, exit codes, standard streams.
  */
 import { HELP, parseCommandLine, settingsHelp, type ParsedArgs } from '../cli/args.ts';
-import { configCommand, membersCommand, publishCommand, type Io } from '../cli/commands.ts';
+import { configCommand, membersCommand, publishCommand, watchCommand, type Io } from '../cli/commands.ts';
 import { loadConfig } from '../config/load.ts';
 import { AgentDaemon } from '../daemon.ts';
 import { AgentdError, describeError, isAgentdError } from '../errors.ts';
@@ -96,6 +96,12 @@ async function main(argv: readonly string[]): Promise<number | undefined> {
       return undefined; // the daemon decides when to exit
     case 'members':
       return membersCommand(load(args), args.den, args.json, io);
+    case 'watch': {
+      const stop = new AbortController();
+      process.once('SIGINT', () => stop.abort());
+      process.once('SIGTERM', () => stop.abort());
+      return watchCommand(load(args), args.den, args.json, io, stop.signal);
+    }
     case 'publish':
       return publishCommand(load(args), args.positionals, args.json, io);
     case 'config':

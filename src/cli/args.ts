@@ -2,7 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { listSettings } from '../config/load.ts';
 import { AgentdError } from '../errors.ts';
 
-export const COMMANDS = ['run', 'members', 'publish', 'config', 'help'] as const;
+export const COMMANDS = ['run', 'members', 'watch', 'publish', 'config', 'help'] as const;
 export type CommandName = (typeof COMMANDS)[number];
 
 export interface ParsedArgs {
@@ -84,7 +84,8 @@ Usage: agentd <command> [options]
 Commands:
   run                       run the daemon (heartbeat, presence, event dispatch to plugins)
   members [--den D] [--json]
-                            list the agents online in a den, with host and heartbeat TTL left
+                            list a den's agents (online and down) with host, TTL left, last beat
+  watch [--den D] [--json]  print membership changes and events live until Ctrl-C
   publish EVENT [JSON]      publish {"event", "data", ...} on agent:events:EVENT
   config                    print the effective configuration, secrets redacted
   help [COMMAND|settings]   show help
@@ -106,7 +107,16 @@ ${SETTINGS_HINT}`,
   members: `Usage: agentd members [--den DEN] [--json] [options]
 
 Lists the agents in den:<DEN>:online_agents (default: the configured den) with
-their host, registry status, heartbeat TTL left and last beat.
+their host, registry status, heartbeat TTL left and last beat, then the den's
+agents that a watcher reported down.
+
+${SETTINGS_HINT}`,
+  watch: `Usage: agentd watch [--den DEN] [--json] [options]
+
+Subscribes to the event patterns (events.patterns) and prints every event as it
+happens, one line each: agent_online / agent_offline / agent_down with their
+details, other events with their source and data. --den shows only events of
+that den; --json prints {"channel", "message"} lines. Runs until Ctrl-C.
 
 ${SETTINGS_HINT}`,
   publish: `Usage: agentd publish EVENT [JSON] [--json] [options]

@@ -45,35 +45,49 @@ export interface MemberRow {
   readonly lastSeen: number | null;
   readonly pid: number | null;
   readonly version: string | null;
+  /** When a watcher reported it down (down agents only). */
+  readonly downAt?: number;
 }
 
+/** The den's online members (from its set) and its agents marked down in the registry. */
 export async function listMembers(redis: Redis, den: string): Promise<MemberRow[]> {
   const ids = (await redis.smembers(denMembersKey(den))).sort();
-  if (ids.length === 0) return [];
   const pipeline = redis.pipeline();
   for (const id of ids) pipeline.pttl(heartbeatKey(id));
-  pipeline.hmget(REGISTRY_KEY, ...ids);
+  pipeline.hgetall(REGISTRY_KEY);
   const replies = (await pipeline.exec()) ?? [];
-  const records = (replies[ids.length]?.[1] as (string | null)[] | undefined) ?? [];
-  return ids.map((id, i) => {
-    const pttl = replies[i]?.[1] as number | undefined;
-    let rec: Partial<RegistryRecord> = {};
+  const registry = (replies[ids.length]?.[1] as Record<string, string> | undefined) ?? {};
+  const parse = (raw: string | undefined): Partial<RegistryRecord> => {
     try {
-      rec = records[i] ? (JSON.parse(records[i]) as Partial<RegistryRecord>) : {};
+      const v: unknown = raw ? JSON.parse(raw) : {};
+      return v !== null && typeof v === 'object' ? (v as Partial<RegistryRecord>) : {};
     } catch {
-      // A record another program wrote badly; show what we can.
+      return {}; // a record another program wrote badly; show what we can
     }
-    return {
-      id,
-      den,
-      host: rec.host ?? null,
-      status: rec.status ?? null,
-      ttlMs: typeof pttl === 'number' && pttl >= 0 ? pttl : null,
-      lastSeen: rec.lastSeen ?? null,
-      pid: rec.pid ?? null,
-      version: rec.version ?? null,
-    };
+  };
+  const row = (id: string, rec: Partial<RegistryRecord>, pttl: unknown, status: string | null): MemberRow => ({
+    id,
+    den,
+    host: rec.host ?? null,
+    status,
+    ttlMs: typeof pttl === 'number' && pttl >= 0 ? pttl : null,
+    lastSeen: rec.lastSeen ?? null,
+    pid: rec.pid ?? null,
+    version: rec.version ?? null,
+    ...(typeof rec.downAt === 'number' ? { downAt: rec.downAt } : {}),
   });
+  const online = ids.map((id, i) => {
+    const rec = parse(registry[id]);
+    return row(id, rec, replies[i]?.[1], rec.status ?? 'online');
+  });
+  const members = new Set(ids);
+  const down = Object.entries(registry)
+    .filter(([id]) => !members.has(id))
+    .map(([id, raw]) => [id, parse(raw)] as const)
+    .filter(([, rec]) => rec.den === den && rec.status === 'down')
+    .map(([id, rec]) => row(id, rec, null, 'down'))
+    .sort((a, b) => a.id.localeCompare(b.id));
+  return [...online, ...down];
 }
 
 function table(rows: string[][]): string {
@@ -98,14 +112,14 @@ export async function membersCommand(config: AgentdConfig, den: string | undefin
       return 0;
     }
     if (rows.length === 0) {
-      io.stdout.write(`no agents online in den ${target}\n`);
+      io.stdout.write(`no agents in den ${target}\n`);
       return 0;
     }
     const now = Date.now();
     io.stdout.write(
       `${table([
         ['AGENT', 'HOST', 'STATUS', 'TTL', 'LAST BEAT'],
-        ...rows.map((r) => [r.id, r.host ?? '-', r.status ?? '-', r.ttlMs === null ? 'expired' : `${(r.ttlMs / 1000).toFixed(1)}s`, ago(r.lastSeen, now)]),
+        ...rows.map((r) => [r.id, r.host ?? '-', r.status ?? '-', r.ttlMs === null ? '-' : `${(r.ttlMs / 1000).toFixed(1)}s`, ago(r.lastSeen, now)]),
       ])}\n`,
     );
     return 0;
@@ -144,4 +158,59 @@ export async function publishCommand(config: AgentdConfig, positionals: readonly
 export function configCommand(config: AgentdConfig, io: Io): number {
   io.stdout.write(`${JSON.stringify(redactConfig(config), null, 2)}\n`);
   return 0;
+}
+
+function summary(data: unknown): string {
+  const text = JSON.stringify(data) ?? 'null';
+  return text.length > 200 ? `${text.slice(0, 197)}...` : text;
+}
+
+/** One line for one event, as `agentd watch` prints it. */
+export function describeEvent(channel: string, raw: string): { den: string | undefined; line: string } {
+  let env: Record<string, unknown>;
+  try {
+    const v: unknown = JSON.parse(raw);
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
+    env = v as Record<string, unknown>;
+  } catch {
+    return { den: undefined, line: `${new Date().toISOString()}  (invalid message on ${channel}, ${raw.length} bytes)` };
+  }
+  const type = typeof env['event'] === 'string' ? env['event'] : '(no event)';
+  const data = env['data'] as Record<string, unknown> | null | undefined;
+  const dataDen = data !== null && typeof data === 'object' && typeof data['den'] === 'string' ? data['den'] : undefined;
+  const den = dataDen ?? (typeof env['den'] === 'string' ? env['den'] : undefined);
+  const time = new Date(typeof env['ts'] === 'number' ? env['ts'] : Date.now()).toISOString();
+  let detail: string;
+  if ((type === 'agent_online' || type === 'agent_offline' || type === 'agent_down') && data && typeof data === 'object') {
+    const first = ['agent', 'den', 'host'];
+    detail = Object.entries(data)
+      .sort(([a], [b]) => (first.indexOf(a) + 1 || 99) - (first.indexOf(b) + 1 || 99))
+      .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+      .join(' ');
+  } else {
+    detail = `${typeof env['source'] === 'string' ? `from=${env['source']} ` : ''}data=${summary(data ?? null)}`;
+  }
+  return { den, line: `${time}  ${type.padEnd(14)} ${detail}` };
+}
+
+/** Prints membership changes and events live, one line each, until the signal aborts. */
+export async function watchCommand(config: AgentdConfig, den: string | undefined, json: boolean, io: Io, signal: AbortSignal): Promise<number> {
+  const redis = await connectOnce(config);
+  try {
+    redis.on('pmessage', (_pattern: string, channel: string, message: string) => {
+      const { den: eventDen, line } = describeEvent(channel, message);
+      if (den !== undefined && eventDen !== den) return;
+      io.stdout.write(json ? `${JSON.stringify({ channel, message })}\n` : `${line}\n`);
+    });
+    await redis.psubscribe(...config.events.patterns);
+    if (!json) io.stderr.write(`watching ${config.events.patterns.join(', ')}${den ? ` (den ${den})` : ''}; Ctrl-C to stop\n`);
+    await new Promise<void>((resolve, reject) => {
+      if (signal.aborted) resolve();
+      signal.addEventListener('abort', () => resolve(), { once: true });
+      redis.once('end', () => reject(new AgentdError('AGENTD_ERR_REDIS', 'connection to redis lost')));
+    });
+    return 0;
+  } finally {
+    redis.disconnect();
+  }
 }

@@ -190,7 +190,11 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     if (!outcome.reaped) return false;
     this.reaped++;
     const down = (JSON.parse(outcome.envelope) as { data: AgentDown }).data;
-    this.#o.log.warn({ ...down, silentMs: down.lastSeen === null ? undefined : now - down.lastSeen }, 'agent down: heartbeat expired');
+    // `peer`, not `agent`: every line already carries this agent's own id as `agent`.
+    this.#o.log.warn(
+      { peer: down.agent, peerDen: down.den, host: down.host, lastSeen: down.lastSeen, via, silentMs: down.lastSeen === null ? undefined : now - down.lastSeen },
+      'agent down: heartbeat expired',
+    );
     this.emit('down', down);
     return true;
   }
