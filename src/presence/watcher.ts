@@ -85,7 +85,12 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
 
   start(): void {
     this.#stopped = false;
-    this.#schedule(this.#o.sweepIntervalMs);
+    this.#schedule(this.#nextDelay());
+  }
+
+  /** The interval ±10 %: watchers started together do not all sweep at the same instant. */
+  #nextDelay(): number {
+    return this.#o.sweepIntervalMs * (0.9 + Math.random() * 0.2);
   }
 
   stop(): void {
@@ -97,7 +102,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
       void this.sweep().finally(() => {
-        if (!this.#stopped) this.#schedule(this.#o.sweepIntervalMs);
+        if (!this.#stopped) this.#schedule(this.#nextDelay());
       });
     }, ms);
     this.#timer.unref();
