@@ -273,7 +273,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
    * Rejects with an AgentdError for a plugin that cannot load or set up.
    */
   async start(): Promise<void> {
-    if (this.#state !== 'idle') throw new AgentdError('AGENTD_ERR_CLOSED', `start() called in state ${this.#state}`);
+    if (this.#state !== 'idle') throw new AgentdError('AGENTD_ERR_ALREADY_STARTED', `start() called in state ${this.#state}; a daemon starts once`);
     this.#setState('starting');
     const signal = this.#startAbort.signal;
     const t0 = performance.now();

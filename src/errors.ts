@@ -16,7 +16,7 @@ export const ErrorCodes = {
   AGENTD_ERR_BAD_EVENT: 'message on an event channel is not a valid envelope',
   AGENTD_ERR_REDIS: 'redis command failed',
   AGENTD_ERR_HEARTBEAT: 'heartbeat could not be written in time',
-  AGENTD_ERR_NOT_STARTED: 'daemon is not started',
+  AGENTD_ERR_ALREADY_STARTED: 'start() was called on a daemon that was already started',
   AGENTD_ERR_CLOSED: 'daemon is closed',
 } as const;
 

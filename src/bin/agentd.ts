@@ -14,7 +14,7 @@ import { VERSION } from '../version.ts';
 const io: Io = { stdout: process.stdout, stderr: process.stderr };
 
 function fail(err: unknown): never {
-  const line = isAgentdError(err) ? err.message : describeError(err);
+  const line = isAgentdError(err) ? `${err.message} [${err.code}]` : describeError(err);
   process.stderr.write(`agentd: ${line}\n`);
   if (isAgentdError(err) && err.code === 'AGENTD_ERR_USAGE') process.stderr.write('Try `agentd --help`.\n');
   process.exit(isAgentdError(err) ? err.exitCode : 1);

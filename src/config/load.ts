@@ -91,7 +91,8 @@ function convictMessage(message: string, env: Readonly<Record<string, string | u
     .map((line) => {
       const undeclared = /^configuration param '(.+)' not declared in the schema$/.exec(line);
       if (undeclared) return `${undeclared[1]}: unknown setting${file ? ` in ${file}` : ''}`;
-      const m = /^([\w.]+): (.*)$/.exec(line);
+      // Our formats already quote the bad value; convict's own copy would say it twice.
+      const m = /^([\w.]+): (.*?)(?:: value was .*)?$/.exec(line);
       if (!m) return line;
       const setting = byKey.get(m[1] ?? '');
       const from = setting && env[setting.env] !== undefined ? ` (from ${setting.env})` : '';

@@ -23,8 +23,9 @@ export interface PluginContext<Options extends object = PluginOptions> {
   /** Publishes `{event, data, id, source, ts, den}` on `agent:events:<type>`; resolves with the number of receivers. */
   publish(type: string, data: unknown): Promise<number>;
   /**
-   * In a handler: aborts when the handler's time limit passes or the daemon
-   * shuts down. In setup and close: aborts when the daemon shuts down.
+   * In a handler: aborts when the handler's time limit passes, or when the
+   * daemon gives up draining at shutdown. In setup: aborts when the daemon
+   * starts shutting down. In close: already aborted.
    */
   readonly signal: AbortSignal;
   /** This plugin's options from the configuration. */

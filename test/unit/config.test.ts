@@ -130,8 +130,9 @@ describe('loadConfig', () => {
     });
 
     it.each(['a:b', 'a*', 'has space', '', 'x'.repeat(129), 'ünï'])('agent id %j', (id) => {
-      const e = configError(() => loadConfig({ env: {}, overrides: { agent: { id } } }));
-      expect(e.message).toContain('agent.id');
+      const e = configError(() => loadConfig({ env: { AGENTD_AGENT_ID: id } }));
+      expect(e.message).toMatch(/^agent\.id \(from AGENTD_AGENT_ID\): must be 1-128 characters/);
+      expect(e.message).not.toContain('value was');
     });
 
     it('den with a bad character', () => {
