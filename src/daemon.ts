@@ -11,6 +11,8 @@ import { createLogger, type Logger } from './log.ts';
 import { loadPlugins, validatePlugin, type LoadedPlugin } from './plugins/loader.ts';
 import { PluginHost } from './plugins/host.ts';
 import type { AgentInfo, Plugin, PluginOptions } from './plugins/types.ts';
+import { AgentMemory } from './memory/memory.ts';
+import { MemoryMonitor } from './memory/monitor.ts';
 import { LoopMonitor } from './presence/loop-monitor.ts';
 import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
 import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
@@ -97,6 +99,9 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   readonly #subscriber: EventSubscriber;
   readonly #watcher: PeerWatcher | undefined;
   readonly #loop: LoopMonitor;
+  readonly #memoryMonitor: MemoryMonitor;
+  /** This agent's short-term memory (also each plugin's `ctx.memory`). */
+  readonly memory: AgentMemory;
   readonly #inline: readonly InlinePlugin[];
   readonly #startAbort = new AbortController();
   readonly #invalid: Record<BadInputReason, number> = { too_large: 0, not_json: 0, not_object: 0, no_event: 0, forbidden_key: 0 };
@@ -117,6 +122,9 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
 
     this.#connections = new Connections(config, this.log);
     this.#connections.on('state', (change) => this.#onConnectionState(change));
+    const { checkInterval, warnRatio, ...memoryOptions } = config.memory;
+    this.memory = new AgentMemory(this.#connections.command, this.agent.id, memoryOptions);
+    this.#memoryMonitor = new MemoryMonitor(this.#connections.command, { intervalSeconds: checkInterval, warnRatio, log: this.log.child({ component: 'memory' }) });
 
     this.#dispatcher = new Dispatcher({
       concurrency: config.queue.concurrency,
@@ -285,6 +293,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       log: this.log,
       redis: this.#connections.command,
       publish: (type, data) => this.publish(type, data),
+      memory: this.memory,
       timeoutMs: this.config.lifecycle.setupTimeoutMs,
     });
 
@@ -308,6 +317,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       }
     }
     this.#loop.start();
+    this.#memoryMonitor.start();
     if (this.#watcher) {
       await this.#watcher.enableNotifications();
       this.#watcher.start();
@@ -350,6 +360,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#dispatcher.stopAccepting();
     this.#watcher?.stop();
     this.#loop.stop();
+    this.#memoryMonitor.stop();
     await step('unsubscribe', () => this.#subscriber.stop());
     let drain: DrainResult = { drained: true, waiting: 0, running: [] };
     await step('drain', async () => {

@@ -17,3 +17,16 @@ export type { MembershipChange, RegistryRecord, AgentStatus, BeatResult } from '
 export type { ConnectionRole, ConnectionState, ConnectionStateChange } from './redis/connection.ts';
 export { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from './redis/keys.ts';
 export { VERSION } from './version.ts';
+export {
+  AgentMemory,
+  clearAgentMemory,
+  defaultMemoryOptions,
+  llmCacheDigest,
+  redisMemoryStats,
+  type ChatMessage,
+  type MemoryOptions,
+  type RateLimitResult,
+  type RedisMemoryStats,
+} from './memory/memory.ts';
+export { memoryKeys } from './redis/keys.ts';
+export type { AgentDown, Detector } from './presence/watcher.ts';

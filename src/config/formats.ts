@@ -84,6 +84,12 @@ export function registerFormats(): void {
         return value;
       },
     },
+    ratio: {
+      validate(value: unknown) {
+        if (typeof value !== 'number' || !(value > 0 && value <= 1)) throw new Error(`must be a number above 0 and at most 1 (got ${JSON.stringify(value)})`);
+      },
+      coerce: positiveNumber,
+    },
     'optional-path': {
       validate(value: unknown) {
         if (typeof value !== 'string') throw new Error('must be a file path or empty');

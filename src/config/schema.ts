@@ -195,6 +195,71 @@ export const schema = {
       arg: 'handler-timeout-ms',
     },
   },
+  memory: {
+    maxMessages: {
+      doc: 'Conversation messages kept per session (agent:<id>:session:<sid>:messages).',
+      format: 'positive-int',
+      default: 20,
+      env: 'AGENTD_MEMORY_MAX_MESSAGES',
+      arg: 'memory-max-messages',
+    },
+    sessionTtl: {
+      doc: 'Seconds a conversation window lives after its last message (the article recommends 1-4 h).',
+      format: 'positive-int',
+      default: 3_600,
+      env: 'AGENTD_MEMORY_SESSION_TTL',
+      arg: 'memory-session-ttl',
+    },
+    cacheTtl: {
+      doc: 'Seconds an LLM response stays cached (agent:<id>:llm_cache:<sha256>; the article recommends 30-60 min).',
+      format: 'positive-int',
+      default: 3_600,
+      env: 'AGENTD_MEMORY_CACHE_TTL',
+      arg: 'memory-cache-ttl',
+    },
+    taskTtl: {
+      doc: 'Seconds a task status lives (agent:<id>:task:<task_id>:status).',
+      format: 'positive-int',
+      default: 86_400,
+      env: 'AGENTD_MEMORY_TASK_TTL',
+      arg: 'memory-task-ttl',
+    },
+    topicTtl: {
+      doc: 'Seconds topic memory lives (agent:<id>:memory:<topic> HASH).',
+      format: 'positive-int',
+      default: 86_400,
+      env: 'AGENTD_MEMORY_TOPIC_TTL',
+      arg: 'memory-topic-ttl',
+    },
+    prefsTtl: {
+      doc: 'Seconds user preferences live (agent:<id>:prefs:<user_id> HASH).',
+      format: 'positive-int',
+      default: 604_800,
+      env: 'AGENTD_MEMORY_PREFS_TTL',
+      arg: 'memory-prefs-ttl',
+    },
+    rateLimitWindow: {
+      doc: 'Default rate-limit window in seconds (agent:<id>:ratelimit:<window> counters expire with it).',
+      format: 'positive-int',
+      default: 60,
+      env: 'AGENTD_MEMORY_RATE_LIMIT_WINDOW',
+      arg: 'memory-rate-limit-window',
+    },
+    checkInterval: {
+      doc: 'Seconds between checks of Redis memory use (INFO memory); 0 turns the check off.',
+      format: 'non-negative-int',
+      default: 60,
+      env: 'AGENTD_MEMORY_CHECK_INTERVAL',
+      arg: 'memory-check-interval',
+    },
+    warnRatio: {
+      doc: 'Warn when Redis used memory passes this fraction of maxmemory (evictions start at the limit).',
+      format: 'ratio',
+      default: 0.8,
+      env: 'AGENTD_MEMORY_WARN_RATIO',
+      arg: 'memory-warn-ratio',
+    },
+  },
   plugins: {
     doc: 'Plugin modules: paths (relative to the config file, or to the working directory when given by environment or flag) or package names; in a config file also {"module": "...", "options": {...}}. Comma-separated in the environment.',
     format: 'plugin-list',
@@ -268,6 +333,17 @@ export interface AgentdConfig {
     readonly max: number;
     readonly overflow: OverflowPolicy;
     readonly handlerTimeoutMs: number;
+  };
+  readonly memory: {
+    readonly maxMessages: number;
+    readonly sessionTtl: number;
+    readonly cacheTtl: number;
+    readonly taskTtl: number;
+    readonly topicTtl: number;
+    readonly prefsTtl: number;
+    readonly rateLimitWindow: number;
+    readonly checkInterval: number;
+    readonly warnRatio: number;
   };
   readonly plugins: readonly PluginSpec[];
   readonly lifecycle: { readonly setupTimeoutMs: number; readonly drainTimeoutMs: number };

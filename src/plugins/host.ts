@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Binding } from '../bus/dispatcher.ts';
+import type { AgentMemory } from '../memory/memory.ts';
 import type { AgentEvent } from '../bus/envelope.ts';
 import { AgentdError, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -11,6 +12,7 @@ export interface PluginHostDeps {
   readonly log: Logger;
   readonly redis: Redis;
   readonly publish: (type: string, data: unknown) => Promise<number>;
+  readonly memory: AgentMemory;
   readonly timeoutMs: number;
 }
 
@@ -58,6 +60,7 @@ export class PluginHost {
         publish: deps.publish,
         signal: this.#lifetime.signal,
         options: loaded.options,
+        memory: deps.memory,
       }),
     }));
   }

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { AgentEvent } from '../bus/envelope.ts';
+import type { AgentMemory } from '../memory/memory.ts';
 import type { Logger } from '../log.ts';
 
 export type PluginOptions = Readonly<Record<string, unknown>>;
@@ -30,6 +31,8 @@ export interface PluginContext<Options extends object = PluginOptions> {
   readonly signal: AbortSignal;
   /** This plugin's options from the configuration. */
   readonly options: Options;
+  /** This agent's short-term memory: conversation window, LLM cache, rate limits, task status, topics, preferences. */
+  readonly memory: AgentMemory;
 }
 
 export type EventHandler<Options extends object = PluginOptions> = (

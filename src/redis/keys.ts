@@ -38,3 +38,15 @@ export function eventChannel(eventType: string): string {
 export function probeChannel(agentId: string, nonce: string): string {
   return `agentd:probe:${agentId}:${nonce}`;
 }
+
+/** Short-term memory keys (the reference article's `agent:<id>:<category>:<identifier>` scheme). */
+export const memoryKeys = {
+  messages: (agentId: string, sessionId: string): string => `agent:${agentId}:session:${sessionId}:messages`,
+  topic: (agentId: string, topic: string): string => `agent:${agentId}:memory:${topic}`,
+  llmCache: (agentId: string, hexDigest: string): string => `agent:${agentId}:llm_cache:${hexDigest}`,
+  rateLimit: (agentId: string, window: string): string => `agent:${agentId}:ratelimit:${window}`,
+  taskStatus: (agentId: string, taskId: string): string => `agent:${agentId}:task:${taskId}:status`,
+  prefs: (agentId: string, userId: string): string => `agent:${agentId}:prefs:${userId}`,
+  /** SCAN pattern for every key of one agent, with glob characters in the id escaped. */
+  allOf: (agentId: string): string => `agent:${agentId.replace(/[*?[\]\\]/g, '\\$&')}:*`,
+};

@@ -12,6 +12,7 @@ import { HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX, REGISTRY_KEY, denMembersKey, eventC
 const SCRIPTS = {
   agentdReapAgent: 'reap-agent-3.lua',
   agentdSweepDen: 'sweep-den-1.lua',
+  agentdRateLimit: 'rate-limit-1.lua',
 } as const;
 
 type ScriptName = keyof typeof SCRIPTS;
@@ -31,6 +32,7 @@ interface ScriptCommands {
     channel: string,
   ): Promise<[number, string]>;
   agentdSweepDen(den: string, prefix: string, suffix: string): Promise<[number, ...string[]]>;
+  agentdRateLimit(key: string, windowSeconds: number): Promise<[number, number]>;
 }
 
 const sources = new Map<ScriptName, string>();
@@ -56,6 +58,12 @@ export function withScripts(redis: Redis): Redis & ScriptCommands {
     }
   }
   return redis as Redis & ScriptCommands;
+}
+
+/** Counts one hit on a fixed-window counter; returns the count and the ms until the window resets. */
+export async function rateLimitHit(redis: Redis, key: string, windowSeconds: number): Promise<{ count: number; resetMs: number }> {
+  const [count, resetMs] = await withScripts(redis).agentdRateLimit(key, windowSeconds);
+  return { count, resetMs };
 }
 
 export type ReapOutcome = { readonly reaped: true; readonly envelope: string } | { readonly reaped: false; readonly reason: 'alive' | 'absent' };
