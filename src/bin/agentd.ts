@@ -4,14 +4,14 @@
  * signals, exit codes, standard streams.
  */
 import { HELP, parseCommandLine, settingsHelp, type ParsedArgs } from '../cli/args.ts';
-import { configCommand, membersCommand, publishCommand, watchCommand, type Io } from '../cli/commands.ts';
+import { configCommand, memoryCommand, membersCommand, publishCommand, watchCommand, type Io } from '../cli/commands.ts';
 import { loadConfig } from '../config/load.ts';
 import { AgentDaemon } from '../daemon.ts';
 import { AgentdError, describeError, isAgentdError } from '../errors.ts';
 import { createLogger } from '../log.ts';
 import { VERSION } from '../version.ts';
 
-const io: Io = { stdout: process.stdout, stderr: process.stderr };
+const io: Io = { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin };
 
 function fail(err: unknown): never {
   const line = isAgentdError(err) ? `${err.message} [${err.code}]` : describeError(err);
@@ -87,7 +87,7 @@ async function main(argv: readonly string[]): Promise<number | undefined> {
     else throw new AgentdError('AGENTD_ERR_USAGE', `no help for "${topic}"`);
     return 0;
   }
-  if (command !== 'publish' && args.positionals.length > 0) {
+  if (command !== 'publish' && command !== 'memory' && args.positionals.length > 0) {
     throw new AgentdError('AGENTD_ERR_USAGE', `${command} takes no arguments (got ${JSON.stringify(args.positionals[0])})`);
   }
   switch (command) {
@@ -104,6 +104,8 @@ async function main(argv: readonly string[]): Promise<number | undefined> {
     }
     case 'publish':
       return publishCommand(load(args), args.positionals, args.json, io);
+    case 'memory':
+      return memoryCommand(load(args), args.positionals, { json: args.json, yes: args.yes }, io);
     case 'config':
       return configCommand(load(args), io);
   }

@@ -2,7 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { listSettings } from '../config/load.ts';
 import { AgentdError } from '../errors.ts';
 
-export const COMMANDS = ['run', 'members', 'watch', 'publish', 'config', 'help'] as const;
+export const COMMANDS = ['run', 'members', 'watch', 'publish', 'memory', 'config', 'help'] as const;
 export type CommandName = (typeof COMMANDS)[number];
 
 export interface ParsedArgs {
@@ -87,6 +87,11 @@ Commands:
                             list a den's agents (online and down) with host, TTL left, last beat
   watch [--den D] [--json]  print membership changes and events live until Ctrl-C
   publish EVENT [JSON]      publish {"event", "data", ...} on agent:events:EVENT
+  memory context AGENT SESSION [--json]
+                            print a conversation window
+  memory clear AGENT [--yes]
+                            delete every agent:AGENT:* key (asks first on a terminal)
+  memory stats [--json]     Redis memory use, limit, eviction policy
   config                    print the effective configuration, secrets redacted
   help [COMMAND|settings]   show help
 
@@ -124,6 +129,17 @@ ${SETTINGS_HINT}`,
 Publishes {"event": EVENT, "data": JSON, "id", "source", "ts", "den"} on the
 channel agent:events:EVENT. JSON defaults to null. Prints how many subscribers
 received it.
+
+${SETTINGS_HINT}`,
+  memory: `Usage: agentd memory context AGENT SESSION [--json]
+       agentd memory clear AGENT [--yes]
+       agentd memory stats [--json]
+
+context  prints agent:AGENT:session:SESSION:messages, oldest first.
+clear    deletes every agent:AGENT:* key (SCAN + UNLINK, never KEYS) and prints
+         how many; asks for confirmation on a terminal, needs --yes otherwise.
+stats    prints used and peak memory, maxmemory, used/max and the eviction
+         policy from INFO memory; warns above memory.warnRatio.
 
 ${SETTINGS_HINT}`,
   config: `Usage: agentd config [options]

@@ -1,10 +1,12 @@
-import type { Writable } from 'node:stream';
+import { createInterface } from 'node:readline/promises';
+import type { Readable, Writable } from 'node:stream';
 import type { Redis } from 'ioredis';
 import { makeEnvelope } from '../bus/publish.ts';
 import { redactConfig, redactUrl } from '../config/load.ts';
 import type { AgentdConfig } from '../config/schema.ts';
 import { ID_PATTERN } from '../config/schema.ts';
 import { AgentdError, describeError } from '../errors.ts';
+import { AgentMemory, clearAgentMemory, redisMemoryStats } from '../memory/memory.ts';
 import type { RegistryRecord } from '../presence/presence.ts';
 import { createClient, redisOptions } from '../redis/connection.ts';
 import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from '../redis/keys.ts';
@@ -12,6 +14,7 @@ import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from '../redi
 export interface Io {
   readonly stdout: Writable;
   readonly stderr: Writable;
+  readonly stdin?: Readable & { isTTY?: boolean };
 }
 
 /** A short-lived client for one CLI command: no retries, so an unreachable Redis fails fast. */
@@ -209,6 +212,70 @@ export async function watchCommand(config: AgentdConfig, den: string | undefined
       signal.addEventListener('abort', () => resolve(), { once: true });
       redis.once('end', () => reject(new AgentdError('AGENTD_ERR_REDIS', 'connection to redis lost')));
     });
+    return 0;
+  } finally {
+    redis.disconnect();
+  }
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+/** `agentd memory context|clear|stats`. */
+export async function memoryCommand(config: AgentdConfig, positionals: readonly string[], flags: { json: boolean; yes: boolean }, io: Io): Promise<number> {
+  const [sub, ...rest] = positionals;
+  const want = (n: number, usage: string): void => {
+    if (rest.length !== n) throw new AgentdError('AGENTD_ERR_USAGE', `usage: agentd memory ${usage}`);
+  };
+  if (sub === 'context') want(2, 'context AGENT SESSION [--json]');
+  else if (sub === 'clear') want(1, 'clear AGENT [--yes]');
+  else if (sub === 'stats') want(0, 'stats [--json]');
+  else throw new AgentdError('AGENTD_ERR_USAGE', `memory needs a subcommand: context, clear or stats${sub ? ` (got ${JSON.stringify(sub)})` : ''}`);
+  const [agent = '', session = ''] = rest;
+  if (sub !== 'stats' && (agent === '' || agent.includes(':'))) {
+    throw new AgentdError('AGENTD_ERR_USAGE', `AGENT must be a non-empty id without ':' (got ${JSON.stringify(agent)})`);
+  }
+  if (sub === 'clear' && !flags.yes) {
+    if (!io.stdin?.isTTY) throw new AgentdError('AGENTD_ERR_USAGE', `memory clear deletes every agent:${agent}:* key; pass --yes when not on a terminal`);
+    const rl = createInterface({ input: io.stdin, output: io.stderr });
+    const answer = await rl.question(`Delete every key under agent:${agent}: on ${redactUrl(config.redis.url)}? [y/N] `);
+    rl.close();
+    if (!/^y(es)?$/i.test(answer.trim())) {
+      io.stderr.write('nothing deleted\n');
+      return 1;
+    }
+  }
+  const redis = await connectOnce(config);
+  try {
+    if (sub === 'context') {
+      const messages = await new AgentMemory(redis, agent).getContext(session);
+      if (flags.json) io.stdout.write(`${JSON.stringify(messages)}\n`);
+      else if (messages.length === 0) io.stdout.write(`no messages in agent:${agent}:session:${session}:messages\n`);
+      else for (const m of messages) io.stdout.write(`${m.role}: ${m.content}\n`);
+      return 0;
+    }
+    if (sub === 'clear') {
+      const removed = await clearAgentMemory(redis, agent);
+      io.stdout.write(flags.json ? `${JSON.stringify({ agent, removed })}\n` : `removed ${removed} key${removed === 1 ? '' : 's'} of agent ${agent}\n`);
+      return 0;
+    }
+    const stats = await redisMemoryStats(redis);
+    if (flags.json) {
+      io.stdout.write(`${JSON.stringify(stats)}\n`);
+      return 0;
+    }
+    const limit = stats.maxBytes > 0 ? mib(stats.maxBytes) : 'none';
+    const ratio = stats.ratio === null ? '-' : `${(stats.ratio * 100).toFixed(1)} %`;
+    io.stdout.write(
+      `${table([
+        ['USED', 'PEAK', 'MAXMEMORY', 'USED/MAX', 'POLICY'],
+        [mib(stats.usedBytes), mib(stats.peakBytes), limit, ratio, stats.policy],
+      ])}\n`,
+    );
+    if (stats.ratio !== null && stats.ratio > config.memory.warnRatio) {
+      io.stderr.write(`warning: above ${Math.round(config.memory.warnRatio * 100)} % of maxmemory; Redis evicts at the limit (${stats.policy})\n`);
+    }
     return 0;
   } finally {
     redis.disconnect();
