@@ -143,7 +143,7 @@ function pingOnce(host: string, port: number, tls: TlsClientConfig | undefined, 
     sock.once(tls ? 'secureConnect' : 'connect', () => sock.write('PING\r\n'));
     sock.on('data', (chunk: Buffer) => {
       buf += chunk.toString('latin1');
-      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'));
+      if (buf.includes('\r\n')) done(buf.startsWith('+PONG') || buf.startsWith('-NOAUTH')); // -NOAUTH: up, with --requirepass
     });
     sock.once('error', () => done(false));
     sock.once('close', () => done(false));
