@@ -145,6 +145,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       ttlSeconds: config.heartbeat.ttl,
       intervalMs: config.heartbeat.interval * 1000,
       log: this.log.child({ component: 'presence' }),
+      beforeRejoin: () => this.#subscriber.whenConfirmed(2_000),
     });
     this.#presence.on('membership', (m) => this.emit('membership', m));
     this.#loop = new LoopMonitor((config.heartbeat.ttl - config.heartbeat.interval) * 1000, this.log.child({ component: 'presence' }));

@@ -94,6 +94,20 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     });
   }
 
+  /** Resolves once the subscription is confirmed, or after `timeoutMs` regardless. Never rejects. */
+  whenConfirmed(timeoutMs: number): Promise<void> {
+    if (this.#confirmed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.off('confirmed', done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.once('confirmed', done);
+    });
+  }
+
   async #confirm(): Promise<void> {
     if (this.#confirming || this.#stopped) return;
     this.#confirming = true;

@@ -1,6 +1,6 @@
 import { accessSync, constants, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import convict from 'convict';
 import { AgentdError } from '../errors.ts';
 import { registerFormats } from './formats.ts';
@@ -149,6 +149,16 @@ function crossCheck(c: AgentdConfig): void {
   }
   if ((tls.certFile === '') !== (tls.keyFile === '')) {
     throw new AgentdError('AGENTD_ERR_CONFIG', 'redis.tls.certFile: a client certificate needs both certFile and keyFile');
+  }
+  // Caught here, a missing plugin file fails `agentd config` too, not only `agentd run`.
+  for (const plugin of c.plugins) {
+    if (!plugin.module.startsWith('file:')) continue;
+    const file = fileURLToPath(plugin.module);
+    try {
+      accessSync(file, constants.R_OK);
+    } catch (err) {
+      throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`);
+    }
   }
   checkReadable('redis.passwordFile', c.redis.passwordFile);
   checkReadable('redis.tls.caFile', tls.caFile);

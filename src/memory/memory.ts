@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { AgentdError } from '../errors.ts';
 import { memoryKeys } from '../redis/keys.ts';
-import { rateLimitHit } from '../redis/scripts.ts';
+import { appendMessage, rateLimitHit } from '../redis/scripts.ts';
 import { pythonMessageJson } from './python-json.ts';
 
 /** TTLs and sizes; the defaults are the reference article's recommendations. */
@@ -91,7 +91,7 @@ export class AgentMemory {
 
   /**
    * Appends a message, keeps the last `maxMessages`, refreshes the TTL — one
-   * MULTI round trip, so concurrent appenders never leave more than N.
+   * script call, so concurrent appenders never leave more than N.
    * Returns the session's length after trimming.
    */
   async addMessage(sessionId: string, message: ChatMessage, options: { maxMessages?: number; ttl?: number } = {}): Promise<number> {
@@ -103,15 +103,7 @@ export class AgentMemory {
     const ttl = options.ttl ?? this.options.sessionTtl;
     checkTtl('maxMessages', max);
     checkTtl('session ttl', ttl);
-    const key = memoryKeys.messages(this.agentId, sessionId);
-    const replies = await this.#redis
-      .multi()
-      .rpush(key, pythonMessageJson(message.role, message.content))
-      .ltrim(key, -max, -1)
-      .expire(key, ttl)
-      .llen(key)
-      .exec();
-    return Number(replies?.[3]?.[1] ?? 0);
+    return appendMessage(this.#redis, memoryKeys.messages(this.agentId, sessionId), pythonMessageJson(message.role, message.content), max, ttl);
   }
 
   /** The session's messages, oldest first. Entries that are not a {role, content} object are skipped. */

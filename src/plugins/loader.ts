@@ -49,7 +49,9 @@ export async function loadPlugins(specs: readonly PluginSpec[]): Promise<LoadedP
     try {
       mod = (await import(spec.module)) as { default?: unknown };
     } catch (err) {
-      throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin ${source}: cannot load: ${describeError(err)}`, { cause: err });
+      // Node's "imported from <loader.ts>" names our file, not the operator's.
+      const cause = describeError(err).replace(/ imported from \S+$/, '');
+      throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin ${source}: cannot load: ${cause}`, { cause: err });
     }
     try {
       validatePlugin(mod.default);

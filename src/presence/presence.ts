@@ -49,6 +49,11 @@ export interface PresenceOptions {
   readonly ttlSeconds: number;
   readonly intervalMs: number;
   readonly log: Logger;
+  /**
+   * Awaited before announcing a rejoin, so that after a Redis restart the
+   * announcement goes out once our own subscriber (and likely our peers') is back.
+   */
+  readonly beforeRejoin?: () => Promise<void>;
 }
 
 class DeadlineError extends Error {}
@@ -134,6 +139,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     const result = await this.beat();
     if (result.ok && result.rejoined) {
       this.#o.log.warn({ den: this.#o.agent.den }, 'agent was missing from its den (Redis restart or peer reaped it); rejoined');
+      await this.#o.beforeRejoin?.();
       await this.#announce('agent_online', this.#membershipData({ rejoined: true })).catch(() => undefined);
     }
   }

@@ -13,6 +13,7 @@ const SCRIPTS = {
   agentdReapAgent: 'reap-agent-3.lua',
   agentdSweepDen: 'sweep-den-1.lua',
   agentdRateLimit: 'rate-limit-1.lua',
+  agentdAppendMessage: 'append-message-1.lua',
 } as const;
 
 type ScriptName = keyof typeof SCRIPTS;
@@ -33,6 +34,7 @@ interface ScriptCommands {
   ): Promise<[number, string]>;
   agentdSweepDen(den: string, prefix: string, suffix: string): Promise<[number, ...string[]]>;
   agentdRateLimit(key: string, windowSeconds: number): Promise<[number, number]>;
+  agentdAppendMessage(key: string, message: string, keep: number, ttlSeconds: number): Promise<number>;
 }
 
 const sources = new Map<ScriptName, string>();
@@ -58,6 +60,11 @@ export function withScripts(redis: Redis): Redis & ScriptCommands {
     }
   }
   return redis as Redis & ScriptCommands;
+}
+
+/** RPUSH + LTRIM + EXPIRE in one script call; resolves with the length after trimming. */
+export function appendMessage(redis: Redis, key: string, message: string, keep: number, ttlSeconds: number): Promise<number> {
+  return withScripts(redis).agentdAppendMessage(key, message, keep, ttlSeconds);
 }
 
 /** Counts one hit on a fixed-window counter; returns the count and the ms until the window resets. */

@@ -74,13 +74,25 @@ describe('plugins', () => {
     );
   });
 
-  it('refuses a module that cannot be loaded, naming the file', async () => {
+  it('refuses a plugin file that does not exist already when loading the config, naming the file', () => {
     const missing = join(tmpdir(), `${uid('missing')}.js`);
-    const t = makeDaemon(redis.url, { plugins: [missing] as never });
-    const err = await startError(t.daemon);
+    let err: unknown;
+    try {
+      makeDaemon(redis.url, { plugins: [missing] as never });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(AgentdError);
+    expect((err as AgentdError).code).toBe('AGENTD_ERR_PLUGIN_LOAD');
+    expect((err as AgentdError).exitCode).toBe(2);
+    expect((err as AgentdError).message).toBe(`plugin ${missing}: cannot read it (ENOENT)`);
+  });
+
+  it("refuses a package that cannot be resolved, without naming agentd's own files", async () => {
+    const err = await startError(makeDaemon(redis.url, { plugins: ['agentd-plugin-that-does-not-exist'] as never }).daemon);
     expect(err.code).toBe('AGENTD_ERR_PLUGIN_LOAD');
-    expect(err.exitCode).toBe(2);
-    expect(err.message).toContain(missing);
+    expect(err.message).toMatch(/^plugin agentd-plugin-that-does-not-exist: cannot load: /);
+    expect(err.message).not.toContain('loader.ts');
   });
 
   it('refuses a module that throws while loading', async () => {

@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -96,13 +96,19 @@ describe('loadConfig', () => {
   it('resolves plugin paths against the config file folder, and against cwd when from the environment', () => {
     const file = tempFile('c.json', { plugins: ['./p/one.js', { module: 'some-package', options: { a: 1 } }] });
     const dir = join(file, '..');
-    const fromFile = loadConfig({ file, env: {} }).config.plugins;
+    for (const f of ['p/one.js', 'app/two.js', 'three.js']) {
+      mkdirSync(join(dir, f, '..'), { recursive: true });
+      writeFileSync(join(dir, f), 'export default {}');
+    }
+    const fromFile = loadConfig({ file, env: {}, cwd: '/' }).config.plugins;
     expect(fromFile).toEqual([
       { module: pathToFileURL(join(dir, 'p/one.js')).href, options: {} },
       { module: 'some-package', options: { a: 1 } },
     ]);
-    const fromEnv = loadConfig({ file, env: { AGENTD_PLUGINS: './two.js, ../three.js' }, cwd: '/srv/app' }).config.plugins;
-    expect(fromEnv.map((p) => p.module)).toEqual([pathToFileURL('/srv/app/two.js').href, pathToFileURL('/srv/three.js').href]);
+    const fromEnv = loadConfig({ file, env: { AGENTD_PLUGINS: './two.js, ../three.js' }, cwd: join(dir, 'app') }).config.plugins;
+    expect(fromEnv.map((p) => p.module)).toEqual([pathToFileURL(join(dir, 'app/two.js')).href, pathToFileURL(join(dir, 'three.js')).href]);
+    // A path that names no file stops the load, naming the file.
+    expect(() => loadConfig({ env: { AGENTD_PLUGINS: './missing.js' }, cwd: dir })).toThrow(`plugin ${join(dir, 'missing.js')}: cannot read it (ENOENT)`);
   });
 
   describe('refuses bad input with one line naming the key', () => {
