@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { schema } from '../config/schema.ts';
 import { AgentdError } from '../errors.ts';
 import { memoryKeys } from '../redis/keys.ts';
 import { appendMessage, rateLimitHit } from '../redis/scripts.ts';
@@ -23,14 +24,15 @@ export interface MemoryOptions {
   readonly rateLimitWindow: number;
 }
 
+/** The defaults come from the settings schema, so the config and the API cannot disagree. */
 export const defaultMemoryOptions: MemoryOptions = Object.freeze({
-  maxMessages: 20,
-  sessionTtl: 3_600,
-  cacheTtl: 3_600,
-  taskTtl: 86_400,
-  topicTtl: 86_400,
-  prefsTtl: 604_800,
-  rateLimitWindow: 60,
+  maxMessages: schema.memory.maxMessages.default,
+  sessionTtl: schema.memory.sessionTtl.default,
+  cacheTtl: schema.memory.cacheTtl.default,
+  taskTtl: schema.memory.taskTtl.default,
+  topicTtl: schema.memory.topicTtl.default,
+  prefsTtl: schema.memory.prefsTtl.default,
+  rateLimitWindow: schema.memory.rateLimitWindow.default,
 });
 
 export interface ChatMessage {

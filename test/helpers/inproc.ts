@@ -1,10 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
 import type { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll } from 'vitest';
 import { AgentDaemon, type InlinePlugin } from '../../src/daemon.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import type { AgentdConfig, DeepPartial } from '../../src/config/schema.ts';
 import { createLogger } from '../../src/log.ts';
+import { startRedis, type StartRedisOptions, type TestRedis } from './redis.ts';
 
 export type LogLine = Record<string, unknown> & { msg?: string; level?: string };
 
@@ -72,4 +74,52 @@ export function gate(): { promise: Promise<void>; open: () => void } {
     open = r;
   });
   return { promise, open };
+}
+
+export interface RedisSuite {
+  /** The suite's Redis (set in beforeAll). */
+  readonly redis: TestRedis;
+  /** A plain command client to it. */
+  readonly cmd: Redis;
+  /** Starts a daemon from makeDaemon(); it is closed after the test. */
+  start(t: TestDaemon): Promise<TestDaemon>;
+  /** Closes `daemon` after the test, for daemons a test starts itself. */
+  track(daemon: AgentDaemon): void;
+}
+
+/** One throwaway Redis for the test file, and every daemon a test starts closed after it. */
+export function redisSuite(options: StartRedisOptions = {}): RedisSuite {
+  let redis: TestRedis | undefined;
+  let cmd: Redis | undefined;
+  const running: AgentDaemon[] = [];
+  beforeAll(async () => {
+    redis = await startRedis(options);
+    cmd = redis.client();
+  });
+  afterEach(async () => {
+    await Promise.all(running.splice(0).map((d) => d.close({ drainTimeoutMs: 100 })));
+  });
+  afterAll(async () => {
+    await redis?.stop();
+  });
+  const must = <T>(value: T | undefined): T => {
+    if (value === undefined) throw new Error('the suite Redis is only there inside tests');
+    return value;
+  };
+  return {
+    get redis() {
+      return must(redis);
+    },
+    get cmd() {
+      return must(cmd);
+    },
+    async start(t) {
+      running.push(t.daemon);
+      await t.daemon.start();
+      return t;
+    },
+    track(daemon) {
+      running.push(daemon);
+    },
+  };
 }

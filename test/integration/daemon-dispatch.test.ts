@@ -1,41 +1,21 @@
-import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { AgentEvent } from '../../src/bus/envelope.ts';
 import type { AgentDaemon, EventDroppedInfo } from '../../src/daemon.ts';
 import type { HandlerFailedInfo } from '../../src/bus/dispatcher.ts';
 import { definePlugin, type PluginContext } from '../../src/plugins/types.ts';
-import { gate, makeDaemon, until, type TestDaemon } from '../helpers/inproc.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { gate, makeDaemon, redisSuite, until, type TestDaemon } from '../helpers/inproc.ts';
 
-let redis: TestRedis;
-let pub: Redis;
-const running: AgentDaemon[] = [];
-
-beforeAll(async () => {
-  redis = await startRedis();
-  pub = redis.client();
-});
-afterAll(async () => {
-  await redis.stop();
-});
-afterEach(async () => {
-  await Promise.all(running.splice(0).map((d) => d.close({ drainTimeoutMs: 100 })));
-});
-
-async function started(t: TestDaemon): Promise<TestDaemon> {
-  running.push(t.daemon);
-  await t.daemon.start();
-  return t;
-}
+const suite = redisSuite();
+const started = (t: TestDaemon) => suite.start(t);
 
 const send = (type: string, data: unknown, extra: Record<string, unknown> = {}) =>
-  pub.publish(`agent:events:${type}`, JSON.stringify({ event: type, data, ...extra }));
+  suite.cmd.publish(`agent:events:${type}`, JSON.stringify({ event: type, data, ...extra }));
 
 describe('dispatch', () => {
   it('delivers a seed-format message from a plain client to the plugin handler', async () => {
     const seen: Array<{ event: AgentEvent; ctx: PluginContext }> = [];
     const t = await started(
-      makeDaemon(redis.url, {}, [
+      makeDaemon(suite.redis.url, {}, [
         { plugin: definePlugin({ name: 'rec', handlers: { new_message: (event, ctx) => void seen.push({ event, ctx }) } }), options: { k: 'v' } },
       ]),
     );
@@ -52,7 +32,7 @@ describe('dispatch', () => {
   it('calls the handlers for the type and the "*" handlers, and counts events nobody handles', async () => {
     const calls: string[] = [];
     const t = await started(
-      makeDaemon(redis.url, {}, [
+      makeDaemon(suite.redis.url, {}, [
         definePlugin({ name: 'typed', handlers: { alpha: () => void calls.push('typed:alpha') } }),
         definePlugin({ name: 'all', handlers: { '*': (e) => void calls.push(`all:${e.event}`) } }),
       ]),
@@ -67,7 +47,7 @@ describe('dispatch', () => {
     let online = 0;
     let alphas = 0;
     const t2 = await started(
-      makeDaemon(redis.url, {}, [definePlugin({ name: 'only-alpha', handlers: { alpha: () => void alphas++, agent_online: () => void online++ } })]),
+      makeDaemon(suite.redis.url, {}, [definePlugin({ name: 'only-alpha', handlers: { alpha: () => void alphas++, agent_online: () => void online++ } })]),
     );
     await until(() => online === 1, 'own agent_online');
     const before = t2.daemon.stats().unhandled;
@@ -82,7 +62,7 @@ describe('dispatch', () => {
     const hold = gate();
     const ran: number[] = [];
     const t = await started(
-      makeDaemon(redis.url, { queue: { concurrency: 1, max: 5 } }, [
+      makeDaemon(suite.redis.url, { queue: { concurrency: 1, max: 5 } }, [
         definePlugin({
           name: 'slow',
           handlers: {
@@ -121,7 +101,7 @@ describe('dispatch', () => {
     const hold = gate();
     const ran: number[] = [];
     const t = await started(
-      makeDaemon(redis.url, { queue: { concurrency: 1, max: 5, overflow: 'drop-oldest' } }, [
+      makeDaemon(suite.redis.url, { queue: { concurrency: 1, max: 5, overflow: 'drop-oldest' } }, [
         definePlugin({
           name: 'slow',
           handlers: {
@@ -152,7 +132,7 @@ describe('dispatch', () => {
     const reasons: unknown[] = [];
     const order: string[] = [];
     const t = await started(
-      makeDaemon(redis.url, { queue: { concurrency: 1, handlerTimeoutMs: 200 } }, [
+      makeDaemon(suite.redis.url, { queue: { concurrency: 1, handlerTimeoutMs: 200 } }, [
         definePlugin({
           name: 'sleepy',
           handlers: {
@@ -193,7 +173,7 @@ describe('dispatch', () => {
   it('isolates thrown errors and rejections: other plugins and later events are unaffected', async () => {
     const good: string[] = [];
     const t = await started(
-      makeDaemon(redis.url, {}, [
+      makeDaemon(suite.redis.url, {}, [
         definePlugin({
           name: 'bad',
           handlers: {
@@ -223,17 +203,17 @@ describe('dispatch', () => {
 
   it('drops each kind of bad input before any handler, with one log line and a counter', async () => {
     const seen: AgentEvent[] = [];
-    const t = await started(makeDaemon(redis.url, { events: { maxBytes: 1024 } }, [definePlugin({ name: 'all', handlers: { '*': (e) => void seen.push(e) } })]));
+    const t = await started(makeDaemon(suite.redis.url, { events: { maxBytes: 1024 } }, [definePlugin({ name: 'all', handlers: { '*': (e) => void seen.push(e) } })]));
     await until(() => seen.length === 1, 'own agent_online');
     const dropped: EventDroppedInfo[] = [];
     t.daemon.on('eventDropped', (d) => dropped.push(d));
     const ch = 'agent:events:x';
     const secret = 'PAYLOAD-MARKER';
-    await pub.publish(ch, `not json ${secret}`);
-    await pub.publish(ch, JSON.stringify([secret]));
-    await pub.publish(ch, JSON.stringify({ data: secret }));
-    await pub.publish(ch, JSON.stringify({ event: 'x', data: secret.repeat(200) }));
-    await pub.publish(ch, `{"event":"x","data":{"__proto__":{"polluted":"${secret}"}}}`);
+    await suite.cmd.publish(ch, `not json ${secret}`);
+    await suite.cmd.publish(ch, JSON.stringify([secret]));
+    await suite.cmd.publish(ch, JSON.stringify({ data: secret }));
+    await suite.cmd.publish(ch, JSON.stringify({ event: 'x', data: secret.repeat(200) }));
+    await suite.cmd.publish(ch, `{"event":"x","data":{"__proto__":{"polluted":"${secret}"}}}`);
     await send('valid', 'ok');
     await until(() => seen.length === 2, 'the valid event');
     expect(seen[1]!.event).toBe('valid');
@@ -252,7 +232,7 @@ describe('dispatch', () => {
     const seenByB: unknown[] = [];
     const errors: string[] = [];
     await started(
-      makeDaemon(redis.url, { queue: { concurrency: 1 } }, [
+      makeDaemon(suite.redis.url, { queue: { concurrency: 1 } }, [
         definePlugin({
           name: 'a',
           handlers: {
@@ -276,10 +256,10 @@ describe('dispatch', () => {
 
   it('ctx.publish sends an envelope with metadata that other agents receive', async () => {
     const got: AgentEvent[] = [];
-    const a = await started(makeDaemon(redis.url, {}, [definePlugin({ name: 'listener', handlers: { pong: (e) => void got.push(e) } })]));
+    const a = await started(makeDaemon(suite.redis.url, {}, [definePlugin({ name: 'listener', handlers: { pong: (e) => void got.push(e) } })]));
     let publishFrom: PluginContext | undefined;
     const b = await started(
-      makeDaemon(redis.url, {}, [definePlugin({ name: 'speaker', setup: (ctx) => void (publishFrom = ctx), handlers: {} })]),
+      makeDaemon(suite.redis.url, {}, [definePlugin({ name: 'speaker', setup: (ctx) => void (publishFrom = ctx), handlers: {} })]),
     );
     const receivers = await publishFrom!.publish('pong', { n: 1 });
     expect(receivers).toBeGreaterThanOrEqual(2);

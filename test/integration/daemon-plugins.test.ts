@@ -2,29 +2,17 @@ import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AgentDaemon } from '../../src/daemon.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import { AgentdError } from '../../src/errors.ts';
 import { definePlugin, type Plugin } from '../../src/plugins/types.ts';
-import { captureLogger, makeDaemon, uid, until } from '../helpers/inproc.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { captureLogger, makeDaemon, redisSuite, uid, until } from '../helpers/inproc.ts';
 
-let redis: TestRedis;
-const running: AgentDaemon[] = [];
-
-beforeAll(async () => {
-  redis = await startRedis();
-});
-afterAll(async () => {
-  await redis.stop();
-});
-afterEach(async () => {
-  await Promise.all(running.splice(0).map((d) => d.close({ drainTimeoutMs: 100 })));
-});
+const suite = redisSuite();
 
 async function startError(daemon: AgentDaemon): Promise<AgentdError> {
-  running.push(daemon);
+  suite.track(daemon);
   try {
     await daemon.start();
   } catch (err) {
@@ -53,7 +41,7 @@ describe('plugins', () => {
     writeFileSync(
       file,
       JSON.stringify({
-        redis: { url: redis.url },
+        redis: { url: suite.redis.url },
         agent: { id: uid(), den: uid() },
         plugins: [{ module: './plugins/first.js', options: { colour: 'red' } }, './plugins/second.mjs'],
       }),
@@ -61,7 +49,7 @@ describe('plugins', () => {
     const { config } = loadConfig({ file, env: {}, cwd: '/' });
     const { logger } = captureLogger();
     const daemon = new AgentDaemon({ config, logger });
-    running.push(daemon);
+    suite.track(daemon);
     let readyAt = '';
     daemon.on('ready', () => {
       readyAt = readFileSync(record, 'utf8');
@@ -78,7 +66,7 @@ describe('plugins', () => {
     const missing = join(tmpdir(), `${uid('missing')}.js`);
     let err: unknown;
     try {
-      makeDaemon(redis.url, { plugins: [missing] as never });
+      makeDaemon(suite.redis.url, { plugins: [missing] as never });
     } catch (e) {
       err = e;
     }
@@ -89,7 +77,7 @@ describe('plugins', () => {
   });
 
   it("refuses a package that cannot be resolved, without naming agentd's own files", async () => {
-    const err = await startError(makeDaemon(redis.url, { plugins: ['agentd-plugin-that-does-not-exist'] as never }).daemon);
+    const err = await startError(makeDaemon(suite.redis.url, { plugins: ['agentd-plugin-that-does-not-exist'] as never }).daemon);
     expect(err.code).toBe('AGENTD_ERR_PLUGIN_LOAD');
     expect(err.message).toMatch(/^plugin agentd-plugin-that-does-not-exist: cannot load: /);
     expect(err.message).not.toContain('loader.ts');
@@ -98,7 +86,7 @@ describe('plugins', () => {
   it('refuses a module that throws while loading', async () => {
     const file = join(mkdtempSync(join(tmpdir(), 'agentd-p-')), 'throws.js');
     writeFileSync(file, 'throw new Error("broken at import");');
-    const err = await startError(makeDaemon(redis.url, { plugins: [file] as never }).daemon);
+    const err = await startError(makeDaemon(suite.redis.url, { plugins: [file] as never }).daemon);
     expect(err.code).toBe('AGENTD_ERR_PLUGIN_LOAD');
     expect(err.message).toContain(file);
     expect(err.message).toContain('broken at import');
@@ -112,20 +100,20 @@ describe('plugins', () => {
     ['an unknown key', { name: 'x', handlers: {}, onEvent: () => 1 }, /unknown plugin key "onEvent"/],
     ['setup that is not a function', { name: 'x', handlers: {}, setup: true }, /"setup" must be a function/],
   ])('refuses a plugin with %s', async (_what, plugin, message) => {
-    const err = await startError(makeDaemon(redis.url, {}, [plugin as Plugin]).daemon);
+    const err = await startError(makeDaemon(suite.redis.url, {}, [plugin as Plugin]).daemon);
     expect(err.code).toBe('AGENTD_ERR_PLUGIN_LOAD');
     expect(err.message).toMatch(message);
   });
 
   it('refuses two plugins with the same name', async () => {
     const p = definePlugin({ name: 'twin', handlers: {} });
-    const err = await startError(makeDaemon(redis.url, {}, [p, { ...p }]).daemon);
+    const err = await startError(makeDaemon(suite.redis.url, {}, [p, { ...p }]).daemon);
     expect(err.message).toContain('"twin" is already used');
   });
 
   it('stops the start when setup throws, naming the plugin, and closes the plugins already set up', async () => {
     const closed: string[] = [];
-    const t = makeDaemon(redis.url, {}, [
+    const t = makeDaemon(suite.redis.url, {}, [
       definePlugin({ name: 'fine', handlers: {}, close: () => void closed.push('fine') }),
       definePlugin({
         name: 'broken',
@@ -142,12 +130,12 @@ describe('plugins', () => {
     expect(err.message).toMatch(/^plugin broken \(\(code\)\): setup failed: no database$/);
     expect(closed).toEqual(['fine']);
     // Never reported ready, never joined its den.
-    const members = await redis.client().smembers(`den:${t.config.agent.den}:online_agents`);
+    const members = await suite.redis.client().smembers(`den:${t.config.agent.den}:online_agents`);
     expect(members).toEqual([]);
   });
 
   it('stops the start when setup outlives its time limit', async () => {
-    const t = makeDaemon(redis.url, { lifecycle: { setupTimeoutMs: 150 } }, [
+    const t = makeDaemon(suite.redis.url, { lifecycle: { setupTimeoutMs: 150 } }, [
       definePlugin({ name: 'hangs', setup: () => new Promise<void>(() => undefined), handlers: {} }),
     ]);
     const err = await startError(t.daemon);
@@ -158,7 +146,7 @@ describe('plugins', () => {
 
   it('keeps closing the other plugins when one close fails', async () => {
     const closed: string[] = [];
-    const t = makeDaemon(redis.url, {}, [
+    const t = makeDaemon(suite.redis.url, {}, [
       definePlugin({ name: 'a', handlers: {}, close: () => void closed.push('a') }),
       definePlugin({
         name: 'b',
@@ -168,7 +156,7 @@ describe('plugins', () => {
         },
       }),
     ]);
-    running.push(t.daemon);
+    suite.track(t.daemon);
     await t.daemon.start();
     await t.daemon.close();
     expect(closed).toEqual(['a']);

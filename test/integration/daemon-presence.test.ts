@@ -1,50 +1,29 @@
 import { hostname } from 'node:os';
-import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentDaemon } from '../../src/daemon.ts';
+import { describe, expect, it } from 'vitest';
 import type { MembershipChange } from '../../src/presence/presence.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
 import { AgentdError } from '../../src/errors.ts';
 import { freePort } from '../helpers/ports.ts';
-import { collect, gate, makeDaemon, until, type TestDaemon } from '../helpers/inproc.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { collect, gate, makeDaemon, redisSuite, until, type TestDaemon } from '../helpers/inproc.ts';
 
-let redis: TestRedis;
-let cmd: Redis;
-const running: AgentDaemon[] = [];
-
-beforeAll(async () => {
-  redis = await startRedis();
-  cmd = redis.client();
-});
-afterAll(async () => {
-  await redis.stop();
-});
-afterEach(async () => {
-  await Promise.all(running.splice(0).map((d) => d.close({ drainTimeoutMs: 100 })));
-});
-
-async function started(t: TestDaemon): Promise<TestDaemon> {
-  running.push(t.daemon);
-  await t.daemon.start();
-  return t;
-}
+const suite = redisSuite();
+const started = (t: TestDaemon) => suite.start(t);
 
 const FAST = { heartbeat: { ttl: 2, interval: 0.3 } } as const;
 
 describe('presence', () => {
   it('writes heartbeat, den membership and registry record at start, and refreshes them', async () => {
     const t0 = Date.now();
-    const t = await started(makeDaemon(redis.url, FAST));
+    const t = await started(makeDaemon(suite.redis.url, FAST));
     const { id, den } = t.config.agent;
-    expect(await cmd.smembers(`den:${den}:online_agents`)).toEqual([id]);
-    const ttl = await cmd.pttl(`agent:${id}:heartbeat`);
+    expect(await suite.cmd.smembers(`den:${den}:online_agents`)).toEqual([id]);
+    const ttl = await suite.cmd.pttl(`agent:${id}:heartbeat`);
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(2_000);
-    const first = Number(await cmd.get(`agent:${id}:heartbeat`));
+    const first = Number(await suite.cmd.get(`agent:${id}:heartbeat`));
     expect(first).toBeGreaterThanOrEqual(t0);
     expect(first).toBeLessThanOrEqual(Date.now());
-    const record = JSON.parse((await cmd.hget('global:agent_registry', id)) ?? '{}') as Record<string, unknown>;
+    const record = JSON.parse((await suite.cmd.hget('global:agent_registry', id)) ?? '{}') as Record<string, unknown>;
     expect(record).toMatchObject({ id, den, host: hostname(), pid: process.pid, status: 'online' });
     expect(typeof record['version']).toBe('string');
     expect(record['startedAt']).toBeGreaterThanOrEqual(t0);
@@ -53,19 +32,19 @@ describe('presence', () => {
     let minTtl = Infinity;
     const end = Date.now() + 1_500;
     while (Date.now() < end) {
-      minTtl = Math.min(minTtl, await cmd.pttl(`agent:${id}:heartbeat`));
+      minTtl = Math.min(minTtl, await suite.cmd.pttl(`agent:${id}:heartbeat`));
       await new Promise((r) => setTimeout(r, 50));
     }
     expect(minTtl).toBeGreaterThan(1_000);
-    expect(Number(await cmd.get(`agent:${id}:heartbeat`))).toBeGreaterThan(first);
-    const later = JSON.parse((await cmd.hget('global:agent_registry', id)) ?? '{}') as { lastSeen: number };
+    expect(Number(await suite.cmd.get(`agent:${id}:heartbeat`))).toBeGreaterThan(first);
+    const later = JSON.parse((await suite.cmd.hget('global:agent_registry', id)) ?? '{}') as { lastSeen: number };
     expect(later.lastSeen).toBeGreaterThan(first);
   });
 
   it('publishes agent_online at start with the contract fields', async () => {
-    const watcher = redis.client();
+    const watcher = suite.redis.client();
     const got = await collect(watcher, 'agent:events:agent_online');
-    const t = await started(makeDaemon(redis.url, FAST));
+    const t = await started(makeDaemon(suite.redis.url, FAST));
     await until(() => got.some((g) => (g.message['data'] as { agent?: string }).agent === t.config.agent.id), 'agent_online');
     const msg = got.find((g) => (g.message['data'] as { agent?: string }).agent === t.config.agent.id)!.message;
     expect(msg).toMatchObject({
@@ -80,24 +59,24 @@ describe('presence', () => {
   });
 
   it('rejoins its den on the next beat after being removed, announcing rejoined: true', async () => {
-    const t = await started(makeDaemon(redis.url, FAST));
+    const t = await started(makeDaemon(suite.redis.url, FAST));
     const changes: MembershipChange[] = [];
     t.daemon.on('membership', (m) => changes.push(m));
-    const watcher = redis.client();
+    const watcher = suite.redis.client();
     const got = await collect(watcher, 'agent:events:agent_online');
     const { id, den } = t.config.agent;
-    await cmd.srem(`den:${den}:online_agents`, id);
-    await cmd.del(`agent:${id}:heartbeat`);
-    await until(async () => (await cmd.sismember(`den:${den}:online_agents`, id)) === 1, 'the agent to re-add itself', 2_000);
-    expect(await cmd.exists(`agent:${id}:heartbeat`)).toBe(1);
+    await suite.cmd.srem(`den:${den}:online_agents`, id);
+    await suite.cmd.del(`agent:${id}:heartbeat`);
+    await until(async () => (await suite.cmd.sismember(`den:${den}:online_agents`, id)) === 1, 'the agent to re-add itself', 2_000);
+    expect(await suite.cmd.exists(`agent:${id}:heartbeat`)).toBe(1);
     await until(() => got.some((g) => (g.message['data'] as { agent?: string }).agent === id), 'agent_online rejoined');
     expect(got.find((g) => (g.message['data'] as { agent?: string }).agent === id)!.message['data']).toMatchObject({ agent: id, rejoined: true });
     expect(changes).toEqual([{ type: 'agent_online', agent: id, den, rejoined: true }]);
   });
 
   it('leaves on close: out of the den, registry offline, heartbeat deleted, agent_offline published', async () => {
-    const t = await started(makeDaemon(redis.url, FAST));
-    const watcher = redis.client();
+    const t = await started(makeDaemon(suite.redis.url, FAST));
+    const watcher = suite.redis.client();
     const got = await collect(watcher, 'agent:events:agent_offline');
     const { id, den } = t.config.agent;
     const first = t.daemon.close();
@@ -105,20 +84,20 @@ describe('presence', () => {
     const result = await first;
     expect(result).toEqual({ drained: true, errors: [] });
     expect(t.daemon.state).toBe('closed');
-    expect(await cmd.sismember(`den:${den}:online_agents`, id)).toBe(0);
-    expect(await cmd.exists(`agent:${id}:heartbeat`)).toBe(0);
-    const record = JSON.parse((await cmd.hget('global:agent_registry', id)) ?? '{}') as Record<string, unknown>;
+    expect(await suite.cmd.sismember(`den:${den}:online_agents`, id)).toBe(0);
+    expect(await suite.cmd.exists(`agent:${id}:heartbeat`)).toBe(0);
+    const record = JSON.parse((await suite.cmd.hget('global:agent_registry', id)) ?? '{}') as Record<string, unknown>;
     expect(record).toMatchObject({ id, den, host: hostname(), status: 'offline' });
     await until(() => got.length === 1, 'agent_offline');
     expect(got[0]!.message).toMatchObject({ event: 'agent_offline', data: { agent: id, den, host: hostname(), reason: 'shutdown' } });
     // No connection of this daemon is left on the server.
-    const clients = await cmd.client('LIST');
+    const clients = await suite.cmd.client('LIST');
     expect(String(clients)).not.toContain(`agentd:${id}:`);
   });
 
   it('holds exactly one command and one subscriber connection', async () => {
-    const t = await started(makeDaemon(redis.url, FAST));
-    const names = String(await cmd.client('LIST'))
+    const t = await started(makeDaemon(suite.redis.url, FAST));
+    const names = String(await suite.cmd.client('LIST'))
       .split('\n')
       .map((line) => /name=(\S*)/.exec(line)?.[1])
       .filter((n) => n?.startsWith(`agentd:${t.config.agent.id}:`));
@@ -128,7 +107,7 @@ describe('presence', () => {
   it('drains queued handler calls before leaving', async () => {
     const done: number[] = [];
     const t = await started(
-      makeDaemon(redis.url, { ...FAST, queue: { concurrency: 2 } }, [
+      makeDaemon(suite.redis.url, { ...FAST, queue: { concurrency: 2 } }, [
         definePlugin({
           name: 'slow',
           handlers: {
@@ -140,7 +119,7 @@ describe('presence', () => {
         }),
       ]),
     );
-    for (let i = 0; i < 10; i++) await cmd.publish('agent:events:job', JSON.stringify({ event: 'job', data: i }));
+    for (let i = 0; i < 10; i++) await suite.cmd.publish('agent:events:job', JSON.stringify({ event: 'job', data: i }));
     await until(() => t.daemon.stats().waiting + t.daemon.stats().running + done.length === 10, 'all jobs queued');
     const result = await t.daemon.close();
     expect(result.drained).toBe(true);
@@ -150,7 +129,7 @@ describe('presence', () => {
   it('on drain timeout reports what was left, aborts running handlers, and still leaves', async () => {
     const aborted = gate();
     const t = await started(
-      makeDaemon(redis.url, { ...FAST, queue: { concurrency: 1 } }, [
+      makeDaemon(suite.redis.url, { ...FAST, queue: { concurrency: 1 } }, [
         definePlugin({
           name: 'stuck',
           handlers: {
@@ -162,7 +141,7 @@ describe('presence', () => {
         }),
       ]),
     );
-    for (let i = 0; i < 3; i++) await cmd.publish('agent:events:job', JSON.stringify({ event: 'job', data: i }));
+    for (let i = 0; i < 3; i++) await suite.cmd.publish('agent:events:job', JSON.stringify({ event: 'job', data: i }));
     await until(() => t.daemon.stats().running === 1 && t.daemon.stats().waiting === 2, 'one running, two waiting');
     const result = await t.daemon.close({ drainTimeoutMs: 200 });
     expect(result.drained).toBe(false);
@@ -170,7 +149,7 @@ describe('presence', () => {
     expect(result.left?.running).toEqual([expect.objectContaining({ plugin: 'stuck', event: 'job' })]);
     await aborted.promise;
     expect(t.lines.some((l) => l.msg?.startsWith('drain timeout'))).toBe(true);
-    expect(await cmd.sismember(`den:${t.config.agent.den}:online_agents`, t.config.agent.id)).toBe(0);
+    expect(await suite.cmd.sismember(`den:${t.config.agent.den}:online_agents`, t.config.agent.id)).toBe(0);
   });
 
   it('can be closed while still waiting for Redis', async () => {

@@ -1,51 +1,30 @@
-import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentDaemon } from '../../src/daemon.ts';
+import { describe, expect, it } from 'vitest';
 import type { AgentDown } from '../../src/presence/watcher.ts';
 import { reapAgent } from '../../src/redis/scripts.ts';
-import { collect, makeDaemon, uid, until, type TestDaemon } from '../helpers/inproc.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { collect, makeDaemon, redisSuite, uid, until, type TestDaemon } from '../helpers/inproc.ts';
 
-let redis: TestRedis;
-let cmd: Redis;
-const running: AgentDaemon[] = [];
-
-beforeAll(async () => {
-  redis = await startRedis({ requireControl: true });
-  cmd = redis.client();
-});
-afterAll(async () => {
-  await redis.stop();
-});
-afterEach(async () => {
-  await Promise.all(running.splice(0).map((d) => d.close({ drainTimeoutMs: 100 })));
-});
-
-async function started(t: TestDaemon): Promise<TestDaemon> {
-  running.push(t.daemon);
-  await t.daemon.start();
-  return t;
-}
+const suite = redisSuite({ requireControl: true });
+const started = (t: TestDaemon) => suite.start(t);
 
 /** Writes what a dead agent leaves behind: den membership and a registry record, heartbeat gone or about to go. */
 async function ghost(den: string, opts: { heartbeatPx?: number; record?: boolean } = {}): Promise<string> {
   const id = uid('ghost');
-  if (opts.heartbeatPx) await cmd.set(`agent:${id}:heartbeat`, String(Date.now()), 'PX', opts.heartbeatPx);
-  await cmd.sadd(`den:${den}:online_agents`, id);
+  if (opts.heartbeatPx) await suite.cmd.set(`agent:${id}:heartbeat`, String(Date.now()), 'PX', opts.heartbeatPx);
+  await suite.cmd.sadd(`den:${den}:online_agents`, id);
   if (opts.record !== false) {
-    await cmd.hset('global:agent_registry', id, JSON.stringify({ id, den, host: 'ghost-host', pid: 1, version: 'x', startedAt: 1, status: 'online', lastSeen: 1234, extra: { kept: true } }));
+    await suite.cmd.hset('global:agent_registry', id, JSON.stringify({ id, den, host: 'ghost-host', pid: 1, version: 'x', startedAt: 1, status: 'online', lastSeen: 1234, extra: { kept: true } }));
   }
   return id;
 }
 
-const downs = async () => (await collect(redis.client(), 'agent:events:agent_down')) as Array<{ channel: string; message: { data: AgentDown } & Record<string, unknown> }>;
+const downs = async () => (await collect(suite.redis.client(), 'agent:events:agent_down')) as Array<{ channel: string; message: { data: AgentDown } & Record<string, unknown> }>;
 
 describe('reap script', () => {
   it('lets exactly one of 50 concurrent callers reap, publish, and mark the record down', async () => {
     const den = uid('den');
     const id = await ghost(den);
     const seen = await downs();
-    const clients = Array.from({ length: 50 }, () => redis.client());
+    const clients = Array.from({ length: 50 }, () => suite.redis.client());
     const outcomes = await Promise.all(
       clients.map((c, i) => reapAgent(c, { id, den, now: 5000 + i, watcher: { id: `w${i}`, den }, via: 'sweep' })),
     );
@@ -55,18 +34,18 @@ describe('reap script', () => {
     await new Promise((r) => setTimeout(r, 200));
     expect(seen).toHaveLength(1);
     expect(seen[0]!.message).toMatchObject({ event: 'agent_down', data: { agent: id, den, host: 'ghost-host', lastSeen: 1234, via: 'sweep' } });
-    const record = JSON.parse((await cmd.hget('global:agent_registry', id))!) as Record<string, unknown>;
+    const record = JSON.parse((await suite.cmd.hget('global:agent_registry', id))!) as Record<string, unknown>;
     expect(record).toMatchObject({ id, den, host: 'ghost-host', status: 'down', extra: { kept: true } });
     expect(record['downAt']).toBeGreaterThanOrEqual(5000);
-    expect(await cmd.sismember(`den:${den}:online_agents`, id)).toBe(0);
+    expect(await suite.cmd.sismember(`den:${den}:online_agents`, id)).toBe(0);
   });
 
   it('does nothing to an agent whose heartbeat is back, or that already left', async () => {
     const den = uid('den');
     const alive = await ghost(den, { heartbeatPx: 60_000 });
-    expect(await reapAgent(cmd, { id: alive, den, now: 1, watcher: { id: 'w', den }, via: 'sweep' })).toEqual({ reaped: false, reason: 'alive' });
-    expect(await cmd.sismember(`den:${den}:online_agents`, alive)).toBe(1);
-    expect(await reapAgent(cmd, { id: uid('never'), den, now: 1, watcher: { id: 'w', den }, via: 'sweep' })).toEqual({ reaped: false, reason: 'absent' });
+    expect(await reapAgent(suite.cmd, { id: alive, den, now: 1, watcher: { id: 'w', den }, via: 'sweep' })).toEqual({ reaped: false, reason: 'alive' });
+    expect(await suite.cmd.sismember(`den:${den}:online_agents`, alive)).toBe(1);
+    expect(await reapAgent(suite.cmd, { id: uid('never'), den, now: 1, watcher: { id: 'w', den }, via: 'sweep' })).toEqual({ reaped: false, reason: 'absent' });
   });
 });
 
@@ -75,7 +54,7 @@ describe('peer watcher', () => {
     const den = uid('den');
     const seen = await downs();
     const watchers = await Promise.all(
-      Array.from({ length: 10 }, () => started(makeDaemon(redis.url, { agent: { den }, heartbeat: { ttl: 2, interval: 0.5 }, watch: { sweepInterval: 0.1, notifications: 'off' } }))),
+      Array.from({ length: 10 }, () => started(makeDaemon(suite.redis.url, { agent: { den }, heartbeat: { ttl: 2, interval: 0.5 }, watch: { sweepInterval: 0.1, notifications: 'off' } }))),
     );
     const id = await ghost(den);
     await until(() => seen.length >= 1, 'agent_down', 3_000);
@@ -85,15 +64,15 @@ describe('peer watcher', () => {
     expect(reapers).toHaveLength(1);
     expect(seen[0]!.message.data.detectedBy).toBe(reapers[0]!.config.agent.id);
     // The live watchers themselves are all still members.
-    expect((await cmd.smembers(`den:${den}:online_agents`)).sort()).toEqual(watchers.map((w) => w.config.agent.id).sort());
+    expect((await suite.cmd.smembers(`den:${den}:online_agents`)).sort()).toEqual(watchers.map((w) => w.config.agent.id).sort());
   });
 
   it('uses expiry notifications when they are on: detection well before the next sweep', async () => {
-    await cmd.config('SET', 'notify-keyspace-events', '');
+    await suite.cmd.config('SET', 'notify-keyspace-events', '');
     const den = uid('den');
     const seen = await downs();
-    const w = await started(makeDaemon(redis.url, { agent: { den }, watch: { sweepInterval: 30, notifications: 'enable' } }));
-    const flags = ((await cmd.config('GET', 'notify-keyspace-events')) as string[])[1] ?? '';
+    const w = await started(makeDaemon(suite.redis.url, { agent: { den }, watch: { sweepInterval: 30, notifications: 'enable' } }));
+    const flags = ((await suite.cmd.config('GET', 'notify-keyspace-events')) as string[])[1] ?? '';
     expect(flags).toContain('E');
     expect(flags).toContain('x');
     const id = await ghost(den, { heartbeatPx: 300 });
@@ -101,14 +80,14 @@ describe('peer watcher', () => {
     await until(() => seen.length === 1, 'agent_down via expiry', 3_000);
     expect(Date.now() - t0).toBeLessThan(2_000);
     expect(seen[0]!.message.data).toEqual({ agent: id, den, host: 'ghost-host', lastSeen: 1234, detectedBy: w.config.agent.id, via: 'expiry' });
-    await cmd.config('SET', 'notify-keyspace-events', '');
+    await suite.cmd.config('SET', 'notify-keyspace-events', '');
   });
 
   it('falls back to the sweep when notifications are off, and reaps agents with no registry record', async () => {
-    await cmd.config('SET', 'notify-keyspace-events', '');
+    await suite.cmd.config('SET', 'notify-keyspace-events', '');
     const den = uid('den');
     const seen = await downs();
-    const w = await started(makeDaemon(redis.url, { agent: { den }, watch: { sweepInterval: 0.2, notifications: 'listen' } }));
+    const w = await started(makeDaemon(suite.redis.url, { agent: { den }, watch: { sweepInterval: 0.2, notifications: 'listen' } }));
     const id = await ghost(den, { heartbeatPx: 200, record: false });
     await until(() => seen.length === 1, 'agent_down via sweep', 3_000);
     expect(seen[0]!.message.data).toEqual({ agent: id, den, host: null, lastSeen: null, detectedBy: w.config.agent.id, via: 'sweep' });
@@ -118,8 +97,8 @@ describe('peer watcher', () => {
     const den = uid('den');
     const seen = await downs();
     const fast = { agent: { den }, heartbeat: { ttl: 1, interval: 0.2 }, watch: { sweepInterval: 0.1 } } as const;
-    await started(makeDaemon(redis.url, fast));
-    const leaving = makeDaemon(redis.url, fast);
+    await started(makeDaemon(suite.redis.url, fast));
+    const leaving = makeDaemon(suite.redis.url, fast);
     await leaving.daemon.start();
     await leaving.daemon.close();
     await new Promise((r) => setTimeout(r, 1_500)); // past the TTL, many sweeps
@@ -130,11 +109,11 @@ describe('peer watcher', () => {
     const mine = uid('den');
     const other = uid('den');
     const seen = await downs();
-    await started(makeDaemon(redis.url, { agent: { den: mine }, watch: { sweepInterval: 0.1, notifications: 'off' } }));
+    await started(makeDaemon(suite.redis.url, { agent: { den: mine }, watch: { sweepInterval: 0.1, notifications: 'off' } }));
     const id = await ghost(other);
     await new Promise((r) => setTimeout(r, 400));
     expect(seen).toEqual([]);
-    await started(makeDaemon(redis.url, { agent: { den: mine }, watch: { sweepInterval: 0.1, notifications: 'off', dens: ['*'] } }));
+    await started(makeDaemon(suite.redis.url, { agent: { den: mine }, watch: { sweepInterval: 0.1, notifications: 'off', dens: ['*'] } }));
     await until(() => seen.length === 1, 'agent_down from the all-dens watcher', 3_000);
     expect(seen[0]!.message.data).toMatchObject({ agent: id, den: other });
   });
@@ -142,7 +121,7 @@ describe('peer watcher', () => {
   it('does not watch at all when turned off', async () => {
     const den = uid('den');
     const seen = await downs();
-    const t = await started(makeDaemon(redis.url, { agent: { den }, watch: { enabled: false, sweepInterval: 0.1 } }));
+    const t = await started(makeDaemon(suite.redis.url, { agent: { den }, watch: { enabled: false, sweepInterval: 0.1 } }));
     await ghost(den);
     await new Promise((r) => setTimeout(r, 400));
     expect(seen).toEqual([]);

@@ -1,41 +1,25 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { AgentEvent } from '../../src/bus/envelope.ts';
-import type { AgentDaemon } from '../../src/daemon.ts';
 import { AgentMemory } from '../../src/memory/memory.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
-import { makeDaemon, uid, until } from '../helpers/inproc.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { makeDaemon, redisSuite, uid, until } from '../helpers/inproc.ts';
 
 const run = promisify(execFile);
 const SCRIPT = new URL('./seed_agent.py', import.meta.url).pathname;
 
-let redis: TestRedis;
-let cmd: Redis;
-const daemons: AgentDaemon[] = [];
+const suite = redisSuite();
 
 async function py(agent: string, ...args: string[]): Promise<unknown> {
-  const { stdout } = await run('/usr/bin/python3', [SCRIPT, redis.url, agent, ...args]);
+  const { stdout } = await run('/usr/bin/python3', [SCRIPT, suite.redis.url, agent, ...args]);
   return JSON.parse(stdout) as unknown;
 }
-
-beforeAll(async () => {
-  redis = await startRedis();
-  cmd = redis.client();
-});
-afterAll(async () => {
-  await redis.stop();
-});
-afterEach(async () => {
-  await Promise.all(daemons.splice(0).map((d) => d.close({ drainTimeoutMs: 100 })));
-});
 
 describe('interop with a Python agent (redis-py, the article conventions)', () => {
   it('Python writes messages, agentd reads them; agentd appends, Python reads them', async () => {
     const agent = uid('py');
-    const mem = new AgentMemory(cmd, agent);
+    const mem = new AgentMemory(suite.cmd, agent);
     await py(agent, 'add-message', 's1', 'user', "What's the weather in Nashville?");
     await py(agent, 'add-message', 's1', 'assistant', 'Currently 68°F and sunny in Nashville.');
     await mem.addMessage('s1', { role: 'user', content: 'Thanks — and tomorrow? 🌦' });
@@ -52,15 +36,15 @@ describe('interop with a Python agent (redis-py, the article conventions)', () =
     const agent = uid('py');
     const content = 'Grüße, "quotes", back\\slash, tab\there, emoji 🙂, newline\nend';
     await py(agent, 'add-message', 'py', 'user', content);
-    await new AgentMemory(cmd, agent).addMessage('js', { role: 'user', content });
+    await new AgentMemory(suite.cmd, agent).addMessage('js', { role: 'user', content });
     const [fromPython] = (await py(agent, 'raw-messages', 'py')) as string[];
-    const [fromAgentd] = await cmd.lrange(`agent:${agent}:session:js:messages`, 0, -1);
+    const [fromAgentd] = await suite.cmd.lrange(`agent:${agent}:session:js:messages`, 0, -1);
     expect(fromAgentd).toBe(fromPython);
   });
 
   it('shares the LLM cache both ways (same sha256 key)', async () => {
     const agent = uid('py');
-    const mem = new AgentMemory(cmd, agent);
+    const mem = new AgentMemory(suite.cmd, agent);
     const prompt = 'Summarise: naïve café ☕';
     expect(await py(agent, 'cache-key', prompt, 'claude-3-5-sonnet')).toBe(mem.cacheKey(prompt, 'claude-3-5-sonnet'));
     await py(agent, 'cache-set', prompt, 'claude-3-5-sonnet', 'from python');
@@ -74,7 +58,7 @@ describe('interop with a Python agent (redis-py, the article conventions)', () =
 
   it('shares task status both ways', async () => {
     const agent = uid('py');
-    const mem = new AgentMemory(cmd, agent);
+    const mem = new AgentMemory(suite.cmd, agent);
     await py(agent, 'task-set', 'job-1', 'done');
     expect(await mem.getTaskStatus('job-1')).toBe('done');
     await mem.setTaskStatus('job-2', 'running');
@@ -83,7 +67,7 @@ describe('interop with a Python agent (redis-py, the article conventions)', () =
 
   it('the article snippet clears what agentd wrote; agentd clears what Python wrote', async () => {
     const agent = uid('py');
-    const mem = new AgentMemory(cmd, agent);
+    const mem = new AgentMemory(suite.cmd, agent);
     await mem.addMessage('s', { role: 'user', content: 'x' });
     await mem.setTaskStatus('t', 'done');
     expect(await py(agent, 'clear')).toBe(2);
@@ -94,8 +78,8 @@ describe('interop with a Python agent (redis-py, the article conventions)', () =
 
   it('a Python publisher reaches an agentd plugin', async () => {
     const seen: AgentEvent[] = [];
-    const t = makeDaemon(redis.url, {}, [definePlugin({ name: 'rec', handlers: { new_message: (e) => void seen.push(e) } })]);
-    daemons.push(t.daemon);
+    const t = makeDaemon(suite.redis.url, {}, [definePlugin({ name: 'rec', handlers: { new_message: (e) => void seen.push(e) } })]);
+    suite.track(t.daemon);
     await t.daemon.start();
     expect(await py('publisher', 'publish', 'new_message', '{"user_id": "usr-123", "text": "Hello!"}')).toBeGreaterThanOrEqual(1);
     await until(() => seen.length === 1, 'the event from Python');
