@@ -11,13 +11,15 @@ import { createLogger, type Logger } from './log.ts';
 import { loadPlugins, validatePlugin, type LoadedPlugin } from './plugins/loader.ts';
 import { PluginHost } from './plugins/host.ts';
 import type { AgentInfo, Plugin, PluginOptions } from './plugins/types.ts';
+import { Metrics } from './http/metrics.ts';
+import { startHttpEndpoint, type HttpEndpoint, type Readiness } from './http/server.ts';
 import { AgentMemory } from './memory/memory.ts';
 import { MemoryMonitor } from './memory/monitor.ts';
 import { LoopMonitor } from './presence/loop-monitor.ts';
 import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
 import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
 import { Connections, type ConnectionStateChange } from './redis/connection.ts';
-import { expiredEventsChannel, probeChannel } from './redis/keys.ts';
+import { denMembersKey, expiredEventsChannel, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
 
 export type DaemonState = 'idle' | 'starting' | 'ready' | 'degraded' | 'closing' | 'closed';
@@ -100,6 +102,9 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   readonly #watcher: PeerWatcher | undefined;
   readonly #loop: LoopMonitor;
   readonly #memoryMonitor: MemoryMonitor;
+  /** Prometheus metrics of this daemon (served on /metrics when http.port is set). */
+  readonly metrics: Metrics;
+  #http: HttpEndpoint | undefined;
   /** This agent's short-term memory (also each plugin's `ctx.memory`). */
   readonly memory: AgentMemory;
   readonly #inline: readonly InlinePlugin[];
@@ -182,6 +187,20 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     });
     this.#subscriber.on('lost', () => this.#degrade('event subscription lost'));
     this.#subscriber.on('confirmed', () => this.#refreshState());
+
+    this.metrics = new Metrics({
+      queue: () => ({ waiting: this.#dispatcher.waiting, running: this.#dispatcher.running }),
+      lastBeatAt: () => this.#presence.lastBeatAt,
+      loopDelayMs: () => this.#loop.last.maxMs,
+      connected: (role) => (role === 'command' ? this.#connections.command : this.#connections.subscriber).status === 'ready',
+      subscriptionConfirmed: () => this.#subscriber.confirmed,
+      ready: () => this.#state === 'ready',
+      reaped: () => this.#watcher?.reaped ?? 0,
+      denMembers: () => this.#denMembers(),
+      redisMemory: () => this.#memoryMonitor.last,
+    });
+    this.#dispatcher.on('dropped', (d) => this.metrics.dropped(d.event, d.reason, d.calls));
+    this.#dispatcher.on('handlerDone', (d) => this.metrics.handler(d.plugin, d.event, d.durationMs / 1000, d.outcome));
   }
 
   get state(): DaemonState {
@@ -235,6 +254,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
 
   #onConnectionState(change: ConnectionStateChange): void {
     this.emit('connection', change);
+    if (change.state === 'reconnecting') this.metrics.reconnect(change.role);
     if (change.state === 'reconnecting') this.#degrade(`redis ${change.role} connection lost`);
     // Re-assert presence as soon as commands work again: a restarted Redis has forgotten us.
     if (change.role === 'command' && change.state === 'ready' && change.downMs !== undefined) {
@@ -251,13 +271,42 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     if (channel === this.#probeChannel) return;
     const parsed = parseEnvelope(channel, payload, this.config.events.maxBytes);
     if (parsed.ok) {
-      this.#dispatcher.dispatch(parsed.event);
+      const { event } = parsed;
+      this.metrics.received(event.event);
+      if (event.event === 'agent_down') this.metrics.agentDown(typeof (event.data as { den?: unknown })?.den === 'string' ? (event.data as { den: string }).den : 'unknown');
+      const outcome = this.#dispatcher.dispatch(event);
+      if (outcome === 'queued') this.metrics.dispatched(event.event);
+      else if (outcome === 'unhandled') this.metrics.unhandled();
       return;
     }
     this.#invalid[parsed.reason]++;
+    this.metrics.dropped(undefined, parsed.reason);
     // Channel and reason only: the payload may be huge or hostile.
     this.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, 200), reason: parsed.reason, bytes: payload.length }, 'dropped a bad message');
     this.emit('eventDropped', { reason: parsed.reason, channel, bytes: payload.length });
+  }
+
+  /** Member counts of the watched dens (own den when not watching), for the metrics scrape. */
+  async #denMembers(): Promise<Array<readonly [string, number]>> {
+    const watched = this.config.watch.enabled ? this.config.watch.dens.filter((d) => d !== '*') : [];
+    const dens = [...new Set([this.agent.den, ...watched])];
+    const counts = await Promise.all(dens.map((den) => this.#connections.command.scard(denMembersKey(den))));
+    return dens.map((den, i) => [den, counts[i] ?? 0] as const);
+  }
+
+  /** Whether the daemon is ready, and if not, why: /readyz serves this. */
+  readiness(): Readiness {
+    const reasons: string[] = [];
+    if (this.#state === 'idle' || this.#state === 'starting') reasons.push(`daemon is ${this.#state}`);
+    if (this.#state === 'closing' || this.#state === 'closed') reasons.push(`daemon is ${this.#state}`);
+    if (this.#connections.command.status !== 'ready') reasons.push(`redis command connection is ${this.#connections.command.status}`);
+    if (this.#connections.subscriber.status !== 'ready') reasons.push(`redis subscriber connection is ${this.#connections.subscriber.status}`);
+    if (!this.#subscriber.confirmed) reasons.push('event subscription not confirmed');
+    const beatAge = Date.now() - this.#presence.lastBeatAt;
+    const staleAfter = this.config.heartbeat.interval * 2000;
+    if (this.#presence.lastBeatAt === 0) reasons.push('no heartbeat written yet');
+    else if (beatAge > staleAfter) reasons.push(`last heartbeat ${Math.round(beatAge / 1000)} s ago (stale after ${staleAfter / 1000} s)`);
+    return { ready: reasons.length === 0 && this.#state === 'ready', state: this.#state, reasons };
   }
 
   async #loadAllPlugins(): Promise<LoadedPlugin[]> {
@@ -289,6 +338,16 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.log.info({ version: VERSION, patterns: this.config.events.patterns }, 'agentd starting');
     const loaded = await this.#loadAllPlugins();
     signal.throwIfAborted();
+    // Up before Redis, so a supervisor sees "alive, not ready" while we wait.
+    if (this.config.http.port !== 0) {
+      this.#http = await startHttpEndpoint({
+        host: this.config.http.host,
+        port: this.config.http.port,
+        source: { readiness: () => this.readiness(), loopDelayMs: () => this.#loop.last.maxMs },
+        registry: this.metrics.registry,
+        log: this.log.child({ component: 'http' }),
+      });
+    }
     this.#plugins = new PluginHost(loaded, {
       agent: this.agent,
       log: this.log,
@@ -303,6 +362,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     await this.#plugins.setup();
     signal.throwIfAborted();
     this.#dispatcher.setBindings(this.#plugins.bindings());
+    this.metrics.knowTypes(this.#dispatcher.types);
     await this.#subscriber.start(signal);
 
     // The first beat can fail if Redis drops right now; keep trying until it lands or we are closed.
@@ -374,6 +434,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#presence.stop();
     if (wasRunning) await step('leave', () => this.#presence.leave());
     await step('disconnect', () => this.#connections.close());
+    await step('http', async () => this.#http?.close());
     this.#setState('closed');
     const result: CloseResult = drain.drained ? { drained: true, errors } : { drained: false, left: { waiting: drain.waiting, running: drain.running }, errors };
     this.log.info({ drained: result.drained, stats: this.stats() }, 'agentd stopped');

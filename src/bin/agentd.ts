@@ -9,6 +9,7 @@ import { loadConfig } from '../config/load.ts';
 import { AgentDaemon } from '../daemon.ts';
 import { AgentdError, describeError, isAgentdError } from '../errors.ts';
 import { createLogger } from '../log.ts';
+import { SystemdNotifier } from '../systemd/notify.ts';
 import { VERSION } from '../version.ts';
 
 const io: Io = { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin };
@@ -28,12 +29,24 @@ async function run(args: ParsedArgs): Promise<void> {
   const config = load(args);
   const log = createLogger({ level: config.log.level, base: { agent: config.agent.id, den: config.agent.den } });
   const daemon = new AgentDaemon({ config, logger: log });
+  // Under systemd (Type=notify): READY=1 only once really ready, WATCHDOG=1 from this event loop.
+  const notifier = SystemdNotifier.create({
+    socket: process.env['NOTIFY_SOCKET'],
+    watchdogUsec: process.env['WATCHDOG_USEC'],
+    watchdogPid: process.env['WATCHDOG_PID'],
+    pid: process.pid,
+    log,
+  });
+  notifier?.startWatchdog();
+  daemon.on('ready', ({ again }) => void notifier?.ready(again ? 'ready again' : 'ready'));
+  daemon.on('degraded', ({ reason }) => void notifier?.status(`degraded: ${reason}`));
 
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
     signals++;
     if (signals === 1) {
       log.info({ signal }, 'shutting down; a second signal forces exit');
+      void notifier?.stopping('draining queued events, then leaving');
       void daemon.close().then((result) => {
         process.exitCode = result.drained && result.errors.length === 0 ? 0 : 1;
         process.exit();

@@ -35,7 +35,7 @@ export interface HandlerDoneInfo {
   readonly plugin: string;
   readonly event: string;
   readonly durationMs: number;
-  readonly ok: boolean;
+  readonly outcome: 'ok' | 'error' | 'timeout' | 'aborted';
 }
 
 export interface DispatcherEvents {
@@ -139,27 +139,34 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     return this.#queue.pending;
   }
 
-  dispatch(event: AgentEvent): void {
+  /** The event types some handler is registered for ('*' excluded). */
+  get types(): IterableIterator<string> {
+    return this.#byType.keys();
+  }
+
+  /** Queues the event's handler calls; says whether it was queued, dropped or had no handler. */
+  dispatch(event: AgentEvent): 'queued' | 'dropped' | 'unhandled' {
     const bindings = this.#byType.get(event.event) ?? this.#wildcard;
     if (bindings.length === 0) {
       this.counts.unhandled++;
-      return;
+      return 'unhandled';
     }
     const need = bindings.length;
     if (!this.#accepting) {
       this.#drop('shutdown', event, need);
-      return;
+      return 'dropped';
     }
     const room = this.#options.maxWaiting - this.#queue.size;
     if (need > room) {
       if (this.#options.overflow === 'drop-newest' || need > this.#options.maxWaiting) {
         this.#drop('queue_full', event, need);
-        return;
+        return 'dropped';
       }
       this.#evict(need - room);
     }
     this.counts.dispatched++;
     for (const binding of bindings) this.#enqueue(binding, event);
+    return 'queued';
   }
 
   #enqueue(binding: Binding, event: AgentEvent): void {
@@ -192,12 +199,12 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     const durationMs = performance.now() - call.startedAt;
     if (err === undefined) {
       this.counts.completed++;
-      this.emit('handlerDone', { plugin, event: type, durationMs, ok: true });
+      this.emit('handlerDone', { plugin, event: type, durationMs, outcome: 'ok' });
       return;
     }
     if (err === SHUTDOWN) {
       this.#log.warn({ plugin, event: type, runningMs: Math.round(durationMs) }, 'handler aborted at shutdown');
-      this.emit('handlerDone', { plugin, event: type, durationMs, ok: false });
+      this.emit('handlerDone', { plugin, event: type, durationMs, outcome: 'aborted' });
       return;
     }
     const timedOut = (err as { name?: unknown } | null)?.name === 'TimeoutError';
@@ -209,7 +216,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       this.counts.failed++;
       this.#log.error({ code: 'AGENTD_ERR_HANDLER_FAILED', plugin, event: type, err: message }, 'handler failed');
     }
-    this.emit('handlerDone', { plugin, event: type, durationMs, ok: false });
+    this.emit('handlerDone', { plugin, event: type, durationMs, outcome: timedOut ? 'timeout' : 'error' });
     this.emit('handlerFailed', { plugin, event: type, reason: timedOut ? 'timeout' : 'error', error: message });
   }
 

@@ -84,6 +84,14 @@ export function registerFormats(): void {
         return value;
       },
     },
+    'port-or-off': {
+      validate(value: unknown) {
+        if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0 || value > 65_535) {
+          throw new Error(`must be a TCP port, 1-65535, or 0 for off (got ${JSON.stringify(value)})`);
+        }
+      },
+      coerce: positiveNumber,
+    },
     ratio: {
       validate(value: unknown) {
         if (typeof value !== 'number' || !(value > 0 && value <= 1)) throw new Error(`must be a number above 0 and at most 1 (got ${JSON.stringify(value)})`);

@@ -283,6 +283,22 @@ export const schema = {
       arg: 'drain-timeout-ms',
     },
   },
+  http: {
+    host: {
+      doc: 'Address the health and metrics endpoint listens on (0.0.0.0 in a container).',
+      format: String,
+      default: '127.0.0.1',
+      env: 'AGENTD_HTTP_HOST',
+      arg: 'http-host',
+    },
+    port: {
+      doc: 'Port of the health and metrics endpoint (/healthz, /readyz, /metrics); 0 turns it off.',
+      format: 'port-or-off',
+      default: 9464,
+      env: 'AGENTD_HTTP_PORT',
+      arg: 'http-port',
+    },
+  },
   log: {
     level: {
       doc: 'Log level: fatal, error, warn, info, debug, trace or silent.',
@@ -347,6 +363,7 @@ export interface AgentdConfig {
   };
   readonly plugins: readonly PluginSpec[];
   readonly lifecycle: { readonly setupTimeoutMs: number; readonly drainTimeoutMs: number };
+  readonly http: { readonly host: string; readonly port: number };
   readonly log: { readonly level: LogLevel };
 }
 

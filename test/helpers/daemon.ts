@@ -67,7 +67,8 @@ function childEnv(extra: Record<string, string> | undefined): NodeJS.ProcessEnv 
     if (v === undefined || k.startsWith('AGENTD_') || k === 'REDIS_URL') continue;
     env[k] = v;
   }
-  return { ...env, ...extra };
+  // Many daemons run at once in the tests: no health/metrics port unless a test asks for one.
+  return { ...env, AGENTD_HTTP_PORT: '0', ...extra };
 }
 
 function parseLine(line: string): LogLine {

@@ -39,6 +39,7 @@ export function makeDaemon(url: string, overrides: DeepPartial<AgentdConfig> = {
     env: {},
     overrides: {
       ...overrides,
+      http: { port: 0, ...overrides.http },
       redis: { url, ...overrides.redis },
       agent: { id: uid('agent'), den: uid('den'), ...overrides.agent },
     },

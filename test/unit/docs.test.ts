@@ -11,7 +11,7 @@ describe('docs match the code', () => {
     const readme = read('README.md');
     const m = /<!-- settings:start -->\n([\s\S]*?)\n<!-- settings:end -->/.exec(readme);
     expect(m, 'README.md needs the settings markers').not.toBeNull();
-    // On a mismatch, paste the output of settingsMarkdown() between the markers.
+    // On a mismatch, run `npm run docs`.
     expect(m![1]).toBe(settingsMarkdown());
   });
 

@@ -1,0 +1,153 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Read at scrape time, so nothing on the hot path keeps gauges up to date. */
+export interface MetricsSource {
+  queue(): { waiting: number; running: number };
+  lastBeatAt(): number;
+  loopDelayMs(): number;
+  connected(role: 'command' | 'subscriber'): boolean;
+  subscriptionConfirmed(): boolean;
+  ready(): boolean;
+  reaped(): number;
+  denMembers(): Promise<ReadonlyArray<readonly [den: string, members: number]>>;
+  redisMemory(): { usedBytes: number; maxBytes: number } | undefined;
+}
+
+export type HandlerOutcome = 'ok' | 'error' | 'timeout' | 'aborted';
+
+/** Event types come from the network: only known ones become label values, the rest are "other". */
+const OTHER = 'other';
+const MEMBERSHIP = ['agent_online', 'agent_offline', 'agent_down'];
+
+/**
+ * The daemon's Prometheus metrics, in a registry of its own (several daemons
+ * can share a process). Counters move on the hot path; gauges are read from
+ * the daemon when scraped.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly #known = new Set<string>(MEMBERSHIP);
+  readonly #received: Counter<'event'>;
+  readonly #dispatched: Counter<'event'>;
+  readonly #dropped: Counter<'event' | 'reason'>;
+  readonly #unhandled: Counter;
+  readonly #calls: Counter<'plugin' | 'event' | 'outcome'>;
+  readonly #duration: Histogram<'plugin'>;
+  readonly #reconnects: Counter<'conn'>;
+  readonly #agentsDown: Counter<'den'>;
+
+  constructor(source: MetricsSource) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.#received = new Counter({ name: 'agentd_events_received_total', help: 'Valid events read from the subscribed patterns, by event type.', labelNames: ['event'], registers });
+    this.#dispatched = new Counter({ name: 'agentd_events_dispatched_total', help: 'Events queued for their handlers, by event type.', labelNames: ['event'], registers });
+    this.#dropped = new Counter({
+      name: 'agentd_events_dropped_total',
+      help: 'Events or handler calls dropped, by event type and reason (too_large, not_json, not_object, no_event, forbidden_key, queue_full, evicted, shutdown).',
+      labelNames: ['event', 'reason'],
+      registers,
+    });
+    this.#unhandled = new Counter({ name: 'agentd_events_unhandled_total', help: 'Valid events no plugin has a handler for.', registers });
+    this.#calls = new Counter({ name: 'agentd_handler_calls_total', help: 'Finished handler calls, by plugin, event type and outcome (ok, error, timeout, aborted).', labelNames: ['plugin', 'event', 'outcome'], registers });
+    this.#duration = new Histogram({
+      name: 'agentd_handler_duration_seconds',
+      help: 'Handler call duration, by plugin (a timed-out call counts up to its time limit).',
+      labelNames: ['plugin'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30],
+      registers,
+    });
+    this.#reconnects = new Counter({ name: 'agentd_redis_reconnects_total', help: 'Reconnection attempts, by connection.', labelNames: ['conn'], registers });
+    this.#agentsDown = new Counter({ name: 'agentd_agents_down_total', help: 'agent_down events seen on the bus (from any watcher), by den.', labelNames: ['den'], registers });
+
+    const gauge = (name: string, help: string, read: () => number): void => {
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(read());
+        },
+      });
+    };
+    gauge('agentd_queue_waiting', 'Handler calls waiting for a slot.', () => source.queue().waiting);
+    gauge('agentd_queue_running', 'Handler calls running.', () => source.queue().running);
+    gauge('agentd_heartbeat_age_seconds', 'Seconds since the last heartbeat Redis acknowledged (-1 before the first).', () => {
+      const at = source.lastBeatAt();
+      return at === 0 ? -1 : (Date.now() - at) / 1000;
+    });
+    gauge('agentd_event_loop_delay_seconds', 'Longest event-loop delay in the last heartbeat interval.', () => source.loopDelayMs() / 1000);
+    gauge('agentd_subscription_confirmed', '1 while the event subscription is confirmed by a probe.', () => (source.subscriptionConfirmed() ? 1 : 0));
+    gauge('agentd_ready', '1 while the daemon is ready.', () => (source.ready() ? 1 : 0));
+    gauge('agentd_peers_reaped_total', 'Dead peers this agent reaped and announced.', () => source.reaped());
+    new Gauge({
+      name: 'agentd_redis_connected',
+      help: '1 while the connection is ready, by connection (command, subscriber).',
+      labelNames: ['conn'],
+      registers,
+      collect() {
+        this.set({ conn: 'command' }, source.connected('command') ? 1 : 0);
+        this.set({ conn: 'subscriber' }, source.connected('subscriber') ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'agentd_den_members_online',
+      help: 'Members of each watched den, read when scraped.',
+      labelNames: ['den'],
+      registers,
+      async collect() {
+        this.reset();
+        for (const [den, members] of await source.denMembers().catch(() => [])) this.set({ den }, members);
+      },
+    });
+    new Gauge({
+      name: 'agentd_redis_memory_bytes',
+      help: 'Redis memory from the last memory check: used, and max (0 without a limit).',
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        const m = source.redisMemory();
+        if (!m) return;
+        this.set({ kind: 'used' }, m.usedBytes);
+        this.set({ kind: 'max' }, m.maxBytes);
+      },
+    });
+  }
+
+  /** Event types that may appear as label values: those some handler is registered for. */
+  knowTypes(types: Iterable<string>): void {
+    for (const t of types) if (t !== '*') this.#known.add(t);
+  }
+
+  #label(type: string | undefined): string {
+    return type !== undefined && this.#known.has(type) ? type : OTHER;
+  }
+
+  received(type: string): void {
+    this.#received.inc({ event: this.#label(type) });
+  }
+
+  dispatched(type: string): void {
+    this.#dispatched.inc({ event: this.#label(type) });
+  }
+
+  unhandled(): void {
+    this.#unhandled.inc();
+  }
+
+  dropped(type: string | undefined, reason: string, calls = 1): void {
+    this.#dropped.inc({ event: type === undefined ? 'invalid' : this.#label(type), reason }, calls);
+  }
+
+  handler(plugin: string, type: string, seconds: number, outcome: HandlerOutcome): void {
+    this.#calls.inc({ plugin, event: this.#label(type), outcome });
+    this.#duration.observe({ plugin }, seconds);
+  }
+
+  reconnect(conn: string): void {
+    this.#reconnects.inc({ conn });
+  }
+
+  agentDown(den: string): void {
+    this.#agentsDown.inc({ den });
+  }
+}
