@@ -1,0 +1,121 @@
+/**
+ * systemd's notify protocol, with NOTIFY_SOCKET pointing at a datagram socket
+ * this test owns (a small Python receiver): READY=1 only once the daemon is
+ * really ready, WATCHDOG=1 from its event loop, STOPPING=1 on SIGTERM.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { trackChild } from '../helpers/reaper.ts';
+import { uniqueId, waitFor } from './util.ts';
+
+const RECEIVER = fileURLToPath(new URL('../fixtures/notify-socket.py', import.meta.url));
+
+interface Datagram {
+  at: number;
+  message: string;
+}
+
+interface Receiver {
+  path: string;
+  got: Datagram[];
+  child: ChildProcess;
+}
+
+async function receiver(dir: string): Promise<Receiver> {
+  const path = join(dir, `${uniqueId('notify')}.sock`);
+  const child = spawn('/usr/bin/python3', ['-u', RECEIVER, path], { stdio: ['ignore', 'pipe', 'inherit'] });
+  trackChild(child);
+  const got: Datagram[] = [];
+  let bound = false;
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    const v = JSON.parse(line) as Partial<Datagram> & { bound?: string };
+    if (v.bound) bound = true;
+    else got.push(v as Datagram);
+  });
+  await waitFor('the notify socket to be bound', () => bound);
+  return { path, got, child };
+}
+
+const lines = (r: Receiver, field: string) => r.got.filter((d) => d.message.split('\n').includes(field));
+
+describe('systemd notify', () => {
+  let redis: TestRedis;
+  let dir: string;
+  const children: Array<DaemonProcess | ChildProcess> = [];
+
+  beforeAll(async () => {
+    redis = await startRedis({ requireControl: true });
+    dir = await mkdtemp(join(tmpdir(), 'agentd-notify-'));
+  });
+  afterEach(async () => {
+    for (const c of children.splice(0)) {
+      if ('stop' in c) await c.stop();
+      else c.kill('SIGKILL');
+    }
+  });
+  afterAll(async () => {
+    await redis.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  function daemon(env: Record<string, string>): DaemonProcess {
+    const d = spawnAgentd(['run'], { env: { AGENTD_AGENT_ID: uniqueId('agent'), AGENTD_DEN: uniqueId('den'), AGENTD_LOG_LEVEL: 'debug', ...env } });
+    children.push(d);
+    return d;
+  }
+
+  it('sends READY=1 after the subscription is confirmed, WATCHDOG=1 periodically, STOPPING=1 on SIGTERM', async () => {
+    const r = await receiver(dir);
+    children.push(r.child);
+    const d = daemon({ AGENTD_REDIS_URL: redis.url, NOTIFY_SOCKET: r.path, WATCHDOG_USEC: '400000' });
+    const confirmed = await d.waitForLog((l) => l['msg'] === 'event subscription confirmed');
+    await waitFor('READY=1', () => lines(r, 'READY=1').length > 0);
+    const ready = lines(r, 'READY=1')[0]!;
+    expect(ready.at).toBeGreaterThanOrEqual(Date.parse(String(confirmed['time'])));
+    expect(ready.message).toContain('STATUS=ready');
+    await waitFor('several watchdog pings', () => lines(r, 'WATCHDOG=1').length >= 5, 5_000);
+    const pings = lines(r, 'WATCHDOG=1').map((p) => p.at);
+    const gaps = pings.slice(1).map((t, i) => t - pings[i]!);
+    // Half of WATCHDOG_USEC: every 200 ms (allowing for a busy machine).
+    expect(Math.min(...gaps)).toBeGreaterThan(100);
+    expect(gaps.sort((a, b) => a - b)[Math.floor(gaps.length / 2)]).toBeLessThan(400);
+    d.signal('SIGTERM');
+    expect((await d.exited).code).toBe(0);
+    expect(lines(r, 'STOPPING=1')).toHaveLength(1);
+    expect(lines(r, 'READY=1')).toHaveLength(1);
+  });
+
+  it('keeps the watchdog alive but withholds READY=1 while Redis is unreachable', async () => {
+    const r = await receiver(dir);
+    children.push(r.child);
+    const late = await startRedis({ requireControl: true });
+    await late.kill();
+    try {
+      const d = daemon({ AGENTD_REDIS_URL: late.url, NOTIFY_SOCKET: r.path, WATCHDOG_USEC: '400000' });
+      await d.waitForLog((l) => l['msg'] === 'redis reconnecting');
+      await waitFor('watchdog pings', () => lines(r, 'WATCHDOG=1').length >= 3, 5_000);
+      expect(lines(r, 'READY=1')).toHaveLength(0);
+      await late.start(); // Redis appears: now the daemon becomes ready
+      await waitFor('READY=1 once Redis is there', () => lines(r, 'READY=1').length === 1, 10_000);
+    } finally {
+      await late.stop();
+    }
+  });
+
+  it('does not ping a watchdog that belongs to another process (WATCHDOG_PID)', async () => {
+    const r = await receiver(dir);
+    children.push(r.child);
+    const d = daemon({ AGENTD_REDIS_URL: redis.url, NOTIFY_SOCKET: r.path, WATCHDOG_USEC: '200000', WATCHDOG_PID: '1' });
+    await waitFor('READY=1', () => lines(r, 'READY=1').length > 0);
+    await new Promise((res) => setTimeout(res, 500));
+    expect(lines(r, 'WATCHDOG=1')).toHaveLength(0);
+    expect(d.logs.some((l) => l['msg'] === 'systemd notify socket found' && l['transport'] === 'unix-dgram')).toBe(true);
+  });
+});
