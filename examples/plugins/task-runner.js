@@ -1,5 +1,6 @@
 // Example plugin: runs a pretend task for every `task_request` event and
-// records its progress under agent:<id>:task:<task_id>:status.
+// records its progress with ctx.memory under agent:<id>:task:<task_id>:status
+// (the article's task-status key, 24 h TTL).
 //
 //   agentd publish task_request '{"task_id":"t1"}'
 //   redis-cli GET agent:<id>:task:t1:status        # running → done
@@ -9,7 +10,6 @@
 // {"task_id": "t1", "agent": "<id>"} to address a single agent.
 import { setTimeout as sleep } from 'node:timers/promises';
 
-const STATUS_TTL_SECONDS = 24 * 60 * 60;
 const DEFAULT_WORK_MS = 500;
 // Same rule as agent ids: a ':' or '*' in a key part would break key scanning.
 const TASK_ID = /^[A-Za-z0-9._-]{1,128}$/;
@@ -45,8 +45,7 @@ export default {
         return;
       }
 
-      const key = `agent:${ctx.agent.id}:task:${taskId}:status`;
-      await ctx.redis.set(key, 'running', 'EX', STATUS_TTL_SECONDS);
+      await ctx.memory.setTaskStatus(taskId, 'running');
       ctx.log.info({ task_id: taskId }, 'task started');
 
       try {
@@ -55,12 +54,12 @@ export default {
       } catch (err) {
         if (!ctx.signal.aborted) throw err;
         // Best effort: at shutdown the connection may already be closing.
-        await ctx.redis.set(key, 'aborted', 'EX', STATUS_TTL_SECONDS).catch(() => undefined);
+        await ctx.memory.setTaskStatus(taskId, 'aborted').catch(() => undefined);
         ctx.log.warn({ task_id: taskId, reason: String(ctx.signal.reason) }, 'task aborted');
         return;
       }
 
-      await ctx.redis.set(key, 'done', 'EX', STATUS_TTL_SECONDS);
+      await ctx.memory.setTaskStatus(taskId, 'done');
       await ctx.publish('task_complete', { task_id: taskId, agent: ctx.agent.id });
       ctx.log.info({ task_id: taskId }, 'task done');
     },
