@@ -137,6 +137,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       overflow: config.queue.overflow,
       handlerTimeoutMs: config.queue.handlerTimeoutMs,
       log: this.log.child({ component: 'dispatch' }),
+      onHandlerDone: (plugin, event, seconds, outcome) => this.metrics.handler(plugin, event, seconds, outcome),
     });
     this.#dispatcher.on('dropped', (d) => this.emit('eventDropped', { reason: d.reason, channel: d.channel, event: d.event }));
     this.#dispatcher.on('handlerFailed', (info) => this.emit('handlerFailed', info));
@@ -200,7 +201,6 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       redisMemory: () => this.#memoryMonitor.last,
     });
     this.#dispatcher.on('dropped', (d) => this.metrics.dropped(d.event, d.reason, d.calls));
-    this.#dispatcher.on('handlerDone', (d) => this.metrics.handler(d.plugin, d.event, d.durationMs / 1000, d.outcome));
   }
 
   get state(): DaemonState {

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import type { Binding } from '../bus/dispatcher.ts';
+import type { Abortable, Binding } from '../bus/dispatcher.ts';
 import type { AgentMemory } from '../memory/memory.ts';
 import type { AgentEvent } from '../bus/envelope.ts';
 import { AgentdError, describeError } from '../errors.ts';
@@ -29,6 +29,44 @@ function withTimeout<T>(work: () => Promise<T> | T, ms: number, what: string): P
       timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
     }),
   ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * A handler call's context: the plugin's context plus a signal of the call's
+ * own, made only if the handler looks at it (most never do, and an
+ * AbortController per event adds up).
+ */
+class CallContext implements PluginContext<PluginOptions>, Abortable {
+  readonly agent: AgentInfo;
+  readonly log: Logger;
+  readonly redis: Redis;
+  readonly publish: (type: string, data: unknown) => Promise<number>;
+  readonly options: PluginOptions;
+  readonly memory: AgentMemory;
+  #controller: AbortController | undefined;
+  #abortedWith: { reason: unknown } | undefined;
+
+  constructor(base: PluginContext<PluginOptions>) {
+    this.agent = base.agent;
+    this.log = base.log;
+    this.redis = base.redis;
+    this.publish = base.publish;
+    this.options = base.options;
+    this.memory = base.memory;
+  }
+
+  get signal(): AbortSignal {
+    if (!this.#controller) {
+      this.#controller = new AbortController();
+      if (this.#abortedWith) this.#controller.abort(this.#abortedWith.reason);
+    }
+    return this.#controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.#controller) this.#controller.abort(reason);
+    else this.#abortedWith ??= { reason };
+  }
 }
 
 /**
@@ -69,7 +107,7 @@ export class PluginHost {
     return this.#entries.map((e) => e.loaded.plugin.name);
   }
 
-  /** One binding per (plugin, event type); each call gets the plugin's context with the call's own signal. */
+  /** One binding per (plugin, event type); each call gets a context of its own (its own signal). */
   bindings(): Binding[] {
     const out: Binding[] = [];
     for (const { loaded, context } of this.#entries) {
@@ -78,7 +116,8 @@ export class PluginHost {
         out.push({
           plugin: loaded.plugin.name,
           on,
-          call: (event: AgentEvent, signal: AbortSignal) => fn.call(handlers, event, { ...context, signal }),
+          context: () => new CallContext(context),
+          handler: (event: AgentEvent, ctx: never) => fn.call(handlers, event, ctx),
         });
       }
     }

@@ -1,0 +1,26 @@
+/**
+ * The ceiling for a Node subscriber: one ioredis PSUBSCRIBE connection that
+ * only parses each message as JSON. Prints one JSON line when it has seen
+ * `count` events: {"events", "ms"} from the first to the last.
+ *
+ *   node bench/consumers/bare.ts URL COUNT
+ */
+import { Redis } from 'ioredis';
+
+const [url = '', countText = '0'] = process.argv.slice(2);
+const count = Number(countText);
+const sub = new Redis(url, { protocol: 2 });
+let seen = 0;
+let first = 0;
+let sink = 0;
+sub.on('pmessageBuffer', (_pattern: string, _channel: Buffer, message: Buffer) => {
+  if (seen === 0) first = performance.now();
+  const env = JSON.parse(message.toString()) as { event: string };
+  sink += env.event.length;
+  if (++seen === count) {
+    console.log(JSON.stringify({ events: seen, ms: performance.now() - first, sink }));
+    sub.disconnect();
+  }
+});
+await sub.psubscribe('agent:events:*');
+console.log(JSON.stringify({ ready: true }));
