@@ -114,6 +114,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   #plugins: PluginHost | undefined;
   #state: DaemonState = 'idle';
   #received = 0;
+  #lastChannel: { readonly bytes: Buffer; readonly name: string } | undefined;
   #closing: Promise<CloseResult> | undefined;
 
   constructor(options: DaemonOptions) {
@@ -267,7 +268,13 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
 
   #onMessage(channelBuf: Buffer, payload: Buffer): void {
     this.#received++;
-    const channel = channelBuf.toString();
+    // Floods arrive on few channels: reuse the last decoded name when the bytes match.
+    let channel: string;
+    if (this.#lastChannel !== undefined && channelBuf.equals(this.#lastChannel.bytes)) channel = this.#lastChannel.name;
+    else {
+      channel = channelBuf.toString();
+      this.#lastChannel = { bytes: Buffer.from(channelBuf), name: channel };
+    }
     if (channel === this.#probeChannel) return;
     const parsed = parseEnvelope(channel, payload, this.config.events.maxBytes);
     if (parsed.ok) {

@@ -1,4 +1,5 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { TallyCounter, TallyHistogram } from './tally.ts';
 
 /** Read at scrape time, so nothing on the hot path keeps gauges up to date. */
 export interface MetricsSource {
@@ -27,37 +28,38 @@ const MEMBERSHIP = ['agent_online', 'agent_offline', 'agent_down'];
 export class Metrics {
   readonly registry = new Registry();
   readonly #known = new Set<string>(MEMBERSHIP);
-  readonly #received: Counter<'event'>;
-  readonly #dispatched: Counter<'event'>;
-  readonly #dropped: Counter<'event' | 'reason'>;
-  readonly #unhandled: Counter;
-  readonly #calls: Counter<'plugin' | 'event' | 'outcome'>;
-  readonly #duration: Histogram<'plugin'>;
-  readonly #reconnects: Counter<'conn'>;
-  readonly #agentsDown: Counter<'den'>;
+  readonly #received: TallyCounter;
+  readonly #dispatched: TallyCounter;
+  readonly #dropped: TallyCounter;
+  readonly #unhandled: TallyCounter;
+  readonly #calls: TallyCounter;
+  readonly #duration: TallyHistogram;
+  readonly #reconnects: TallyCounter;
+  readonly #agentsDown: TallyCounter;
 
   constructor(source: MetricsSource) {
     const registers = [this.registry];
+    const registry = this.registry;
     collectDefaultMetrics({ register: this.registry });
-    this.#received = new Counter({ name: 'agentd_events_received_total', help: 'Valid events read from the subscribed patterns, by event type.', labelNames: ['event'], registers });
-    this.#dispatched = new Counter({ name: 'agentd_events_dispatched_total', help: 'Events queued for their handlers, by event type.', labelNames: ['event'], registers });
-    this.#dropped = new Counter({
+    this.#received = new TallyCounter({ name: 'agentd_events_received_total', help: 'Valid events read from the subscribed patterns, by event type.', labelNames: ['event'], registry });
+    this.#dispatched = new TallyCounter({ name: 'agentd_events_dispatched_total', help: 'Events queued for their handlers, by event type.', labelNames: ['event'], registry });
+    this.#dropped = new TallyCounter({
       name: 'agentd_events_dropped_total',
       help: 'Events or handler calls dropped, by event type and reason (too_large, not_json, not_object, no_event, forbidden_key, queue_full, evicted, shutdown).',
       labelNames: ['event', 'reason'],
-      registers,
+      registry,
     });
-    this.#unhandled = new Counter({ name: 'agentd_events_unhandled_total', help: 'Valid events no plugin has a handler for.', registers });
-    this.#calls = new Counter({ name: 'agentd_handler_calls_total', help: 'Finished handler calls, by plugin, event type and outcome (ok, error, timeout, aborted).', labelNames: ['plugin', 'event', 'outcome'], registers });
-    this.#duration = new Histogram({
+    this.#unhandled = new TallyCounter({ name: 'agentd_events_unhandled_total', help: 'Valid events no plugin has a handler for.', labelNames: [], registry });
+    this.#calls = new TallyCounter({ name: 'agentd_handler_calls_total', help: 'Finished handler calls, by plugin, event type and outcome (ok, error, timeout, aborted).', labelNames: ['plugin', 'event', 'outcome'], registry });
+    this.#duration = new TallyHistogram({
       name: 'agentd_handler_duration_seconds',
       help: 'Handler call duration, by plugin (a timed-out call counts up to its time limit).',
       labelNames: ['plugin'],
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30],
-      registers,
+      registry,
     });
-    this.#reconnects = new Counter({ name: 'agentd_redis_reconnects_total', help: 'Reconnection attempts, by connection.', labelNames: ['conn'], registers });
-    this.#agentsDown = new Counter({ name: 'agentd_agents_down_total', help: 'agent_down events seen on the bus (from any watcher), by den.', labelNames: ['den'], registers });
+    this.#reconnects = new TallyCounter({ name: 'agentd_redis_reconnects_total', help: 'Reconnection attempts, by connection.', labelNames: ['conn'], registry });
+    this.#agentsDown = new TallyCounter({ name: 'agentd_agents_down_total', help: 'agent_down events seen on the bus (from any watcher), by den.', labelNames: ['den'], registry });
 
     const gauge = (name: string, help: string, read: () => number): void => {
       new Gauge({
@@ -123,31 +125,31 @@ export class Metrics {
   }
 
   received(type: string): void {
-    this.#received.inc({ event: this.#label(type) });
+    this.#received.inc(this.#label(type));
   }
 
   dispatched(type: string): void {
-    this.#dispatched.inc({ event: this.#label(type) });
+    this.#dispatched.inc(this.#label(type));
   }
 
   unhandled(): void {
-    this.#unhandled.inc();
+    this.#unhandled.inc('');
   }
 
   dropped(type: string | undefined, reason: string, calls = 1): void {
-    this.#dropped.inc({ event: type === undefined ? 'invalid' : this.#label(type), reason }, calls);
+    this.#dropped.inc(type === undefined ? 'invalid' : this.#label(type), reason, undefined, calls);
   }
 
   handler(plugin: string, type: string, seconds: number, outcome: HandlerOutcome): void {
-    this.#calls.inc({ plugin, event: this.#label(type), outcome });
-    this.#duration.observe({ plugin }, seconds);
+    this.#calls.inc(plugin, this.#label(type), outcome);
+    this.#duration.observe(seconds, plugin);
   }
 
   reconnect(conn: string): void {
-    this.#reconnects.inc({ conn });
+    this.#reconnects.inc(conn);
   }
 
   agentDown(den: string): void {
-    this.#agentsDown.inc({ den });
+    this.#agentsDown.inc(den);
   }
 }

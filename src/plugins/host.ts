@@ -37,6 +37,7 @@ function withTimeout<T>(work: () => Promise<T> | T, ms: number, what: string): P
  * AbortController per event adds up).
  */
 class CallContext implements PluginContext<PluginOptions>, Abortable {
+  // Own fields rather than getters: a handler that spreads its context keeps them.
   readonly agent: AgentInfo;
   readonly log: Logger;
   readonly redis: Redis;

@@ -68,6 +68,8 @@ describe('health and metrics endpoint', () => {
       ],
       { queue: { handlerTimeoutMs: 100 } },
     );
+    // Our own agent_online (which no handler takes) must be counted before the first scrape.
+    await until(() => t.daemon.stats().unhandled === 1, 'own agent_online');
     const before = await (await fetch(`${t.base}/metrics`)).text();
     const pub = redis.client();
     for (let i = 0; i < 7; i++) await pub.publish('agent:events:job', JSON.stringify({ event: 'job', data: i }));
