@@ -114,6 +114,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   #plugins: PluginHost | undefined;
   #state: DaemonState = 'idle';
   #received = 0;
+  #everReady = false;
+  #degradedBy: string | undefined;
   #lastChannel: { readonly bytes: Buffer; readonly name: string } | undefined;
   #closing: Promise<CloseResult> | undefined;
 
@@ -197,11 +199,12 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       connected: (role) => (role === 'command' ? this.#connections.command : this.#connections.subscriber).status === 'ready',
       subscriptionConfirmed: () => this.#subscriber.confirmed,
       ready: () => this.#state === 'ready',
-      reaped: () => this.#watcher?.reaped ?? 0,
       denMembers: () => this.#denMembers(),
       redisMemory: () => this.#memoryMonitor.last,
     });
     this.#dispatcher.on('dropped', (d) => this.metrics.dropped(d.event, d.reason, d.calls));
+    this.metrics.knowDens([this.agent.den, ...config.watch.dens]);
+    this.#watcher?.on('down', () => this.metrics.reaped());
   }
 
   get state(): DaemonState {
@@ -242,12 +245,16 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     const beatFresh = Date.now() - this.#presence.lastBeatAt < this.config.heartbeat.interval * 2000;
     if (!this.#connections.ready || !this.#subscriber.confirmed || !beatFresh) return;
     this.#setState('ready');
-    this.log.info('agentd ready again');
-    this.emit('ready', { again: true });
+    this.#degradedBy = undefined;
+    const again = this.#everReady;
+    this.#everReady = true;
+    this.log.info(again ? 'agentd ready again' : 'agentd ready');
+    this.emit('ready', { again });
   }
 
   #degrade(reason: string): void {
     if (this.#state !== 'ready') return;
+    this.#degradedBy = reason;
     this.#setState('degraded');
     this.log.warn({ reason }, 'agentd degraded');
     this.emit('degraded', { reason });
@@ -313,6 +320,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     const staleAfter = this.config.heartbeat.interval * 2000;
     if (this.#presence.lastBeatAt === 0) reasons.push('no heartbeat written yet');
     else if (beatAge > staleAfter) reasons.push(`last heartbeat ${Math.round(beatAge / 1000)} s ago (stale after ${staleAfter / 1000} s)`);
+    if (reasons.length === 0 && this.#state === 'degraded') reasons.push(this.#degradedBy ?? 'degraded');
     return { ready: reasons.length === 0 && this.#state === 'ready', state: this.#state, reasons };
   }
 
@@ -390,9 +398,17 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       await this.#watcher.enableNotifications();
       this.#watcher.start();
     }
-    this.#setState(this.#subscriber.confirmed ? 'ready' : 'degraded');
-    this.log.info({ plugins: this.#plugins.names, startMs: Math.round(performance.now() - t0) }, 'agentd ready');
-    this.emit('ready', { again: false });
+    this.log.info({ plugins: this.#plugins.names, startMs: Math.round(performance.now() - t0) }, 'agentd started');
+    if (this.#subscriber.confirmed && this.#connections.ready) {
+      this.#setState('ready');
+      this.#everReady = true;
+      this.log.info('agentd ready');
+      this.emit('ready', { again: false });
+    } else {
+      // Redis dropped again between the subscription and the first beat: ready follows on recovery.
+      this.#degradedBy = 'redis connection lost during start';
+      this.#setState('degraded');
+    }
   }
 
   /** What is still queued or running, for a last log line when shutdown is cut short. */
@@ -426,6 +442,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.log.info({ waiting: this.#dispatcher.waiting, running: this.#dispatcher.running }, 'agentd stopping');
 
     this.#dispatcher.stopAccepting();
+    this.#plugins?.shutdownStarted();
     this.#watcher?.stop();
     this.#loop.stop();
     this.#memoryMonitor.stop();

@@ -30,7 +30,7 @@ export const schema = {
     },
     tls: {
       caFile: {
-        doc: 'PEM file of the CA that signed the Redis server certificate (rediss:// only). Empty: the system trust store.',
+        doc: 'PEM file of the CA that signed the Redis server certificate (rediss:// only). Empty: the public CAs built into Node.',
         format: 'optional-path',
         default: '',
         env: 'AGENTD_REDIS_TLS_CA_FILE',

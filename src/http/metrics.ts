@@ -9,7 +9,6 @@ export interface MetricsSource {
   connected(role: 'command' | 'subscriber'): boolean;
   subscriptionConfirmed(): boolean;
   ready(): boolean;
-  reaped(): number;
   denMembers(): Promise<ReadonlyArray<readonly [den: string, members: number]>>;
   redisMemory(): { usedBytes: number; maxBytes: number } | undefined;
 }
@@ -36,6 +35,9 @@ export class Metrics {
   readonly #duration: TallyHistogram;
   readonly #reconnects: TallyCounter;
   readonly #agentsDown: TallyCounter;
+  readonly #reaped: TallyCounter;
+  /** Dens that may appear as label values: ours and the ones we watch. */
+  readonly #dens = new Set<string>();
 
   constructor(source: MetricsSource) {
     const registers = [this.registry];
@@ -59,7 +61,8 @@ export class Metrics {
       registry,
     });
     this.#reconnects = new TallyCounter({ name: 'agentd_redis_reconnects_total', help: 'Reconnection attempts, by connection.', labelNames: ['conn'], registry });
-    this.#agentsDown = new TallyCounter({ name: 'agentd_agents_down_total', help: 'agent_down events seen on the bus (from any watcher), by den.', labelNames: ['den'], registry });
+    this.#agentsDown = new TallyCounter({ name: 'agentd_agents_down_total', help: 'agent_down events seen on the bus (from any watcher), by den (dens not watched here count as "other").', labelNames: ['den'], registry });
+    this.#reaped = new TallyCounter({ name: 'agentd_peers_reaped_total', help: 'Dead peers this agent reaped and announced as agent_down.', labelNames: [], registry });
 
     const gauge = (name: string, help: string, read: () => number): void => {
       new Gauge({
@@ -80,7 +83,6 @@ export class Metrics {
     gauge('agentd_event_loop_delay_seconds', 'Longest event-loop delay in the last heartbeat interval.', () => source.loopDelayMs() / 1000);
     gauge('agentd_subscription_confirmed', '1 while the event subscription is confirmed by a probe.', () => (source.subscriptionConfirmed() ? 1 : 0));
     gauge('agentd_ready', '1 while the daemon is ready.', () => (source.ready() ? 1 : 0));
-    gauge('agentd_peers_reaped_total', 'Dead peers this agent reaped and announced.', () => source.reaped());
     new Gauge({
       name: 'agentd_redis_connected',
       help: '1 while the connection is ready, by connection (command, subscriber).',
@@ -149,7 +151,16 @@ export class Metrics {
     this.#reconnects.inc(conn);
   }
 
+  /** Dens that may appear as label values (the data of agent_down comes from the network). */
+  knowDens(dens: Iterable<string>): void {
+    for (const d of dens) if (d !== '*') this.#dens.add(d);
+  }
+
   agentDown(den: string): void {
-    this.#agentsDown.inc(den);
+    this.#agentsDown.inc(this.#dens.has(den) ? den : OTHER);
+  }
+
+  reaped(): void {
+    this.#reaped.inc('');
   }
 }

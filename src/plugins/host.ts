@@ -143,9 +143,14 @@ export class PluginHost {
     }
   }
 
+  /** Aborts the signal plugins got in setup: shutdown has begun (handlers still drain). */
+  shutdownStarted(): void {
+    if (!this.#lifetime.signal.aborted) this.#lifetime.abort(new Error('daemon shutting down'));
+  }
+
   /** Closes the plugins that were set up, newest first; one failing close does not stop the others. */
   async close(): Promise<void> {
-    this.#lifetime.abort(new Error('daemon shutting down'));
+    this.shutdownStarted();
     const entries = this.#setUp.reverse();
     this.#setUp = [];
     for (const entry of entries) {

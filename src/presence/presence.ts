@@ -138,7 +138,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     this.#schedule(next);
     const result = await this.beat();
     if (result.ok && result.rejoined) {
-      this.#o.log.warn({ den: this.#o.agent.den }, 'agent was missing from its den (Redis restart or peer reaped it); rejoined');
+      this.#o.log.warn('agent was missing from its den (Redis restart or peer reaped it); rejoined');
       await this.#o.beforeRejoin?.();
       await this.#announce('agent_online', this.#membershipData({ rejoined: true })).catch(() => undefined);
     }

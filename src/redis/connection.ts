@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { EventEmitter } from 'eventemitter3';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { AgentdConfig } from '../config/schema.ts';
@@ -57,7 +58,8 @@ export function redisOptions(config: AgentdConfig, role: ConnectionRole): RedisO
   if (role === 'command' && config.redis.commandTimeoutMs > 0) options.commandTimeout = config.redis.commandTimeoutMs;
   if (url.protocol === 'rediss:') {
     options.tls = {
-      servername: tlsConf.serverName !== '' ? tlsConf.serverName : (options.host ?? 'localhost'),
+      // SNI must be a host name (RFC 6066): for an IP, verification still checks the IP SAN.
+      ...(tlsConf.serverName !== '' ? { servername: tlsConf.serverName } : isIP(options.host ?? '') ? {} : { servername: options.host ?? 'localhost' }),
       rejectUnauthorized: tlsConf.verify,
       ...(tlsConf.caFile !== '' ? { ca: readFileSync(tlsConf.caFile) } : {}),
       ...(tlsConf.certFile !== '' ? { cert: readFileSync(tlsConf.certFile), key: readFileSync(tlsConf.keyFile) } : {}),
@@ -119,6 +121,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     let lastLoggedError: string | undefined;
     let downSince: number | undefined = Date.now();
     let wasReady = false;
+    let lastReconnectLog = 0;
     const emit = (change: ConnectionStateChange): void => {
       this.emit('state', change);
     };
@@ -147,7 +150,11 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     client.on('reconnecting', (delayMs: number) => {
       if (this.#closing) return;
       const attempt = (client as unknown as { retryAttempts?: number }).retryAttempts;
-      this.#log.info({ conn: role, delayMs, attempt, ...(lastError ? { err: lastError } : {}) }, 'redis reconnecting');
+      // One line when reconnecting starts, then one every 30 s: an outage must not flood the log.
+      const now = Date.now();
+      const level = attempt === 1 || now - lastReconnectLog >= 30_000 ? 'info' : 'debug';
+      if (level === 'info') lastReconnectLog = now;
+      this.#log[level]({ conn: role, delayMs, attempt, downMs: downSince === undefined ? 0 : now - downSince, ...(lastError ? { err: lastError } : {}) }, 'redis reconnecting');
       emit({ role, state: 'reconnecting', delayMs, ...(attempt !== undefined ? { attempt } : {}), ...(lastError ? { error: lastError } : {}) });
     });
     client.on('end', () => {
