@@ -1,0 +1,88 @@
+/**
+ * Dispatch throughput: how many events per second one consumer handles when
+ * it has a backlog to chew through. Each consumer is stopped (SIGSTOP) while
+ * the events are published, then let go (SIGCONT): so the publisher's speed
+ * does not matter, and every consumer reads the same kind of backlog.
+ *   - bare:      an ioredis PSUBSCRIBE loop that only parses the JSON (the ceiling)
+ *   - agentd:    the daemon with a no-op plugin (queue.max = the event count: nothing dropped)
+ *   - moleculer: Moleculer's Redis transporter delivering the events to a service
+ *                (its own producer, since it speaks its own packet format)
+ *
+ *   node bench/dispatch.ts [--events N] [--reps R] [--json]
+ */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { startRedis } from '../test/helpers/redis.ts';
+import { CONSUMERS, PEERS_DIR, flood, startConsumer, sleep } from './lib.ts';
+import { median, printTable } from './stats.ts';
+
+const run = promisify(execFile);
+const arg = (name: string, fallback: number): number => {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? Number(process.argv[i + 1]) : fallback;
+};
+const EVENTS = arg('--events', 100_000);
+const REPS = arg('--reps', 3);
+const json = process.argv.includes('--json');
+
+async function ensurePeers(): Promise<boolean> {
+  if (existsSync(join(PEERS_DIR, 'node_modules', 'moleculer'))) return true;
+  try {
+    await run('npm', ['install', '--no-audit', '--no-fund', '--prefix', PEERS_DIR], { timeout: 180_000 });
+    return true;
+  } catch (err) {
+    console.error(`moleculer peer not installed (${(err as Error).message.split('\n')[0]}); skipping it`);
+    return false;
+  }
+}
+
+const server = await startRedis({ requireControl: true });
+const admin = server.client();
+// Unlimited pubsub output buffers: the backlog waits in Redis while a consumer is stopped.
+await admin.config('SET', 'client-output-buffer-limit', 'pubsub 0 0 0');
+const url = `${server.url}/0`;
+
+async function once(kind: keyof typeof CONSUMERS): Promise<number> {
+  const args = kind === 'agentd' ? [url, String(EVENTS), String(EVENTS)] : [url, String(EVENTS)];
+  const consumer = await startConsumer(CONSUMERS[kind], args);
+  if (kind === 'moleculer') {
+    // The producer must discover the service before the consumer is stopped.
+    const producer = await startConsumer(join(PEERS_DIR, 'producer.mjs'), [url, String(EVENTS)], {}, true);
+    consumer.child.kill('SIGSTOP');
+    producer.child.stdin!.write('go\n');
+    await producer.result;
+  } else {
+    consumer.child.kill('SIGSTOP');
+    await flood(server.port, EVENTS);
+  }
+  await sleep(200);
+  consumer.child.kill('SIGCONT');
+  const result = await consumer.result;
+  await new Promise((r) => (consumer.child.exitCode === null ? consumer.child.once('exit', r) : r(null)));
+  return (Number(result['events']) / Number(result['ms'])) * 1000;
+}
+
+const kinds: Array<keyof typeof CONSUMERS> = ['bare', 'agentd'];
+if (await ensurePeers()) kinds.push('moleculer');
+const rates: Record<string, number[]> = {};
+try {
+  for (let r = 0; r < REPS; r++) {
+    for (const kind of kinds) (rates[kind] ??= []).push(await once(kind));
+  }
+} finally {
+  await server.stop();
+}
+const bare = median(rates['bare']!);
+const rows = kinds.map((kind) => ({
+  consumer: kind,
+  'events/s (median)': Math.round(median(rates[kind]!)),
+  runs: rates[kind]!.map((x) => Math.round(x)).join(' '),
+  'ratio to bare': median(rates[kind]!) / bare,
+}));
+if (json) console.log(JSON.stringify({ benchmark: 'dispatch', events: EVENTS, repetitions: REPS, rows }, null, 2));
+else {
+  console.log(`dispatch throughput: ${EVENTS} events, ${REPS} runs each, backlog read after SIGCONT`);
+  printTable(rows);
+}
