@@ -1,10 +1,13 @@
 /**
  * The ceiling for a Node subscriber: one ioredis PSUBSCRIBE connection that
  * only parses each message as JSON. Prints one JSON line when it has seen
- * `count` events: {"events", "ms"} from the first to the last.
+ * `count` events: {"events", "ms"} from the first to the last, the latency
+ * of each (now - data.t, on the monotonic clock) when the messages carry
+ * one, and its RSS.
  *
  *   node bench/consumers/bare.ts URL COUNT
  */
+import { latencySummary } from './latency.ts';
 import { Redis } from 'ioredis';
 
 const [url = '', countText = '0'] = process.argv.slice(2);
@@ -13,12 +16,15 @@ const sub = new Redis(url, { protocol: 2 });
 let seen = 0;
 let first = 0;
 let sink = 0;
+const latencies: number[] = [];
 sub.on('pmessageBuffer', (_pattern: string, _channel: Buffer, message: Buffer) => {
   if (seen === 0) first = performance.now();
-  const env = JSON.parse(message.toString()) as { event: string };
+  const env = JSON.parse(message.toString()) as { event: string; data: { t?: number } };
+  if (env.data.t !== undefined) latencies.push(Number(process.hrtime.bigint() / 1000n) - env.data.t);
   sink += env.event.length;
   if (++seen === count) {
-    console.log(JSON.stringify({ events: seen, ms: performance.now() - first, sink }));
+    const rssMiB = process.memoryUsage.rss() / 1048576;
+    console.log(JSON.stringify({ events: seen, ms: performance.now() - first, sink, rssMiB, latency: latencySummary(latencies) }));
     sub.disconnect();
   }
 });

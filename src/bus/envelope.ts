@@ -70,7 +70,8 @@ export function parseEnvelope(channel: string, payload: Buffer, maxBytes: number
   }
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return { ok: false, reason: 'not_object' };
   // The walk is needed only when the text could spell a dangerous key: literally, or through \u escapes.
-  if ((text.includes('__proto__') || text.includes('prototype') || text.includes('\\u')) && hasForbiddenKey(parsed, undefined)) {
+  // '"prototype"' with its quotes: V8 searches a bare 'prototype' slowly through runs of 'p'.
+  if ((text.includes('__proto__') || text.includes('"prototype"') || text.includes('\\u')) && hasForbiddenKey(parsed, undefined)) {
     return { ok: false, reason: 'forbidden_key' };
   }
   const raw = parsed as Record<string, unknown>;

@@ -89,9 +89,12 @@ export class Presence extends EventEmitter<PresenceEvents> {
     this.#o = options;
   }
 
-  /** A beat may not outlive the next one: otherwise a slow Redis would stack beats up behind each other. */
+  /**
+   * Half an interval: a frozen Redis is noticed within 1.5 intervals at worst,
+   * and a beat never outlives the next one (no stacking behind a slow Redis).
+   */
   get #deadlineMs(): number {
-    return Math.max(100, Math.min(this.#o.intervalMs, 5_000));
+    return Math.max(100, Math.min(this.#o.intervalMs / 2, 5_000));
   }
 
   record(status: AgentStatus, now: number): RegistryRecord {

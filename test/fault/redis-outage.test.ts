@@ -1,0 +1,190 @@
+/**
+ * Fault 2, long outage: redis-server is killed and kept down for 60 s, then
+ * restarted (empty). Pass: the daemon's RSS stays bounded, nothing it tried
+ * to write during the outage is replayed after the return (presence, plugin
+ * writes and plugin publishes all carry post-return timestamps), and the log
+ * says clearly what is going on without flooding (one "redis reconnecting"
+ * line when it starts, then at most one per 30 s per connection).
+ *
+ * The ticker fixture publishes a `tick` every 200 ms through ctx.publish and
+ * RPUSHes its timestamp to fault:ticks:<id> through ctx.redis; about 300 of each are attempted
+ * while Redis is away.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { freePort } from '../helpers/ports.ts';
+import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { RECORDER, hasMsg, isAlive, keys, readRecords, uniqueId, waitFor, type LogLine } from '../process/util.ts';
+import { expectSound, fixture, httpGet, logTime, mb, rssKb } from './helpers.ts';
+
+const OUTAGE_MS = 60_000;
+/** src/redis/connection.ts: one 'redis reconnecting' info line when reconnecting starts, then one per 30 s. */
+const RECONNECT_LOG_EVERY_MS = 30_000;
+const RSS_GROWTH_LIMIT_KB = 30 * 1024;
+const TICK_MS = 200;
+
+interface Tick {
+  uid: string;
+  seq: number;
+  t: number;
+}
+
+describe('fault 2: long outage (Redis down 60 s)', () => {
+  let redis: TestRedis;
+  let tmp: string;
+  let d: DaemonProcess | undefined;
+
+  beforeAll(async () => {
+    redis = await startRedis({ requireControl: true });
+    tmp = await mkdtemp(join(tmpdir(), 'agentd-fault2-'));
+  });
+
+  afterAll(async () => {
+    await d?.stop();
+    await redis?.stop();
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('RSS bounded, no stale state replayed after the return, one clear log line per 30 s while waiting', { timeout: 120_000 }, async () => {
+    const id = uniqueId('f2');
+    const den = uniqueId('f2den');
+    const file = join(tmp, `${id}.jsonl`);
+    const httpPort = await freePort();
+    d = spawnAgentd(['run'], {
+      env: {
+        AGENTD_REDIS_URL: redis.url,
+        AGENTD_AGENT_ID: id,
+        AGENTD_DEN: den,
+        AGENTD_PLUGINS: `${RECORDER},${fixture('ticker.js')}`,
+        RECORD_FILE: file,
+        TICK_MS: String(TICK_MS),
+        AGENTD_HTTP_PORT: String(httpPort),
+        // Default ttl / interval (60 s / 20 s): beats fall due during the outage.
+      },
+    });
+    await d.waitForLog(hasMsg('agentd ready'), 15_000);
+    const c: Redis = redis.client({ connectionName: 'fault2-cmd', retryStrategy: () => 20 });
+    const ticks = (): Tick[] => readRecords(file).filter((r) => r.event === 'tick').map((r) => r.data as Tick);
+    await waitFor('ticks flowing before the outage', () => ticks().length >= 5, 5_000);
+    await sleep(1_000); // let RSS settle after start
+
+    const rssBefore = rssKb(d.pid);
+    const linesBefore = d.logs.length;
+    const ticksBefore = ticks().length;
+
+    await redis.kill('SIGKILL');
+    const killedAt = Date.now();
+
+    // While it waits: sample RSS, check liveness and readiness every 2 s.
+    const rssDuring: number[] = [];
+    const readyzDuring: number[] = [];
+    const healthzDuring: number[] = [];
+    while (Date.now() - killedAt < OUTAGE_MS) {
+      await sleep(Math.min(2_000, OUTAGE_MS - (Date.now() - killedAt)));
+      expect(isAlive(d), 'alive during the outage').toBe(true);
+      rssDuring.push(rssKb(d.pid));
+      readyzDuring.push((await httpGet(httpPort, '/readyz')).status);
+      healthzDuring.push((await httpGet(httpPort, '/healthz')).status);
+    }
+    const outageLines = d.logs.slice(linesBefore);
+    const startCalledAt = Date.now();
+    await redis.start();
+    const backAt = Date.now();
+
+    // Back: subscription confirmed again and a fresh event delivered.
+    const probeUid = `${id}-after`;
+    await waitFor(
+      'an event published after the return is handled',
+      async () => {
+        await c.publish(keys.channel('probe'), JSON.stringify({ event: 'probe', data: { uid: `${probeUid}-${Date.now()}` } }));
+        return readRecords(file).some((r) => String((r.data as { uid?: string })?.uid ?? '').startsWith(probeUid));
+      },
+      5_000,
+      100,
+    );
+    const recoveredMs = Date.now() - backAt;
+    await d.waitForLog(hasMsg(/event subscription confirmed again/), 5_000);
+
+    // Presence: everything in the (empty) restarted server was written after the restart.
+    await waitFor('back in its den', async () => (await c.sismember(keys.den(den), id)) === 1, 5_000);
+    const heartbeat = Number(await c.get(keys.heartbeat(id)));
+    const rec = JSON.parse((await c.hget(keys.registry, id)) as string) as { lastSeen: number; status: string };
+
+    // Let a few seconds of ticks flow after the return, then measure RSS again.
+    await sleep(5_000);
+    const rssAfter = rssKb(d.pid);
+    // Every plugin write the restarted (empty) server holds, oldest first.
+    const tickWrites = (await c.lrange(`fault:ticks:${id}`, 0, -1)).map(Number);
+    // Ticks handled after the return; one attempted before the restart would have been replayed.
+    const recordedAfterReturn = readRecords(file).filter((r) => r.event === 'tick' && r.at >= startCalledAt);
+    const stale = recordedAfterReturn.map((r) => r.data as Tick).filter((t) => t.t < startCalledAt);
+    // Nothing was handled while Redis was away (the recorder only hears ticks that went through Redis).
+    const duringOutage = readRecords(file).filter((r) => r.at > killedAt + 1_000 && r.at < startCalledAt);
+
+    const reconnectInfo = outageLines.filter((l) => hasMsg('redis reconnecting')(l) && l['level'] === 'info');
+    const byConn = (conn: string): LogLine[] => reconnectInfo.filter((l) => l['conn'] === conn);
+    const maxReconnectLines = 1 + Math.floor(OUTAGE_MS / RECONNECT_LOG_EVERY_MS);
+    const messageCounts: Record<string, number> = {};
+    for (const l of outageLines) {
+      const k = `${String(l['level'])} ${String(l['msg'])}${l['conn'] ? ` (${String(l['conn'])})` : ''}`;
+      messageCounts[k] = (messageCounts[k] ?? 0) + 1;
+    }
+
+    d.signal('SIGTERM');
+    const exit = await d.exited;
+    const tickerStats = d.logs.find(hasMsg('ticker stats'));
+
+    const report = {
+      outageMs: backAt - killedAt,
+      recoveredMs,
+      rssMb: { before: mb(rssBefore), maxDuring: mb(Math.max(...rssDuring)), after: mb(rssAfter), growthMb: mb(Math.max(...rssDuring, rssAfter) - rssBefore) },
+      linesDuringOutage: outageLines.length,
+      messageCounts,
+      ticks: { beforeOutage: ticksBefore, writesAfterReturn: tickWrites.length, oldestWriteAfterReturnMs: (tickWrites[0] ?? Number.NaN) - startCalledAt, afterReturn: recordedAfterReturn.length, stale: stale.length, tickerStats },
+      heartbeatAgeAtCheckMs: Date.now() - heartbeat,
+    };
+    console.log(`fault 2 (Redis down ${OUTAGE_MS / 1000} s): ${JSON.stringify(report)}`);
+
+    // RSS bounded.
+    expect(Math.max(...rssDuring) - rssBefore, 'RSS growth during the outage (KiB)').toBeLessThan(RSS_GROWTH_LIMIT_KB);
+    expect(rssAfter - rssBefore, 'RSS growth after the return (KiB)').toBeLessThan(RSS_GROWTH_LIMIT_KB);
+
+    // Alive and honest about it while waiting.
+    expect(new Set(healthzDuring), '/healthz during the outage').toEqual(new Set([200]));
+    expect(new Set(readyzDuring), '/readyz during the outage').toEqual(new Set([503]));
+
+    // No stale state replayed.
+    expect(heartbeat, 'heartbeat value written after the restart').toBeGreaterThanOrEqual(startCalledAt);
+    expect(rec.status).toBe('online');
+    expect(rec.lastSeen, 'registry lastSeen written after the restart').toBeGreaterThanOrEqual(startCalledAt);
+    expect(tickWrites.length, 'plugin writes (RPUSH) again after the restart').toBeGreaterThan(0);
+    expect(tickWrites.filter((t) => t < startCalledAt), 'plugin writes attempted during the outage that reached the restarted server').toEqual([]);
+    expect(stale.map((t) => t.seq), 'ticks attempted during the outage that showed up after it').toEqual([]);
+    expect(recordedAfterReturn.length, 'ticks flow again after the return').toBeGreaterThan(0);
+    expect(duringOutage, 'events handled while Redis was away').toEqual([]);
+    expect(tickerStats?.['failed'] as number, 'ticks attempted during the outage failed at once').toBeGreaterThan((0.8 * OUTAGE_MS) / TICK_MS);
+    expect(tickerStats?.['pending'], 'no plugin call left hanging').toBe(0);
+
+    // Clear log lines: it says what happened, once, and reminds at most every 30 s per connection.
+    for (const conn of ['command', 'subscriber']) {
+      expect(outageLines.some((l) => hasMsg('redis connection lost')(l) && l['conn'] === conn), `'redis connection lost' (${conn})`).toBe(true);
+      expect(byConn(conn).length, `'redis reconnecting' info lines (${conn})`).toBeGreaterThanOrEqual(1);
+      expect(byConn(conn).length, `'redis reconnecting' info lines (${conn})`).toBeLessThanOrEqual(maxReconnectLines);
+      const times = byConn(conn).map(logTime);
+      for (let i = 1; i < times.length; i++) expect((times[i] as number) - (times[i - 1] as number)).toBeGreaterThanOrEqual(RECONNECT_LOG_EVERY_MS - 1_000);
+    }
+    expect(outageLines.some(hasMsg('heartbeat failed')), "'heartbeat failed' logged").toBe(true);
+    expect(outageLines.some(hasMsg(/event subscription lost/)), "'event subscription lost' logged").toBe(true);
+    for (const [k, n] of Object.entries(messageCounts)) expect(n, `log line repeated during the outage: ${k}`).toBeLessThanOrEqual(maxReconnectLines);
+    expect(outageLines.length, 'log lines during a 60 s outage').toBeLessThanOrEqual(25);
+
+    // A clean stop after all that.
+    expect(exit).toEqual({ code: 0, signal: null });
+    expectSound(d, file, { alive: false });
+  });
+});
