@@ -441,12 +441,13 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     };
     this.log.info({ waiting: this.#dispatcher.waiting, running: this.#dispatcher.running }, 'agentd stopping');
 
-    this.#dispatcher.stopAccepting();
     this.#plugins?.shutdownStarted();
     this.#watcher?.stop();
     this.#loop.stop();
     this.#memoryMonitor.stop();
+    // Unsubscribe first: what was already on its way is still handled, not dropped.
     await step('unsubscribe', () => this.#subscriber.stop());
+    this.#dispatcher.stopAccepting();
     let drain: DrainResult = { drained: true, waiting: 0, running: [] };
     await step('drain', async () => {
       drain = await this.#dispatcher.drain(drainTimeoutMs);

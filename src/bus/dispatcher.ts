@@ -148,8 +148,9 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   #sliceStart = 0;
   #accepting = true;
   #timeoutTimer: NodeJS.Timeout | undefined;
-  #dropsSinceLog = 0;
-  #lastDropLog = 0;
+  /** Drops since the last log line, per reason (see #drop). */
+  readonly #pendingDrops = new Map<DropReason, { dropped: number; event: string }>();
+  #dropTimer: NodeJS.Timeout | undefined;
 
   constructor(options: DispatcherOptions) {
     super();
@@ -331,17 +332,30 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   #drop(reason: DropReason, event: AgentEvent, calls: number): void {
     this.counts.dropped[reason] += calls;
     this.emit('dropped', { reason, event: event.event, channel: event.channel, calls });
-    // Under overload this fires thousands of times a second: one line now, then a summary every few seconds.
-    this.#dropsSinceLog += calls;
-    const now = Date.now();
-    if (now - this.#lastDropLog >= DROP_LOG_EVERY_MS) {
-      this.#log.warn(
-        { reason, event: event.event, dropped: this.#dropsSinceLog, waiting: this.waiting, running: this.running, totalDropped: this.counts.dropped },
-        'handler queue full: dropping events',
-      );
-      this.#dropsSinceLog = 0;
-      this.#lastDropLog = now;
+    // Under overload this fires thousands of times a second: the first drop is
+    // logged at once, the rest as one summary per reason a few seconds later.
+    const pending = this.#pendingDrops.get(reason);
+    if (pending) {
+      pending.dropped += calls;
+      return;
     }
+    this.#pendingDrops.set(reason, { dropped: 0, event: event.event });
+    this.#logDrops(reason, calls, event.event);
+    this.#dropTimer ??= setTimeout(() => this.#flushDropLog(), DROP_LOG_EVERY_MS).unref();
+  }
+
+  #logDrops(reason: DropReason, dropped: number, event: string): void {
+    const msg = reason === 'shutdown' ? 'dropping events: shutting down' : reason === 'evicted' ? 'handler queue full: evicting the oldest waiting calls' : 'handler queue full: dropping events';
+    this.#log.warn({ reason, event, dropped, waiting: this.waiting, running: this.running, totalDropped: this.counts.dropped }, msg);
+  }
+
+  /** Writes the drops counted since the last line, per reason. */
+  #flushDropLog(): void {
+    clearTimeout(this.#dropTimer);
+    this.#dropTimer = undefined;
+    const pending = [...this.#pendingDrops];
+    this.#pendingDrops.clear();
+    for (const [reason, p] of pending) if (p.dropped > 0) this.#logDrops(reason, p.dropped, p.event);
   }
 
   /** Stop taking events; what arrives from now on is dropped as 'shutdown'. */
@@ -365,7 +379,10 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       clearTimeout(timer);
       if (this.#waiting.length > 0) this.#flush();
     }
-    if (this.#waiting.length === 0 && this.#workers.size === 0) return { drained: true, waiting: 0, running: [] };
+    if (this.#waiting.length === 0 && this.#workers.size === 0) {
+      this.#flushDropLog();
+      return { drained: true, waiting: 0, running: [] };
+    }
     const now = performance.now();
     const result: DrainResult = {
       drained: false,
@@ -389,5 +406,6 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     }
     clearInterval(this.#timeoutTimer);
     this.#timeoutTimer = undefined;
+    this.#flushDropLog();
   }
 }
