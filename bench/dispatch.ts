@@ -53,6 +53,7 @@ async function once(kind: keyof typeof CONSUMERS): Promise<number> {
     consumer.child.kill('SIGSTOP');
     producer.child.stdin!.write('go\n');
     await producer.result;
+    producer.child.kill('SIGTERM');
   } else {
     consumer.child.kill('SIGSTOP');
     await flood(server.port, EVENTS);

@@ -11,6 +11,7 @@ await broker.start();
 await broker.waitForServices('sink');
 console.log(JSON.stringify({ ready: true }));
 await new Promise((resolve) => process.stdin.once('data', resolve));
+process.stdin.destroy();
 const payload = { user_id: 'usr-123', text: 'Hello there, this is a benchmark message' };
 const t0 = performance.now();
 for (let i = 0; i < count; i++) {
@@ -21,3 +22,4 @@ for (let i = 0; i < count; i++) {
 console.log(JSON.stringify({ emitted: count, ms: performance.now() - t0 }));
 await new Promise((r) => setTimeout(r, 200));
 await broker.stop();
+process.exit(0);
