@@ -14,7 +14,8 @@ const TTL = 2;
 const INTERVAL = 0.5;
 const SWEEP = 0.5;
 const WATCHERS = 3;
-const kills = Number(process.argv[process.argv.indexOf('--kills') + 1] || 15);
+const killsAt = process.argv.indexOf('--kills');
+const kills = killsAt > 0 ? Number(process.argv[killsAt + 1]) : 15;
 const json = process.argv.includes('--json');
 
 interface Down {
