@@ -19,7 +19,7 @@ import { LoopMonitor } from './presence/loop-monitor.ts';
 import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
 import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
 import { Connections, type ConnectionStateChange } from './redis/connection.ts';
-import { denMembersKey, expiredEventsChannel, probeChannel } from './redis/keys.ts';
+import { denMembersKey, heartbeatKeyspacePattern, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
 
 export type DaemonState = 'idle' | 'starting' | 'ready' | 'degraded' | 'closing' | 'closed';
@@ -173,6 +173,11 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         sweepIntervalMs: config.watch.sweepInterval * 1000,
         notifications: config.watch.notifications,
         log: this.log.child({ component: 'watcher' }),
+        ttlMs: config.heartbeat.ttl * 1000,
+        healthy: () => this.#presence.healthy,
+        massDeathShare: config.watch.massDeathShare,
+        massDeathMin: config.watch.massDeathMin,
+        massDeathHoldMs: config.watch.massDeathHold * 1000,
       });
       this.#watcher.on('down', (down) => this.emit('peerDown', down));
     }
@@ -183,8 +188,19 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       command: this.#connections.command,
       patterns: config.events.patterns,
       probeChannel: this.#probeChannel,
+      // Heartbeat keys' keyspace notifications only: the expiries of every other key never reach us.
       ...(watcher && config.watch.notifications !== 'off'
-        ? { channels: new Map([[expiredEventsChannel(db), (key: string) => watcher.onExpired(key)]]) }
+        ? {
+            patternListeners: new Map([
+              [
+                heartbeatKeyspacePattern(db),
+                (channel: string, event: string) => {
+                  this.metrics.expiryNotification();
+                  watcher.onKeyspace(db, channel, event);
+                },
+              ],
+            ]),
+          }
         : {}),
       log: this.log.child({ component: 'subscriber' }),
       onMessage: (channel, payload) => this.#onMessage(channel, payload),
@@ -205,6 +221,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#dispatcher.on('dropped', (d) => this.metrics.dropped(d.event, d.reason, d.calls));
     this.metrics.knowDens([this.agent.den, ...config.watch.dens]);
     this.#watcher?.on('down', () => this.metrics.reaped());
+    this.#watcher?.on('held', (hold) => this.metrics.massDeathHold(hold.den));
+    this.#presence.on('twin', () => this.metrics.duplicateInstance());
   }
 
   get state(): DaemonState {
@@ -387,6 +405,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         await this.#presence.join();
         break;
       } catch (err) {
+        if (err instanceof AgentdError && err.code === 'AGENTD_ERR_DUPLICATE_ID') throw err;
         this.log.warn({ err: describeError(err) }, 'could not write presence yet; retrying');
         await Connections.whenReady(this.#connections.command, signal);
         await new Promise((r) => setTimeout(r, 250));

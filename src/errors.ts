@@ -18,6 +18,7 @@ export const ErrorCodes = {
   AGENTD_ERR_HEARTBEAT: 'heartbeat could not be written in time',
   AGENTD_ERR_ALREADY_STARTED: 'start() was called on a daemon that was already started',
   AGENTD_ERR_CLOSED: 'daemon is closed',
+  AGENTD_ERR_DUPLICATE_ID: 'another live daemon instance has this agent id',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
@@ -29,6 +30,7 @@ const exitCodes: Partial<Record<ErrorCode, number>> = {
   AGENTD_ERR_USAGE: 2,
   AGENTD_ERR_PLUGIN_LOAD: 2,
   AGENTD_ERR_PLUGIN_SETUP: 2,
+  AGENTD_ERR_DUPLICATE_ID: 2,
 };
 
 export class AgentdError extends Error {

@@ -23,6 +23,8 @@ export interface EventSubscriberOptions {
   readonly probeChannel: string;
   /** Plain channels to SUBSCRIBE to as well, each with its own listener (e.g. keyspace expiry events). */
   readonly channels?: ReadonlyMap<string, (message: string) => void>;
+  /** Patterns to PSUBSCRIBE to as well, each with its own listener (channel, message); their messages never reach onMessage. */
+  readonly patternListeners?: ReadonlyMap<string, (channel: string, message: string) => void>;
   readonly log: Logger;
   /** Called for every message on a subscribed pattern, straight from the socket. */
   readonly onMessage: (channel: Buffer, payload: Buffer) => void;
@@ -52,7 +54,12 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     super();
     this.#o = options;
     const { subscriber, probeChannel } = options;
-    subscriber.on('pmessageBuffer', (_pattern: string, channel: Buffer, payload: Buffer) => options.onMessage(channel, payload));
+    const own = options.patternListeners;
+    subscriber.on('pmessageBuffer', (pattern: string, channel: Buffer, payload: Buffer) => {
+      const listener = own?.get(pattern);
+      if (listener) listener(channel.toString(), payload.toString());
+      else options.onMessage(channel, payload);
+    });
     subscriber.on('message', (channel: string, message: string) => {
       if (channel === probeChannel) {
         if (this.#probeWaiter?.token === message) this.#probeWaiter.resolve();
@@ -115,7 +122,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     try {
       while (!this.#stopped && subscriber.status === 'ready') {
         try {
-          await subscriber.psubscribe(...patterns);
+          await subscriber.psubscribe(...patterns, ...(this.#o.patternListeners?.keys() ?? []));
           await subscriber.subscribe(probeChannel, ...(this.#o.channels?.keys() ?? []));
           if (await this.#probe(command)) {
             const gapMs = Date.now() - this.#lostAt;
@@ -162,7 +169,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     if (subscriber.status !== 'ready') return;
     try {
       await Promise.race([
-        Promise.all([subscriber.punsubscribe(...patterns), subscriber.unsubscribe(probeChannel, ...(this.#o.channels?.keys() ?? []))]),
+        Promise.all([subscriber.punsubscribe(...patterns, ...(this.#o.patternListeners?.keys() ?? [])), subscriber.unsubscribe(probeChannel, ...(this.#o.channels?.keys() ?? []))]),
         sleep(1_000),
       ]);
     } catch {

@@ -237,9 +237,9 @@ export async function memoryCommand(config: AgentdConfig, positionals: readonly 
     throw new AgentdError('AGENTD_ERR_USAGE', `AGENT must be a non-empty id without ':' (got ${JSON.stringify(agent)})`);
   }
   if (sub === 'clear' && !flags.yes) {
-    if (!io.stdin?.isTTY) throw new AgentdError('AGENTD_ERR_USAGE', `memory clear deletes every agent:${agent}:* key; pass --yes when not on a terminal`);
+    if (!io.stdin?.isTTY) throw new AgentdError('AGENTD_ERR_USAGE', `memory clear deletes every agent:${agent}:* key but the heartbeat; pass --yes when not on a terminal`);
     const rl = createInterface({ input: io.stdin, output: io.stderr });
-    const answer = await rl.question(`Delete every key under agent:${agent}: on ${redactUrl(config.redis.url)}? [y/N] `);
+    const answer = await rl.question(`Delete every key under agent:${agent}: (but agent:${agent}:heartbeat) on ${redactUrl(config.redis.url)}? [y/N] `);
     rl.close();
     if (!/^y(es)?$/i.test(answer.trim())) {
       io.stderr.write('nothing deleted\n');
@@ -257,7 +257,7 @@ export async function memoryCommand(config: AgentdConfig, positionals: readonly 
     }
     if (sub === 'clear') {
       const removed = await clearAgentMemory(redis, agent);
-      io.stdout.write(flags.json ? `${JSON.stringify({ agent, removed })}\n` : `removed ${removed} key${removed === 1 ? '' : 's'} of agent ${agent}\n`);
+      io.stdout.write(flags.json ? `${JSON.stringify({ agent, removed })}\n` : `removed ${removed} key${removed === 1 ? '' : 's'} of agent ${agent} (its presence key agent:${agent}:heartbeat is kept)\n`);
       return 0;
     }
     const stats = await redisMemoryStats(redis);

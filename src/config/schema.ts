@@ -148,6 +148,27 @@ export const schema = {
       env: 'AGENTD_WATCH_NOTIFICATIONS',
       arg: 'watch-notifications',
     },
+    massDeathShare: {
+      doc: 'Mass-death brake: when a sweep finds at least this share of a den\'s members dead at once (and at least watch.massDeathMin of them), it holds: logs, counts, reaps none of them. The default still reports a third of a den dying at once.',
+      format: 'ratio',
+      default: 0.55,
+      env: 'AGENTD_WATCH_MASS_DEATH_SHARE',
+      arg: 'watch-mass-death-share',
+    },
+    massDeathMin: {
+      doc: 'Mass-death brake: fewest dead members at once that can trip it (0: brake off). Below it deaths are always reported, so in a den of 3 or fewer no death is ever held.',
+      format: 'non-negative-int',
+      default: 3,
+      env: 'AGENTD_WATCH_MASS_DEATH_MIN',
+      arg: 'watch-mass-death-min',
+    },
+    massDeathHold: {
+      doc: 'Seconds a mass-death hold may last; then the dead are reaped after all (0: hold until the share drops below the brake).',
+      format: 'non-negative-int',
+      default: 300,
+      env: 'AGENTD_WATCH_MASS_DEATH_HOLD',
+      arg: 'watch-mass-death-hold',
+    },
   },
   events: {
     patterns: {
@@ -342,6 +363,9 @@ export interface AgentdConfig {
     readonly sweepInterval: number;
     readonly dens: readonly string[];
     readonly notifications: 'listen' | 'enable' | 'off';
+    readonly massDeathShare: number;
+    readonly massDeathMin: number;
+    readonly massDeathHold: number;
   };
   readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number };
   readonly queue: {

@@ -36,6 +36,9 @@ export class Metrics {
   readonly #reconnects: TallyCounter;
   readonly #agentsDown: TallyCounter;
   readonly #reaped: TallyCounter;
+  readonly #massDeathHolds: TallyCounter;
+  readonly #duplicates: TallyCounter;
+  readonly #expiryNotifications: TallyCounter;
   /** Dens that may appear as label values: ours and the ones we watch. */
   readonly #dens = new Set<string>();
 
@@ -63,6 +66,9 @@ export class Metrics {
     this.#reconnects = new TallyCounter({ name: 'agentd_redis_reconnects_total', help: 'Reconnection attempts, by connection.', labelNames: ['conn'], registry });
     this.#agentsDown = new TallyCounter({ name: 'agentd_agents_down_total', help: 'agent_down events seen on the bus (from any watcher), by den (dens not watched here count as "other").', labelNames: ['den'], registry });
     this.#reaped = new TallyCounter({ name: 'agentd_peers_reaped_total', help: 'Dead peers this agent reaped and announced as agent_down.', labelNames: [], registry });
+    this.#massDeathHolds = new TallyCounter({ name: 'agentd_mass_death_holds_total', help: 'Mass-death holds this watcher started (most of a den dead at once: reaped nobody), by den.', labelNames: ['den'], registry });
+    this.#duplicates = new TallyCounter({ name: 'agentd_duplicate_instances_total', help: 'Beats that found the registry record written by another live instance with this agent id.', labelNames: [], registry });
+    this.#expiryNotifications = new TallyCounter({ name: 'agentd_expiry_notifications_total', help: 'Keyspace notifications delivered to the watcher (heartbeat keys only).', labelNames: [], registry });
 
     const gauge = (name: string, help: string, read: () => number): void => {
       new Gauge({
@@ -162,5 +168,17 @@ export class Metrics {
 
   reaped(): void {
     this.#reaped.inc('');
+  }
+
+  massDeathHold(den: string): void {
+    this.#massDeathHolds.inc(this.#dens.has(den) ? den : OTHER);
+  }
+
+  duplicateInstance(): void {
+    this.#duplicates.inc('');
+  }
+
+  expiryNotification(): void {
+    this.#expiryNotifications.inc('');
   }
 }

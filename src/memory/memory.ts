@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { schema } from '../config/schema.ts';
 import { AgentdError } from '../errors.ts';
-import { memoryKeys } from '../redis/keys.ts';
+import { heartbeatKey, memoryKeys } from '../redis/keys.ts';
 import { appendMessage, rateLimitHit } from '../redis/scripts.ts';
 import { pythonMessageJson } from './python-json.ts';
 
@@ -224,7 +224,11 @@ export class AgentMemory {
 
   // ---- clearing -------------------------------------------------------------
 
-  /** Removes every `agent:<id>:*` key of this agent (SCAN + UNLINK in batches, never KEYS). Returns how many. */
+  /**
+   * Removes every `agent:<id>:*` key of this agent (SCAN + UNLINK in batches,
+   * never KEYS) except its presence key `agent:<id>:heartbeat`, which is not
+   * memory. Returns how many.
+   */
   clear(): Promise<number> {
     return clearAgentMemory(this.#redis, this.agentId);
   }
@@ -232,18 +236,22 @@ export class AgentMemory {
 
 /**
  * Removes every key under `agent:<id>:`, and no other: glob characters in the
- * id are escaped, and each key's prefix is checked again before it goes.
+ * id are escaped, and each key's prefix is checked again before it goes. The
+ * presence key `agent:<id>:heartbeat` is spared: deleting it would make a live
+ * agent look dead to its peers (they would not report it down — the registry
+ * record still shows a recent beat — but it is not memory either).
  */
 export async function clearAgentMemory(redis: Redis, agentId: string, batch = 500): Promise<number> {
   checkPart('agent id', agentId);
   const prefix = `agent:${agentId}:`;
+  const presence = heartbeatKey(agentId);
   const match = memoryKeys.allOf(agentId);
   let cursor = '0';
   let removed = 0;
   do {
     const [next, keys] = await redis.scan(cursor, 'MATCH', match, 'COUNT', batch);
     cursor = next;
-    const mine = keys.filter((k) => k.startsWith(prefix));
+    const mine = keys.filter((k) => k.startsWith(prefix) && k !== presence);
     if (mine.length > 0) removed += await redis.unlink(...mine);
   } while (cursor !== '0');
   return removed;

@@ -1,10 +1,12 @@
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import type { Redis } from 'ioredis';
 import { makeEnvelope } from '../bus/publish.ts';
-import { describeError } from '../errors.ts';
+import { AgentdError, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from '../redis/keys.ts';
+import { leaveAgent } from '../redis/scripts.ts';
 
 export type AgentStatus = 'online' | 'offline' | 'down';
 
@@ -19,6 +21,15 @@ export interface RegistryRecord {
   readonly status: AgentStatus;
   readonly lastSeen: number;
   readonly downAt?: number;
+  /** Random token of the daemon process that wrote the record: tells twins with one agent id apart. */
+  readonly instance?: string;
+}
+
+/** Another live daemon instance with this agent id, as its registry record describes it. */
+export interface TwinInfo {
+  readonly host: string | null;
+  readonly pid: number | null;
+  readonly instance: string;
 }
 
 export interface MembershipChange {
@@ -33,11 +44,18 @@ export interface BeatResult {
   /** The agent was missing from its den and put itself back. */
   readonly rejoined: boolean;
   readonly error?: string;
+  /**
+   * The full beat failed but the heartbeat key's TTL was renewed (PEXPIRE,
+   * which Redis still runs when it refuses writes over maxmemory).
+   */
+  readonly keptAlive?: boolean;
 }
 
 interface PresenceEvents {
   membership: (change: MembershipChange) => void;
   beat: (result: BeatResult) => void;
+  /** Another live instance with this agent id wrote the registry record since our last beat. */
+  twin: (twin: TwinInfo) => void;
 }
 
 export interface PresenceOptions {
@@ -83,6 +101,11 @@ export class Presence extends EventEmitter<PresenceEvents> {
   #failing = false;
   /** Unix ms of the last beat Redis acknowledged. */
   lastBeatAt = 0;
+  /** This daemon process's token in the registry record (a twin with the same agent id has another). */
+  readonly instance = randomBytes(8).toString('hex');
+  /** Unix ms when another live instance with this agent id was last seen (0: never). */
+  twinSeenAt = 0;
+  #twin: TwinInfo | undefined;
 
   constructor(options: PresenceOptions) {
     super();
@@ -99,7 +122,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
 
   record(status: AgentStatus, now: number): RegistryRecord {
     const { agent, host, pid, version } = this.#o;
-    return { id: agent.id, den: agent.den, host, pid, version, startedAt: this.#startedAt, status, lastSeen: now };
+    return { id: agent.id, den: agent.den, host, pid, version, startedAt: this.#startedAt, status, lastSeen: now, instance: this.instance };
   }
 
   #membershipData(extra: Record<string, unknown>): Record<string, unknown> {
@@ -108,6 +131,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
 
   /** The first beat, then `agent_online`; later beats run on the timer. */
   async join(): Promise<void> {
+    await this.#refuseLiveTwin();
     const result = await this.beat();
     if (!result.ok) throw new Error(result.error ?? 'heartbeat failed');
     this.#joined = true;
@@ -161,33 +185,115 @@ export class Presence extends EventEmitter<PresenceEvents> {
     const now = Date.now();
     let result: BeatResult;
     try {
-      const replies = await withDeadline(
-        redis
-          .multi()
-          .set(heartbeatKey(agent.id), String(now), 'EX', ttlSeconds)
-          .sadd(denMembersKey(agent.den), agent.id)
-          .hset(REGISTRY_KEY, agent.id, JSON.stringify(this.record('online', now)))
-          .exec(),
-        this.#deadlineMs,
-      );
+      let replies: Array<[Error | null, unknown]> | null;
+      try {
+        replies = await withDeadline(
+          redis
+            .multi()
+            .hget(REGISTRY_KEY, agent.id)
+            .set(heartbeatKey(agent.id), String(now), 'EX', ttlSeconds)
+            .sadd(denMembersKey(agent.den), agent.id)
+            .hset(REGISTRY_KEY, agent.id, JSON.stringify(this.record('online', now)))
+            .exec(),
+          this.#deadlineMs,
+        );
+      } catch (err) {
+        throw new Error(transactionCause(err), { cause: err });
+      }
       const failed = replies?.find(([err]) => err !== null)?.[0];
       if (!replies || failed) throw failed ?? new Error('transaction aborted');
+      this.#checkTwin(replies[0]?.[1]);
       this.lastBeatAt = now;
-      result = { ok: true, rejoined: this.#joined && replies[1]?.[1] === 1 };
+      result = { ok: true, rejoined: this.#joined && replies[2]?.[1] === 1 };
       if (this.#failing) {
         this.#failing = false;
         this.#o.log.info('heartbeat restored');
       }
     } catch (err) {
-      result = { ok: false, rejoined: false, error: describeError(err) };
+      const error = describeError(err);
+      // Over maxmemory Redis refuses SET, SADD and HSET (and so the whole MULTI), but still runs
+      // PEXPIRE: renew the key we have, so that a full Redis does not make us look dead.
+      const keptAlive = /\bOOM\b/.test(error) ? await this.#keepAlive() : false;
+      result = { ok: false, rejoined: false, error, ...(keptAlive ? { keptAlive } : {}) };
       // One line when beats start failing, not one per beat.
       if (!this.#failing) {
         this.#failing = true;
-        this.#o.log.warn({ code: 'AGENTD_ERR_HEARTBEAT', err: result.error, lastBeatAgoMs: this.lastBeatAt ? now - this.lastBeatAt : undefined }, 'heartbeat failed');
+        this.#o.log.warn(
+          { code: 'AGENTD_ERR_HEARTBEAT', err: error, keptAlive, lastBeatAgoMs: this.lastBeatAt ? now - this.lastBeatAt : undefined },
+          keptAlive ? 'heartbeat failed; the heartbeat key is kept alive with PEXPIRE while Redis refuses writes' : 'heartbeat failed',
+        );
       }
     }
     this.emit('beat', result);
     return result;
+  }
+
+  /** PEXPIRE of the heartbeat key alone; true when the key exists and its TTL was renewed. */
+  async #keepAlive(): Promise<boolean> {
+    try {
+      const reply = await withDeadline(this.#o.redis.pexpire(heartbeatKey(this.#o.agent.id), this.#o.ttlSeconds * 1000), this.#deadlineMs);
+      return reply === 1;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Whether this agent's own presence writes work: the last beat succeeded
+   * and is recent. A watcher that is unsure of its own health reaps nobody.
+   */
+  get healthy(): boolean {
+    return !this.#failing && this.lastBeatAt > 0 && Date.now() - this.lastBeatAt <= 2 * this.#o.intervalMs + this.#deadlineMs;
+  }
+
+  /** The record a beat replaced: a different instance token there means a twin wrote it since our last beat. */
+  #checkTwin(previous: unknown): void {
+    if (!this.#joined || typeof previous !== 'string') return;
+    const rec = parseRecord(previous);
+    if (typeof rec.instance !== 'string' || rec.instance === this.instance) return;
+    const twin: TwinInfo = { host: typeof rec.host === 'string' ? rec.host : null, pid: typeof rec.pid === 'number' ? rec.pid : null, instance: rec.instance };
+    const first = this.#twin?.instance !== twin.instance || Date.now() - this.twinSeenAt > this.#o.ttlSeconds * 1000;
+    this.twinSeenAt = Date.now();
+    this.#twin = twin;
+    if (first) {
+      this.#o.log.error(
+        { code: 'AGENTD_ERR_DUPLICATE_ID', otherHost: twin.host, otherPid: twin.pid, otherInstance: twin.instance, instance: this.instance },
+        `another instance with agent id ${this.#o.agent.id} is live (host ${twin.host ?? '?'}, pid ${twin.pid ?? '?'}): two daemons share one id; give each its own agent.id`,
+      );
+    }
+    this.emit('twin', twin);
+  }
+
+  /**
+   * Before the first beat: is another instance with this agent id live? Its
+   * record says online with another token and its heartbeat key exists. A
+   * dead predecessor on this host (its pid is gone, or is ours now) is not a
+   * twin; otherwise wait up to 1.5 intervals for it to beat again. A beat
+   * means a live twin: refuse to start.
+   */
+  async #refuseLiveTwin(): Promise<void> {
+    const { redis, agent, host, pid } = this.#o;
+    const read = async (): Promise<{ rec: Partial<RegistryRecord>; alive: boolean }> => {
+      const replies = await withDeadline(redis.multi().hget(REGISTRY_KEY, agent.id).exists(heartbeatKey(agent.id)).exec(), this.#deadlineMs);
+      return { rec: parseRecord(replies?.[0]?.[1] as string | null), alive: replies?.[1]?.[1] === 1 };
+    };
+    const first = await read();
+    const other = first.rec;
+    if (!first.alive || other.status !== 'online' || typeof other.instance !== 'string' || other.instance === this.instance) return;
+    if (other.host === host && typeof other.pid === 'number' && (other.pid === pid || !processAlive(other.pid))) return;
+    const deadline = Date.now() + Math.min(1.5 * this.#o.intervalMs, this.#o.ttlSeconds * 1000);
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, Math.max(25, this.#o.intervalMs / 5)));
+      const now = await read();
+      if (!now.alive || now.rec.instance !== other.instance) return;
+      if (now.rec.lastSeen !== other.lastSeen) {
+        throw new AgentdError(
+          'AGENTD_ERR_DUPLICATE_ID',
+          `agent id ${agent.id} is already live on host ${String(other.host ?? '?')} (pid ${String(other.pid ?? '?')}); give this daemon its own agent.id (AGENTD_AGENT_ID)`,
+        );
+      }
+    }
+    this.#o.log.warn({ otherHost: other.host, otherPid: other.pid }, 'the registry record of this agent id is from another instance that stopped beating; taking over');
   }
 
   async #announce(type: 'agent_online' | 'agent_offline', data: Record<string, unknown>): Promise<void> {
@@ -203,27 +309,71 @@ export class Presence extends EventEmitter<PresenceEvents> {
 
   /**
    * Graceful leave: out of the den, registry record offline, heartbeat
-   * deleted and `agent_offline` published — one MULTI round trip.
+   * deleted and `agent_offline` published — one script, and only if the
+   * registry record is this instance's. A live twin (same agent id) keeps
+   * its presence: seen within the TTL, we do not touch anything.
    */
   async leave(): Promise<void> {
     this.stop();
     if (!this.#joined) return;
     const { redis, agent } = this.#o;
     const now = Date.now();
+    if (this.#twin && now - this.twinSeenAt <= this.#o.ttlSeconds * 1000) {
+      this.#o.log.warn({ otherHost: this.#twin.host, otherPid: this.#twin.pid }, 'not leaving: another live instance with this agent id keeps the presence');
+      this.#joined = false;
+      return;
+    }
     const data = this.#membershipData({ reason: 'shutdown' });
-    const replies = await withDeadline(
-      redis
-        .multi()
-        .srem(denMembersKey(agent.den), agent.id)
-        .hset(REGISTRY_KEY, agent.id, JSON.stringify(this.record('offline', now)))
-        .del(heartbeatKey(agent.id))
-        .publish(eventChannel('agent_offline'), JSON.stringify(makeEnvelope('agent_offline', data, agent, now)))
-        .exec(),
+    const outcome = await withDeadline(
+      leaveAgent(redis, {
+        id: agent.id,
+        den: agent.den,
+        instance: this.instance,
+        record: JSON.stringify(this.record('offline', now)),
+        envelope: JSON.stringify(makeEnvelope('agent_offline', data, agent, now)),
+      }),
       this.#deadlineMs,
     );
-    const failed = replies?.find(([err]) => err !== null)?.[0];
-    if (!replies || failed) throw failed ?? new Error('transaction aborted');
     this.#joined = false;
+    if (!outcome.left) {
+      const rec = parseRecord(outcome.owner);
+      this.#o.log.warn({ otherHost: rec.host, otherPid: rec.pid }, 'not leaving: the registry record belongs to another instance with this agent id');
+      return;
+    }
     this.emit('membership', { type: 'agent_offline', agent: agent.id, den: agent.den });
   }
+}
+
+function parseRecord(raw: string | null | undefined): Partial<RegistryRecord> {
+  if (!raw) return {};
+  try {
+    const value: unknown = JSON.parse(raw);
+    return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Partial<RegistryRecord>) : {};
+  } catch {
+    return {};
+  }
+}
+
+function processAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * What made a MULTI fail. ioredis rejects an aborted transaction with
+ * `EXECABORT`, which says nothing; the refusals of the queued commands (e.g.
+ * `OOM command not allowed when used memory > 'maxmemory'`) are in
+ * `previousErrors`. The cause goes first.
+ */
+export function transactionCause(err: unknown): string {
+  const previous = (err as { previousErrors?: unknown } | null)?.previousErrors;
+  const base = describeError(err);
+  if (!Array.isArray(previous) || previous.length === 0) return base;
+  const causes = [...new Set(previous.map((e) => describeError(e)))];
+  return `${causes.join('; ')} (${base})`;
 }

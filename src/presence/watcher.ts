@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
-import { REGISTRY_KEY, agentOfHeartbeatKey } from '../redis/keys.ts';
+import { REGISTRY_KEY, agentOfHeartbeatKey, keyOfKeyspaceChannel } from '../redis/keys.ts';
 import { reapAgent, sweepDen } from '../redis/scripts.ts';
 import type { RegistryRecord } from './presence.ts';
 
@@ -30,9 +30,18 @@ export interface SweepResult {
   readonly ms: number;
 }
 
+/** A sweep found so much of a den dead at once that it reaped none of it. */
+export interface MassDeathHold {
+  readonly den: string;
+  readonly members: number;
+  readonly missing: number;
+}
+
 interface WatcherEvents {
   down: (down: AgentDown) => void;
   sweep: (result: SweepResult) => void;
+  /** A mass-death hold started in a den (once per episode). */
+  held: (hold: MassDeathHold) => void;
 }
 
 export interface PeerWatcherOptions {
@@ -43,6 +52,19 @@ export interface PeerWatcherOptions {
   readonly sweepIntervalMs: number;
   readonly notifications: 'listen' | 'enable' | 'off';
   readonly log: Logger;
+  /** Heartbeat TTL, ms: a peer's registry lastSeen must be this old too before it is reaped. */
+  readonly ttlMs?: number;
+  /**
+   * Local health first (memberlist's Lifeguard): while this returns false —
+   * our own presence writes are failing — the watcher reaps nobody.
+   */
+  readonly healthy?: () => boolean;
+  /** Mass-death brake: hold when at least this share of a den's members is dead at once... */
+  readonly massDeathShare?: number;
+  /** ...and at least this many (0 turns the brake off). */
+  readonly massDeathMin?: number;
+  /** Ms after which a hold that still stands is released and the dead are reaped (0: hold until it clears). */
+  readonly massDeathHoldMs?: number;
 }
 
 function parseRecord(raw: string | null | undefined): Partial<RegistryRecord> {
@@ -68,6 +90,14 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   #notificationsRefused = false;
   /** Agents reaped by this watcher. */
   reaped = 0;
+  /** Keyspace notifications delivered to this watcher (only heartbeat keys' should ever arrive). */
+  notificationsReceived = 0;
+  /** Dens currently held by the mass-death brake, with the time the hold started. */
+  readonly #held = new Map<string, number>();
+  #unhealthyLogged = false;
+  /** Expired heartbeats waiting for the den check, by den (coalesced, so a burst costs one sweep per den). */
+  readonly #pendingExpiry = new Map<string, Set<string>>();
+  #expiryTimer: NodeJS.Timeout | undefined;
 
   constructor(options: PeerWatcherOptions) {
     super();
@@ -96,6 +126,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   stop(): void {
     this.#stopped = true;
     clearTimeout(this.#timer);
+    clearTimeout(this.#expiryTimer);
   }
 
   #schedule(ms: number): void {
@@ -109,9 +140,10 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   }
 
   /**
-   * With notifications = enable, makes sure the server emits expired-key
-   * events (E and x), keeping whatever flags it already has. A refusal —
-   * usual on managed Redis — is logged once; the sweep still finds every death.
+   * With notifications = enable, makes sure the server emits keyspace
+   * notifications for expired keys (K and x), keeping whatever flags it
+   * already has. A refusal — usual on managed Redis — is logged once; the
+   * sweep still finds every death.
    */
   async enableNotifications(): Promise<void> {
     if (this.#o.notifications !== 'enable') return;
@@ -119,8 +151,8 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
       const reply = (await this.#o.redis.config('GET', 'notify-keyspace-events')) as string[];
       const flags = reply[1] ?? '';
       const hasExpired = flags.includes('x') || flags.includes('A');
-      if (flags.includes('E') && hasExpired) return;
-      const wanted = `${flags}${flags.includes('E') ? '' : 'E'}${hasExpired ? '' : 'x'}`;
+      if (flags.includes('K') && hasExpired) return;
+      const wanted = `${flags}${flags.includes('K') ? '' : 'K'}${hasExpired ? '' : 'x'}`;
       await this.#o.redis.config('SET', 'notify-keyspace-events', wanted);
       this.#o.log.info({ flags: wanted }, 'enabled keyspace expiry notifications');
     } catch (err) {
@@ -129,6 +161,14 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
         this.#o.log.warn({ err: describeError(err) }, 'cannot enable keyspace notifications; relying on the sweep alone');
       }
     }
+  }
+
+  /** Listener for the heartbeat keyspace pattern of database `db`: the channel names the key, the message is the event. */
+  onKeyspace(db: number, channel: string, event: string): void {
+    this.notificationsReceived++;
+    if (event !== 'expired') return;
+    const key = keyOfKeyspaceChannel(db, channel);
+    if (key !== undefined) this.onExpired(key);
   }
 
   /** Listener for the expired-keys channel: the message is the key that expired. */
@@ -143,10 +183,86 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
       const record = parseRecord(await this.#o.redis.hget(REGISTRY_KEY, id));
       // Without a registry record the den is unknown here; the sweep of its den will find it.
       if (typeof record.den !== 'string' || !this.#watches(record.den)) return;
-      await this.#reap(id, record.den, 'expiry');
+      let pending = this.#pendingExpiry.get(record.den);
+      if (!pending) this.#pendingExpiry.set(record.den, (pending = new Set()));
+      pending.add(id);
+      // Coalesce a burst of expiries into one check per den, through the same brake as the sweep.
+      this.#expiryTimer ??= setTimeout(() => {
+        this.#expiryTimer = undefined;
+        void this.#reapExpired();
+      }, 10);
     } catch (err) {
       this.#o.log.debug({ agent: id, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
     }
+  }
+
+  async #reapExpired(): Promise<void> {
+    const batch = [...this.#pendingExpiry];
+    this.#pendingExpiry.clear();
+    if (this.#stopped || !this.#healthy()) return;
+    for (const [den, ids] of batch) {
+      try {
+        const found = await sweepDen(this.#o.redis, den);
+        const missing = found.missing.filter((id) => id !== this.#o.agent.id);
+        if (this.#brake(den, found.members, missing.length)) continue;
+        for (const id of missing) if (ids.has(id)) await this.#reap(id, den, 'expiry');
+      } catch (err) {
+        this.#o.log.debug({ peerDen: den, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
+      }
+    }
+  }
+
+  /** Local health first: false (and one log line per episode) while our own presence writes fail. */
+  #healthy(): boolean {
+    const ok = this.#o.healthy?.() ?? true;
+    if (ok) {
+      if (this.#unhealthyLogged) this.#o.log.info('own presence writes work again; reaping dead peers again');
+      this.#unhealthyLogged = false;
+      return true;
+    }
+    if (!this.#unhealthyLogged) {
+      this.#unhealthyLogged = true;
+      this.#o.log.warn('not reaping anyone: this agent\'s own presence writes are failing, so it cannot tell dead peers from its own trouble');
+    }
+    return false;
+  }
+
+  /**
+   * The mass-death brake: true (hold, reap nobody in this den) when at least
+   * massDeathShare of the den's members, and at least massDeathMin of them,
+   * are dead at once — more likely a fault of Redis or of the network than a
+   * real mass death. Logged and counted once per episode; released when the
+   * share drops, or after massDeathHoldMs.
+   */
+  #brake(den: string, members: number, missing: number): boolean {
+    const share = this.#o.massDeathShare ?? 0.55;
+    const min = this.#o.massDeathMin ?? 3;
+    const trips = min > 0 && missing >= min && members > 0 && missing / members >= share;
+    const since = this.#held.get(den);
+    if (!trips) {
+      if (since !== undefined) {
+        this.#held.delete(den);
+        this.#o.log.info({ peerDen: den, members, missing }, 'mass death hold released: the share of dead members is below the brake');
+      }
+      return false;
+    }
+    const now = Date.now();
+    if (since === undefined) {
+      this.#held.set(den, now);
+      this.#o.log.warn(
+        { peerDen: den, members, missing, share, min },
+        'mass death: most of the den looks dead at once; holding the reap (a Redis or network fault is likelier than a mass death)',
+      );
+      this.emit('held', { den, members, missing });
+      return true;
+    }
+    const holdMs = this.#o.massDeathHoldMs ?? 0;
+    if (holdMs > 0 && now - since >= holdMs) {
+      if (since >= 0) this.#o.log.warn({ peerDen: den, members, missing, heldMs: now - since }, 'mass death hold expired; reaping');
+      this.#held.set(den, -1); // released by time: reap from now on, until the episode ends
+      return false;
+    }
+    return since < 0 ? false : true;
   }
 
   async #densToSweep(): Promise<string[]> {
@@ -169,14 +285,15 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     let reaped = 0;
     try {
       const dens = await this.#densToSweep();
+      const healthy = this.#healthy();
       for (const den of dens) {
         const found = await sweepDen(this.#o.redis, den);
         members += found.members;
-        for (const id of found.missing) {
-          if (id === this.#o.agent.id) continue; // our own beat will put us back
-          missing++;
-          if (await this.#reap(id, den, 'sweep')) reaped++;
-        }
+        // Our own beat will put us back.
+        const dead = found.missing.filter((id) => id !== this.#o.agent.id);
+        missing += dead.length;
+        if (!healthy || this.#brake(den, found.members, dead.length)) continue;
+        for (const id of dead) if (await this.#reap(id, den, 'sweep')) reaped++;
       }
       const result = { dens: dens.length, members, missing, reaped, ms: performance.now() - t0 };
       this.emit('sweep', result);
@@ -191,13 +308,24 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
 
   async #reap(id: string, den: string, via: Detector): Promise<boolean> {
     const now = Date.now();
-    const outcome = await reapAgent(this.#o.redis, { id, den, now, watcher: this.#o.agent, via });
-    if (!outcome.reaped) return false;
+    const outcome = await reapAgent(this.#o.redis, { id, den, now, watcher: this.#o.agent, via, minAgeMs: this.#o.ttlMs ?? 0 });
+    if (!outcome.reaped) {
+      if (outcome.reason === 'fresh') this.#o.log.debug({ peer: id, peerDen: den }, 'heartbeat key gone but the registry says the peer beat recently: deleted, not expired; not a death');
+      return false;
+    }
     this.reaped++;
     const down = (JSON.parse(outcome.envelope) as { data: AgentDown }).data;
     // `peer`, not `agent`: every line already carries this agent's own id as `agent`.
     this.#o.log.warn(
-      { peer: down.agent, peerDen: down.den, host: down.host, lastSeen: down.lastSeen, via, silentMs: down.lastSeen === null ? undefined : now - down.lastSeen },
+      {
+        peer: down.agent,
+        peerDen: down.den,
+        host: down.host,
+        lastSeen: down.lastSeen,
+        via,
+        silentMs: down.lastSeen === null ? undefined : now - down.lastSeen,
+        ...(outcome.record === 'kept' ? { recordKept: 'the registry record cannot be rewritten losslessly; left as it was' } : {}),
+      },
       'agent down: heartbeat expired',
     );
     this.emit('down', down);

@@ -26,6 +26,22 @@ export function expiredEventsChannel(db: number): string {
   return `__keyevent@${db}__:expired`;
 }
 
+/**
+ * The keyspace-notification pattern for heartbeat keys of database `db`
+ * (notify-keyspace-events with K and x): the channel names the key, the
+ * message is the event (`expired`). Only heartbeat keys match, so the
+ * expiries of every other key in the database never reach the daemon.
+ */
+export function heartbeatKeyspacePattern(db: number): string {
+  return `__keyspace@${db}__:${HEARTBEAT_PREFIX}*${HEARTBEAT_SUFFIX}`;
+}
+
+/** The key a keyspace-notification channel of database `db` is about, or undefined for another channel. */
+export function keyOfKeyspaceChannel(db: number, channel: string): string | undefined {
+  const prefix = `__keyspace@${db}__:`;
+  return channel.startsWith(prefix) ? channel.slice(prefix.length) : undefined;
+}
+
 export function denMembersKey(den: string): string {
   return `den:${den}:online_agents`;
 }

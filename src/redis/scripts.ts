@@ -10,7 +10,8 @@ import { HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX, REGISTRY_KEY, denMembersKey, eventC
  */
 
 const SCRIPTS = {
-  agentdReapAgent: 'reap-agent-3.lua',
+  agentdReapPeer: 'reap-peer-3.lua',
+  agentdLeaveAgent: 'leave-agent-3.lua',
   agentdSweepDen: 'sweep-den-1.lua',
   agentdRateLimit: 'rate-limit-1.lua',
   agentdAppendMessage: 'append-message-1.lua',
@@ -19,7 +20,7 @@ const SCRIPTS = {
 type ScriptName = keyof typeof SCRIPTS;
 
 interface ScriptCommands {
-  agentdReapAgent(
+  agentdReapPeer(
     heartbeat: string,
     den: string,
     registry: string,
@@ -31,6 +32,17 @@ interface ScriptCommands {
     via: string,
     eventId: string,
     channel: string,
+    minAgeMs: number,
+  ): Promise<[number, string, string?]>;
+  agentdLeaveAgent(
+    heartbeat: string,
+    den: string,
+    registry: string,
+    id: string,
+    instance: string,
+    record: string,
+    channel: string,
+    envelope: string,
   ): Promise<[number, string]>;
   agentdSweepDen(den: string, prefix: string, suffix: string): Promise<[number, ...string[]]>;
   agentdRateLimit(key: string, windowSeconds: number): Promise<[number, number]>;
@@ -73,7 +85,9 @@ export async function rateLimitHit(redis: Redis, key: string, windowSeconds: num
   return { count, resetMs };
 }
 
-export type ReapOutcome = { readonly reaped: true; readonly envelope: string } | { readonly reaped: false; readonly reason: 'alive' | 'absent' };
+export type ReapOutcome =
+  | { readonly reaped: true; readonly envelope: string; readonly record: 'marked' | 'kept' | 'none' }
+  | { readonly reaped: false; readonly reason: 'alive' | 'absent' | 'fresh' };
 
 export interface ReapRequest {
   readonly id: string;
@@ -81,14 +95,20 @@ export interface ReapRequest {
   readonly now: number;
   readonly watcher: { readonly id: string; readonly den: string };
   readonly via: 'expiry' | 'sweep';
+  /**
+   * The registry record's lastSeen must be at least this old (ms) as well: a
+   * deleted heartbeat key is not a death. The watcher passes the heartbeat TTL; default 0.
+   */
+  readonly minAgeMs?: number;
 }
 
 /**
- * Removes a dead agent from its den, marks it down and publishes agent_down —
- * if and only if its heartbeat is still gone and it is still a member.
+ * Removes a dead agent from its den, marks it down (when the record can be
+ * rewritten losslessly) and publishes agent_down — if and only if its
+ * heartbeat is still gone, its lastSeen is old enough and it is still a member.
  */
 export async function reapAgent(redis: Redis, r: ReapRequest): Promise<ReapOutcome> {
-  const [won, detail] = await withScripts(redis).agentdReapAgent(
+  const [won, detail, record] = await withScripts(redis).agentdReapPeer(
     heartbeatKey(r.id),
     denMembersKey(r.den),
     REGISTRY_KEY,
@@ -100,8 +120,30 @@ export async function reapAgent(redis: Redis, r: ReapRequest): Promise<ReapOutco
     r.via,
     randomUUID(),
     eventChannel('agent_down'),
+    Math.max(0, Math.round(r.minAgeMs ?? 0)),
   );
-  return won === 1 ? { reaped: true, envelope: detail } : { reaped: false, reason: detail === 'alive' ? 'alive' : 'absent' };
+  if (won === 1) return { reaped: true, envelope: detail, record: record === 'marked' || record === 'kept' ? record : 'none' };
+  return { reaped: false, reason: detail === 'alive' || detail === 'fresh' ? detail : 'absent' };
+}
+
+export type LeaveOutcome = { readonly left: true } | { readonly left: false; readonly owner: string };
+
+/** Graceful leave, only if the registry record is this instance's; otherwise nothing and the owner's record. */
+export async function leaveAgent(
+  redis: Redis,
+  l: { readonly id: string; readonly den: string; readonly instance: string; readonly record: string; readonly envelope: string },
+): Promise<LeaveOutcome> {
+  const [left, detail] = await withScripts(redis).agentdLeaveAgent(
+    heartbeatKey(l.id),
+    denMembersKey(l.den),
+    REGISTRY_KEY,
+    l.id,
+    l.instance,
+    l.record,
+    eventChannel('agent_offline'),
+    l.envelope,
+  );
+  return left === 1 ? { left: true } : { left: false, owner: detail };
 }
 
 /** Members of a den whose heartbeat key is gone, and how many members the den has. */

@@ -1,0 +1,117 @@
+#!lua
+--[[
+  Reaps an agent that is dead by two signals and announces it. Atomic, so
+  however many watchers race on one death, exactly one of them reaps it and
+  exactly one agent_down is published — even if that watcher dies right after.
+
+  The `#!lua` line (no flags) makes Redis refuse the whole script up front when
+  it is over maxmemory, instead of failing half-way; and everything that can
+  fail (decoding, encoding) runs before the first write.
+
+  Dead means both: the heartbeat key is gone, AND the registry record's
+  lastSeen (when it has a finite one) is at least ARGV[9] ms old. A heartbeat
+  key that was deleted (a memory clear) rather than expired is not a death.
+
+  The registry record is rewritten (status "down", downAt) only when the
+  rewrite is lossless: cjson would turn [] into {}, cut numbers to 14 digits
+  and cannot encode 1e999. A record it cannot rewrite exactly is left byte for
+  byte; the agent still leaves its den and agent_down is still published.
+
+  Input:
+    KEYS[1] heartbeat key    agent:<id>:heartbeat
+    KEYS[2] den set          den:<den>:online_agents
+    KEYS[3] registry hash    global:agent_registry
+    ARGV[1] agent id
+    ARGV[2] now, unix ms (becomes downAt and the event's ts)
+    ARGV[3] den of the dead agent
+    ARGV[4] watcher's agent id (detectedBy, source)
+    ARGV[5] watcher's den
+    ARGV[6] detector: 'expiry' or 'sweep'
+    ARGV[7] event id for the agent_down envelope
+    ARGV[8] channel to publish agent_down on
+    ARGV[9] minimum age of the record's lastSeen, ms (the heartbeat TTL)
+
+  Output:
+    {1, envelope, 'marked'|'kept'|'none'}  this caller reaped the agent and published envelope;
+                                           the record was marked down, kept as it was, or absent
+    {0, 'alive'}   the heartbeat key exists: nothing done
+    {0, 'absent'}  not in the den (it left, or another watcher reaped it)
+    {0, 'fresh'}   heartbeat key gone but lastSeen is recent: deleted, not expired; nothing done
+]]
+local id = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, 'alive'}
+end
+if redis.call('SISMEMBER', KEYS[2], id) == 0 then
+  return {0, 'absent'}
+end
+local now = tonumber(ARGV[2])
+local minAge = tonumber(ARGV[9]) or 0
+
+local function finite(x)
+  return type(x) == 'number' and x == x and x ~= math.huge and x ~= -math.huge
+end
+
+-- Deep equality of two decoded values. Empty tables count as different:
+-- cjson decodes [] and {} alike, so one of them would change on re-encoding.
+local function same(a, b, depth)
+  if type(a) ~= type(b) then return false end
+  if type(a) ~= 'table' then return a == b end
+  if depth > 64 or next(a) == nil then return false end
+  for k, v in pairs(a) do
+    if not same(v, b[k], depth + 1) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+
+local host = cjson.null
+local lastSeen = cjson.null
+local rewritten = nil
+local recordState = 'none'
+local raw = redis.call('HGET', KEYS[3], id)
+if raw then
+  recordState = 'kept'
+  local ok, record = pcall(cjson.decode, raw)
+  -- Only a JSON object is a record; anything else is somebody else's and stays.
+  if ok and type(record) == 'table' and string.match(raw, '^%s*{') then
+    if type(record['host']) == 'string' then host = record['host'] end
+    if finite(record['lastSeen']) then lastSeen = record['lastSeen'] end
+    if lastSeen ~= cjson.null and now - lastSeen < minAge then
+      return {0, 'fresh'}
+    end
+    local original = cjson.decode(raw)
+    record['status'] = 'down'
+    record['downAt'] = now
+    local okEncode, text = pcall(cjson.encode, record)
+    if okEncode then
+      local okBack, back = pcall(cjson.decode, text)
+      if okBack and type(back) == 'table' and back['status'] == 'down' and back['downAt'] == now then
+        back['status'] = original['status']
+        back['downAt'] = original['downAt']
+        if same(original, back, 0) then
+          rewritten = text
+        end
+      end
+    end
+  end
+end
+
+local data = { agent = id, den = ARGV[3], host = host, lastSeen = lastSeen, detectedBy = ARGV[4], via = ARGV[6] }
+local okEnvelope, envelope = pcall(cjson.encode, { event = 'agent_down', data = data, id = ARGV[7], source = ARGV[4], ts = now, den = ARGV[5] })
+if not okEnvelope then
+  data['host'] = cjson.null
+  data['lastSeen'] = cjson.null
+  envelope = cjson.encode({ event = 'agent_down', data = data, id = ARGV[7], source = ARGV[4], ts = now, den = ARGV[5] })
+end
+
+-- Writes only from here on; none of them can fail on what the registry holds.
+redis.call('SREM', KEYS[2], id)
+if rewritten then
+  redis.call('HSET', KEYS[3], id, rewritten)
+  recordState = 'marked'
+end
+redis.call('PUBLISH', ARGV[8], envelope)
+return {1, envelope, recordState}
