@@ -222,7 +222,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     }
     if (!this.#unhealthyLogged) {
       this.#unhealthyLogged = true;
-      this.#o.log.warn('not reaping anyone: this agent\'s own presence writes are failing, so it cannot tell dead peers from its own trouble');
+      this.#o.log.warn('not reaping anyone: this agent\'s own heartbeat is failing or late, so it cannot tell dead peers from its own trouble');
     }
     return false;
   }

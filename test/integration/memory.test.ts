@@ -217,6 +217,15 @@ describe('task status, topic memory, preferences', () => {
 });
 
 describe('clearing an agent', () => {
+  it('spares the presence key agent:<id>:heartbeat (deleting it is not clearing memory)', async () => {
+    const a = uid('hb');
+    await cmd.set(`agent:${a}:heartbeat`, String(Date.now()), 'EX', 60);
+    await cmd.set(`agent:${a}:memory:t`, 'x');
+    expect(await new AgentMemory(cmd, a).clear()).toBe(1);
+    expect(await cmd.exists(`agent:${a}:heartbeat`)).toBe(1);
+    expect(await cmd.exists(`agent:${a}:memory:t`)).toBe(0);
+  });
+
   it('removes every key of agent a, and none of ab or a*b, in batches', async () => {
     const base = uid('c');
     const a = base;

@@ -73,7 +73,8 @@ describe('peer watcher', () => {
     const seen = await downs();
     const w = await started(makeDaemon(suite.redis.url, { agent: { den }, watch: { sweepInterval: 30, notifications: 'enable' } }));
     const flags = ((await suite.cmd.config('GET', 'notify-keyspace-events')) as string[])[1] ?? '';
-    expect(flags).toContain('E');
+    // Keyspace notifications (K), which name the key in the channel: only heartbeat keys' reach the daemon.
+    expect(flags).toContain('K');
     expect(flags).toContain('x');
     const id = await ghost(den, { heartbeatPx: 300 });
     const t0 = Date.now();
