@@ -251,6 +251,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
     if (!this.#joined || typeof previous !== 'string') return;
     const rec = parseRecord(previous);
     if (typeof rec.instance !== 'string' || rec.instance === this.instance) return;
+    // Written before we started (e.g. a Redis restored from an old snapshot): a predecessor, not a twin.
+    if (typeof rec.lastSeen !== 'number' || rec.lastSeen <= this.#startedAt) return;
     const twin: TwinInfo = { host: typeof rec.host === 'string' ? rec.host : null, pid: typeof rec.pid === 'number' ? rec.pid : null, instance: rec.instance };
     const first = this.#twin?.instance !== twin.instance || Date.now() - this.twinSeenAt > this.#o.ttlSeconds * 1000;
     this.twinSeenAt = Date.now();

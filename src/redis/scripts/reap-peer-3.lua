@@ -1,12 +1,13 @@
-#!lua
 --[[
   Reaps an agent that is dead by two signals and announces it. Atomic, so
   however many watchers race on one death, exactly one of them reaps it and
   exactly one agent_down is published — even if that watcher dies right after.
 
-  The `#!lua` line (no flags) makes Redis refuse the whole script up front when
-  it is over maxmemory, instead of failing half-way; and everything that can
-  fail (decoding, encoding) runs before the first write.
+  Everything that can fail (decoding, encoding) runs before the first write,
+  and the one write Redis may refuse — HSET, refused over maxmemory as the
+  first write of a script — comes first: the script either fails before it
+  has changed anything, or completes (SREM and PUBLISH are never refused for
+  memory). No `#!lua` line, so it also runs on Redis 6.
 
   Dead means both: the heartbeat key is gone, AND the registry record's
   lastSeen (when it has a finite one) is at least ARGV[9] ms old. A heartbeat
@@ -107,11 +108,11 @@ if not okEnvelope then
   envelope = cjson.encode({ event = 'agent_down', data = data, id = ARGV[7], source = ARGV[4], ts = now, den = ARGV[5] })
 end
 
--- Writes only from here on; none of them can fail on what the registry holds.
-redis.call('SREM', KEYS[2], id)
+-- Writes only from here on. HSET first: over maxmemory it is refused before anything changed.
 if rewritten then
   redis.call('HSET', KEYS[3], id, rewritten)
   recordState = 'marked'
 end
+redis.call('SREM', KEYS[2], id)
 redis.call('PUBLISH', ARGV[8], envelope)
 return {1, envelope, recordState}
