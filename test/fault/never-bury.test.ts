@@ -177,6 +177,19 @@ describe('never bury a live agent (daemons as child processes)', () => {
     await waitFor('both deaths of den2 reported', () => downsIn(den2).length === 2, 5_000);
     expect(downsIn(den2).map((s) => s.data['agent']).sort()).toEqual([...dead2].sort());
     expect(w2.d.logs.some(hasMsg(/mass death/))).toBe(false);
+
+    // A hold that outlasts watch.massDeathHold is released: the dead are reported after all.
+    const den3 = uniqueId('den');
+    const w3 = start(den3, { AGENTD_WATCH_MASS_DEATH_HOLD: '2', AGENTD_WATCH_NOTIFICATIONS: 'off' });
+    await ready(w3.d);
+    await fake(den3, null, true);
+    const dead3 = await Promise.all([1, 2, 3].map(() => fake(den3, staleRecord(den3), true)));
+    await c.del(...dead3.map(keys.heartbeat));
+    const heldAt = Date.now();
+    await w3.d.waitForLog(hasMsg(/mass death: most of the den/), 5_000);
+    await waitFor('the held deaths reported once the hold expired', () => downsIn(den3).length === 3, 10_000);
+    expect(Date.now() - heldAt, 'not before the hold expired').toBeGreaterThanOrEqual(2_000);
+    expect(w3.d.logs.some(hasMsg('mass death hold expired; reaping'))).toBe(true);
   });
 
   // --- 10: hostile registry records -------------------------------------------
