@@ -23,6 +23,8 @@ export interface RegistryRecord {
   readonly downAt?: number;
   /** Random token of the daemon process that wrote the record: tells twins with one agent id apart. */
   readonly instance?: string;
+  /** The writer's heartbeat.ttl, seconds: how old lastSeen must be before a watcher may reap it. */
+  readonly heartbeatTtl?: number;
 }
 
 /** Another live daemon instance with this agent id, as its registry record describes it. */
@@ -122,7 +124,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
 
   record(status: AgentStatus, now: number): RegistryRecord {
     const { agent, host, pid, version } = this.#o;
-    return { id: agent.id, den: agent.den, host, pid, version, startedAt: this.#startedAt, status, lastSeen: now, instance: this.instance };
+    return { id: agent.id, den: agent.den, host, pid, version, startedAt: this.#startedAt, status, lastSeen: now, instance: this.instance, heartbeatTtl: this.#o.ttlSeconds };
   }
 
   #membershipData(extra: Record<string, unknown>): Record<string, unknown> {
@@ -286,6 +288,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     const deadline = Date.now() + Math.min(1.5 * this.#o.intervalMs, this.#o.ttlSeconds * 1000);
     while (Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, Math.max(25, this.#o.intervalMs / 5)));
+      if (this.#stopped) throw new AgentdError('AGENTD_ERR_CLOSED', 'daemon closed during start');
       const now = await read();
       if (!now.alive || now.rec.instance !== other.instance) return;
       if (now.rec.lastSeen !== other.lastSeen) {

@@ -49,6 +49,34 @@ describe('reap script', () => {
   });
 });
 
+describe('reap script: the second signal (registry lastSeen)', () => {
+  const put = async (den: string, record: Record<string, unknown>): Promise<string> => {
+    const id = uid('deleted');
+    await suite.cmd.sadd(`den:${den}:online_agents`, id);
+    await suite.cmd.hset('global:agent_registry', id, JSON.stringify({ id, den, ...record }));
+    return id;
+  };
+
+  it('a heartbeat key that is gone while lastSeen is younger than the TTL is not a death', async () => {
+    const den = uid('den');
+    const id = await put(den, { lastSeen: 10_000 });
+    const r = { id, den, watcher: { id: 'w', den }, via: 'sweep' as const, minAgeMs: 2_000 };
+    expect(await reapAgent(suite.cmd, { ...r, now: 11_999 })).toEqual({ reaped: false, reason: 'fresh' });
+    expect(await suite.cmd.sismember(`den:${den}:online_agents`, id)).toBe(1);
+    expect(await reapAgent(suite.cmd, { ...r, now: 12_000 })).toMatchObject({ reaped: true, record: 'marked' });
+  });
+
+  it('uses the record\'s own heartbeatTtl when it is shorter than the watcher\'s, never when longer', async () => {
+    const den = uid('den');
+    const short = await put(den, { lastSeen: 10_000, heartbeatTtl: 1 });
+    const long = await put(den, { lastSeen: 10_000, heartbeatTtl: 3_600 });
+    const r = { den, watcher: { id: 'w', den }, via: 'sweep' as const, minAgeMs: 2_000, now: 11_500 };
+    expect(await reapAgent(suite.cmd, { ...r, id: short })).toMatchObject({ reaped: true });
+    expect(await reapAgent(suite.cmd, { ...r, id: long })).toEqual({ reaped: false, reason: 'fresh' });
+    expect(await reapAgent(suite.cmd, { ...r, id: long, now: 12_000 })).toMatchObject({ reaped: true });
+  });
+});
+
 describe('peer watcher', () => {
   it('ten watchers in one den report one death once', async () => {
     const den = uid('den');

@@ -30,7 +30,8 @@
     ARGV[6] detector: 'expiry' or 'sweep'
     ARGV[7] event id for the agent_down envelope
     ARGV[8] channel to publish agent_down on
-    ARGV[9] minimum age of the record's lastSeen, ms (the heartbeat TTL)
+    ARGV[9] minimum age of the record's lastSeen, ms (the watcher's heartbeat TTL; the
+            record's own heartbeatTtl, in seconds, when it is shorter)
 
   Output:
     {1, envelope, 'marked'|'kept'|'none'}  this caller reaped the agent and published envelope;
@@ -80,6 +81,9 @@ if raw then
   if ok and type(record) == 'table' and string.match(raw, '^%s*{') then
     if type(record['host']) == 'string' then host = record['host'] end
     if finite(record['lastSeen']) then lastSeen = record['lastSeen'] end
+    -- The agent's own TTL when it states one and it is shorter: a short-TTL peer is reported on time.
+    local ownTtl = record['heartbeatTtl']
+    if finite(ownTtl) and ownTtl > 0 and ownTtl * 1000 < minAge then minAge = ownTtl * 1000 end
     if lastSeen ~= cjson.null and now - lastSeen < minAge then
       return {0, 'fresh'}
     end
