@@ -190,7 +190,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
       this.#expiryTimer ??= setTimeout(() => {
         this.#expiryTimer = undefined;
         void this.#reapExpired();
-      }, 10);
+      }, 10).unref();
     } catch (err) {
       this.#o.log.debug({ agent: id, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
     }
