@@ -164,6 +164,13 @@ export const schema = {
       env: 'AGENTD_EVENT_MAX_BYTES',
       arg: 'event-max-bytes',
     },
+    maxDepth: {
+      doc: 'Deepest nesting of arrays and objects accepted in a message (the envelope object is level 1); deeper ones are dropped as too_deep.',
+      format: 'positive-int',
+      default: 64,
+      env: 'AGENTD_EVENT_MAX_DEPTH',
+      arg: 'event-max-depth',
+    },
   },
   queue: {
     concurrency: {
@@ -343,7 +350,7 @@ export interface AgentdConfig {
     readonly dens: readonly string[];
     readonly notifications: 'listen' | 'enable' | 'off';
   };
-  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number };
+  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number; readonly maxDepth: number };
   readonly queue: {
     readonly concurrency: number;
     readonly max: number;
