@@ -129,4 +129,42 @@ describe('dispatch concurrency', () => {
     await until(() => slowDone === 3, 'the slow calls to finish', 5_000);
     expect(maxOverlap(spans)).toBe(3);
   });
+
+  it('blocking handlers on several workers: a timer that falls due runs between any two blocks', async () => {
+    // Two workers, four calls that each block the thread for BLOCK_MS: blocks must never run back to back.
+    const BLOCK_MS = 400;
+    const spin = (): void => {
+      const end = performance.now() + BLOCK_MS;
+      while (performance.now() < end);
+    };
+    let done = 0;
+    await suite.start(
+      makeDaemon(suite.redis.url, { queue: { concurrency: 2 } }, [
+        definePlugin({
+          name: 'spin',
+          handlers: {
+            spin: () => {
+              spin();
+              done++;
+            },
+          },
+        }),
+      ]),
+    );
+    const ticks: number[] = [];
+    const timer = setInterval(() => ticks.push(performance.now()), 10);
+    try {
+      const pipe = suite.cmd.pipeline();
+      for (let i = 0; i < 4; i++) pipe.publish('agent:events:spin', JSON.stringify({ event: 'spin', data: i }));
+      await pipe.exec();
+      await until(() => done === 4, 'the four blocking calls', 10_000);
+    } finally {
+      clearInterval(timer);
+    }
+    const gaps = ticks.slice(1).map((t, i) => t - (ticks[i] as number));
+    const worst = Math.max(...gaps);
+    // One block plus slack, well below two blocks in a row.
+    expect(worst, 'longest gap between timer ticks (ms)').toBeLessThan(BLOCK_MS * 1.6);
+    expect(worst).toBeGreaterThanOrEqual(BLOCK_MS - 20);
+  });
 });
