@@ -9,8 +9,6 @@ import { parseEnvelope, type AgentEvent, type BadInputReason } from './envelope.
  */
 export type IntakeReason = BadInputReason | 'intake_error';
 
-export const INTAKE_REASONS: readonly IntakeReason[] = ['too_large', 'not_json', 'not_object', 'no_event', 'forbidden_key', 'too_deep', 'intake_error'];
-
 export interface IntakeDropped {
   readonly reason: IntakeReason;
   readonly channel: string;
