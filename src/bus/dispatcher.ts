@@ -379,7 +379,12 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
 
   #drop(reason: DropReason, event: AgentEvent, calls: number): void {
     this.counts.dropped[reason] += calls;
-    this.emit('dropped', { reason, event: event.event, channel: event.channel, calls });
+    try {
+      this.emit('dropped', { reason, event: event.event, channel: event.channel, calls });
+    } catch (err) {
+      // A listener's bug (embedding code's eventDropped): dispatch goes on, the drop stays counted.
+      this.#log.error({ err: describeError(err) }, "a 'dropped' listener failed");
+    }
     // Under overload this fires thousands of times a second: the first drop is
     // logged at once, the rest as one summary per reason a few seconds later.
     const pending = this.#pendingDrops.get(reason);

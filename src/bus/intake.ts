@@ -50,8 +50,9 @@ const MAX_CHANNEL_IN_LOG = 200;
  * queue: channel decode → envelope check → counters → dispatch. Whatever
  * happens to one message here is caught, counted and logged for that message;
  * nothing escapes to the socket reader (ioredis) or the process. So each
- * message read ends up in exactly one place: dispatched, unhandled, dropped
- * by the queue (the dispatcher counts those), or `invalid` under a reason.
+ * message read (the daemon's own probe aside, when a pattern matches it) ends
+ * up in exactly one place: dispatched, unhandled, dropped by the queue (the
+ * dispatcher counts those), or `invalid` under a reason.
  */
 export class Intake {
   readonly counts: IntakeCounts = {

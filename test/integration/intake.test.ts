@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { Dispatcher } from '../../src/bus/dispatcher.ts';
 import { Intake, type IntakeMetrics } from '../../src/bus/intake.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
-import { captureLogger, makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
+import { captureLogger, gate, makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
 
 const suite = redisSuite();
 const send = (type: string, payload: string) => suite.cmd.publish(`agent:events:${type}`, payload);
@@ -31,6 +31,40 @@ describe('intake isolation', () => {
     expect(after.received - before.received).toBe(2);
     const line = t.lines.find((l) => l['code'] === 'AGENTD_ERR_INTAKE');
     expect(line).toMatchObject({ level: 'error', countedAs: 'not_json', err: 'listener bug', component: 'intake', channel: 'agent:events:good' });
+  });
+
+  it("a throwing 'eventDropped' listener on a queue drop: the drop counted, the queue goes on", async () => {
+    const g = gate();
+    const seen: unknown[] = [];
+    const t = makeDaemon(suite.redis.url, { queue: { concurrency: 1, max: 1 } }, [
+      definePlugin({
+        name: 'rec',
+        handlers: {
+          slow: async (e) => {
+            await g.promise;
+            seen.push(e.data);
+          },
+        },
+      }),
+    ]);
+    t.daemon.on('eventDropped', (d) => {
+      if (d.reason === 'queue_full') throw new Error('listener bug');
+    });
+    await suite.start(t);
+    await until(() => t.daemon.stats().unhandled >= 1, 'own agent_online');
+    for (let i = 1; i <= 3; i++) await send('slow', JSON.stringify({ event: 'slow', data: i }));
+    await until(() => t.daemon.stats().dropped.queue_full === 1, 'the third event dropped');
+    g.open();
+    await until(() => seen.length === 2, 'the first two handled');
+    await send('slow', JSON.stringify({ event: 'slow', data: 4 }));
+    await until(() => seen.length === 3, 'the one after');
+    // Which of 2 and 3 was dropped depends on whether 1 and 2 arrived in one socket read.
+    expect(seen).toHaveLength(3);
+    expect([seen[0], seen[2]]).toEqual([1, 4]);
+    const s = t.daemon.stats();
+    expect(s.invalid.intake_error).toBe(0);
+    expect(s.received).toBe(s.dispatched + s.unhandled + s.dropped.queue_full);
+    expect(t.lines.filter((l) => l.msg === "a 'dropped' listener failed").map((l) => l['err'])).toEqual(['listener bug']);
   });
 
   it('a throw before the message is counted anywhere is counted as intake_error; one after dispatch is not counted twice', () => {
