@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { EventEmitter } from 'eventemitter3';
 import { Dispatcher, type DrainResult, type DropReason, type HandlerFailedInfo } from './bus/dispatcher.ts';
-import { parseEnvelope, type BadInputReason } from './bus/envelope.ts';
+import { Intake, type IntakeReason } from './bus/intake.ts';
 import { publishEvent } from './bus/publish.ts';
 import { EventSubscriber } from './bus/subscriber.ts';
 import type { AgentdConfig } from './config/schema.ts';
@@ -25,8 +25,8 @@ import { VERSION } from './version.ts';
 export type DaemonState = 'idle' | 'starting' | 'ready' | 'degraded' | 'closing' | 'closed';
 
 export interface EventDroppedInfo {
-  /** Bad input reasons come from the envelope check; the others from the handler queue. */
-  readonly reason: BadInputReason | DropReason;
+  /** Bad input reasons (and intake_error) come from intake; the others from the handler queue. */
+  readonly reason: IntakeReason | DropReason;
   readonly channel: string;
   /** The event type, when the message got far enough to have one. */
   readonly event?: string;
@@ -60,7 +60,7 @@ export interface DaemonEvents {
 export interface DaemonStats {
   /** Messages read from subscribed patterns (valid or not). */
   readonly received: number;
-  readonly invalid: Readonly<Record<BadInputReason, number>>;
+  readonly invalid: Readonly<Record<IntakeReason, number>>;
   readonly dispatched: number;
   readonly unhandled: number;
   readonly completed: number;
@@ -109,14 +109,12 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   readonly memory: AgentMemory;
   readonly #inline: readonly InlinePlugin[];
   readonly #startAbort = new AbortController();
-  readonly #invalid: Record<BadInputReason, number> = { too_large: 0, not_json: 0, not_object: 0, no_event: 0, forbidden_key: 0 };
+  readonly #intake: Intake;
   readonly #probeChannel: string;
   #plugins: PluginHost | undefined;
   #state: DaemonState = 'idle';
-  #received = 0;
   #everReady = false;
   #degradedBy: string | undefined;
-  #lastChannel: { readonly bytes: Buffer; readonly name: string } | undefined;
   #closing: Promise<CloseResult> | undefined;
 
   constructor(options: DaemonOptions) {
@@ -203,7 +201,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
           }
         : {}),
       log: this.log.child({ component: 'subscriber' }),
-      onMessage: (channel, payload) => this.#onMessage(channel, payload),
+      onMessage: (channel, payload) => this.#intake.onMessage(channel, payload),
     });
     this.#subscriber.on('lost', () => this.#degrade('event subscription lost'));
     this.#subscriber.on('confirmed', () => this.#refreshState());
@@ -223,6 +221,15 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#watcher?.on('down', () => this.metrics.reaped());
     this.#watcher?.on('held', (hold) => this.metrics.massDeathHold(hold.den));
     this.#presence.on('twin', () => this.metrics.duplicateInstance());
+    this.#intake = new Intake({
+      probeChannel: this.#probeChannel,
+      maxBytes: config.events.maxBytes,
+      maxDepth: config.events.maxDepth,
+      dispatcher: this.#dispatcher,
+      metrics: this.metrics,
+      log: this.log.child({ component: 'intake' }),
+      onDropped: (d) => this.emit('eventDropped', d),
+    });
   }
 
   get state(): DaemonState {
@@ -237,8 +244,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   stats(): DaemonStats {
     const c = this.#dispatcher.counts;
     return {
-      received: this.#received,
-      invalid: { ...this.#invalid },
+      received: this.#intake.counts.received,
+      invalid: { ...this.#intake.counts.invalid },
       dispatched: c.dispatched,
       unhandled: c.unhandled,
       completed: c.completed,
@@ -289,33 +296,6 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       void this.#watcher?.enableNotifications();
     }
     if (change.state === 'ready') this.#refreshState();
-  }
-
-  #onMessage(channelBuf: Buffer, payload: Buffer): void {
-    this.#received++;
-    // Floods arrive on few channels: reuse the last decoded name when the bytes match.
-    let channel: string;
-    if (this.#lastChannel !== undefined && channelBuf.equals(this.#lastChannel.bytes)) channel = this.#lastChannel.name;
-    else {
-      channel = channelBuf.toString();
-      this.#lastChannel = { bytes: Buffer.from(channelBuf), name: channel };
-    }
-    if (channel === this.#probeChannel) return;
-    const parsed = parseEnvelope(channel, payload, this.config.events.maxBytes);
-    if (parsed.ok) {
-      const { event } = parsed;
-      this.metrics.received(event.event);
-      if (event.event === 'agent_down') this.metrics.agentDown(typeof (event.data as { den?: unknown })?.den === 'string' ? (event.data as { den: string }).den : 'unknown');
-      const outcome = this.#dispatcher.dispatch(event);
-      if (outcome === 'queued') this.metrics.dispatched(event.event);
-      else if (outcome === 'unhandled') this.metrics.unhandled();
-      return;
-    }
-    this.#invalid[parsed.reason]++;
-    this.metrics.dropped(undefined, parsed.reason);
-    // Channel and reason only: the payload may be huge or hostile.
-    this.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, 200), reason: parsed.reason, bytes: payload.length }, 'dropped a bad message');
-    this.emit('eventDropped', { reason: parsed.reason, channel, bytes: payload.length });
   }
 
   /** Member counts of the watched dens (own den when not watching), for the metrics scrape. */

@@ -14,6 +14,7 @@ export const ErrorCodes = {
   AGENTD_ERR_HANDLER_TIMEOUT: 'handler exceeded its time limit',
   AGENTD_ERR_HANDLER_FAILED: 'handler threw or rejected',
   AGENTD_ERR_BAD_EVENT: 'message on an event channel is not a valid envelope',
+  AGENTD_ERR_INTAKE: 'a message could not be taken in (a bug or a failing listener); it was counted and skipped',
   AGENTD_ERR_REDIS: 'redis command failed',
   AGENTD_ERR_HEARTBEAT: 'heartbeat could not be written in time',
   AGENTD_ERR_ALREADY_STARTED: 'start() was called on a daemon that was already started',
@@ -49,12 +50,67 @@ export function isAgentdError(err: unknown): err is AgentdError {
   return err instanceof AgentdError;
 }
 
-/** A short, single-line description of any thrown value, for log lines and exit messages. */
-export function describeError(err: unknown): string {
-  if (err instanceof Error) {
-    const code = (err as { code?: unknown }).code;
-    const prefix = typeof code === 'string' && !err.message.includes(code) ? `${code}: ` : '';
-    return (prefix + err.message).replace(/\s*\n\s*/g, '; ');
+/** Longest description describeError returns; the rest is cut and counted. */
+export const MAX_ERROR_DESCRIPTION = 1_000;
+
+/** Reads a property without letting a getter or a proxy trap throw. */
+function safeGet(value: object, key: string): unknown {
+  try {
+    return (value as Record<string, unknown>)[key];
+  } catch {
+    return undefined;
   }
-  return String(err);
+}
+
+function safeString(value: unknown): string | undefined {
+  try {
+    return String(value);
+  } catch {
+    try {
+      // Object.create(null), a throwing toString: at least say what it is.
+      return Object.prototype.toString.call(value);
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+function isError(value: unknown): value is Error {
+  try {
+    return value instanceof Error;
+  } catch {
+    return false; // a proxy whose getPrototypeOf trap throws
+  }
+}
+
+function describeUnsafe(err: unknown): string {
+  if (isError(err)) {
+    const message = safeGet(err, 'message');
+    const text = typeof message === 'string' ? message : message === undefined ? '' : (safeString(message) ?? '');
+    const code = safeGet(err, 'code');
+    const prefix = typeof code === 'string' && !text.includes(code) ? `${code}: ` : '';
+    if (text !== '' || prefix !== '') return prefix + text;
+    const name = safeGet(err, 'name');
+    return typeof name === 'string' && name !== '' ? name : 'Error';
+  }
+  return safeString(err) ?? '(a thrown value that cannot be described)';
+}
+
+/**
+ * A short, single-line description of any thrown value, for log lines and
+ * exit messages. Total: it never throws, whatever was thrown (an object
+ * without a prototype, a throwing getter or toString, a proxy), it does not
+ * follow `cause` chains, and it is at most MAX_ERROR_DESCRIPTION characters.
+ */
+export function describeError(err: unknown): string {
+  let text: string;
+  try {
+    text = describeUnsafe(err);
+  } catch {
+    text = '(a thrown value that cannot be described)';
+  }
+  // Cut before the replace, so a huge message costs no more than a short one.
+  const over = text.length - MAX_ERROR_DESCRIPTION;
+  const head = (over > 0 ? text.slice(0, MAX_ERROR_DESCRIPTION) : text).replace(/\s*\n\s*/g, '; ');
+  return over > 0 ? `${head}… (${over} more characters)` : head;
 }

@@ -7,6 +7,7 @@ export type { CloseResult, DaemonEvents, DaemonOptions, DaemonState, DaemonStats
 export { definePlugin } from './plugins/types.ts';
 export type { AgentInfo, EventHandler, Plugin, PluginContext, PluginOptions } from './plugins/types.ts';
 export type { AgentEvent, BadInputReason } from './bus/envelope.ts';
+export type { IntakeReason } from './bus/intake.ts';
 export type { DropReason, HandlerFailedInfo } from './bus/dispatcher.ts';
 export { makeEnvelope, publishEvent, type Envelope } from './bus/publish.ts';
 export { loadConfig, redactConfig, redactUrl, listSettings, type LoadConfigOptions, type LoadedConfig } from './config/load.ts';

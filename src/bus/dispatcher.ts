@@ -1,5 +1,4 @@
 import { EventEmitter } from 'eventemitter3';
-import PQueue from 'p-queue';
 import type { OverflowPolicy } from '../config/schema.ts';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -80,7 +79,7 @@ interface Call {
   readonly event: AgentEvent;
 }
 
-/** A slot: runs waiting calls one after another until none is left. */
+/** A worker: runs waiting calls one after another until none is left. */
 interface Worker {
   call: Call | undefined;
   context: Abortable | undefined;
@@ -97,10 +96,10 @@ const DROP_LOG_EVERY_MS = 5_000;
 /** Synchronous handler calls a worker runs before it lets the event loop read sockets again. */
 const SYNC_BURST = 64;
 /**
- * After this much synchronous handler time, workers step aside for a timer
- * turn, so a heartbeat that fell due meanwhile is sent before the next call:
- * three handlers that each block for a second must not add up to a
- * three-second gap in the heartbeat.
+ * After this much synchronous handler time (summed over all workers) without
+ * a timer turn, workers step aside for one, so a heartbeat that fell due
+ * meanwhile is sent before the next call: three handlers that each block for
+ * a second must not add up to a three-second gap in the heartbeat.
  */
 const SLICE_MS = 20;
 
@@ -122,10 +121,13 @@ const afterDueTimers = (): Promise<void> => new Promise((resolve) => setTimeout(
  * the overflow policy drops work right there, so the socket is always read at
  * full speed and Redis never has to cut the daemon off as a slow subscriber.
  *
- * The waiting calls sit in a FIFO in front of p-queue, and p-queue runs up to
- * `concurrency` workers that drain it. That keeps the per-event cost to a few
- * hundred nanoseconds (a p-queue task per call costs several microseconds),
- * and makes drop-oldest an O(1) shift.
+ * What bounds what: the waiting calls sit in a FIFO of at most `maxWaiting`
+ * (queue.max); up to `concurrency` (queue.concurrency) workers drain it, and
+ * there are always as many workers as there are calls to run, up to that cap;
+ * each async call has `handlerTimeoutMs` (queue.handlerTimeoutMs). No p-queue
+ * here: a task per call costs several microseconds, about what reading a whole
+ * message costs, while the FIFO costs a few hundred nanoseconds per event and
+ * makes drop-oldest an O(1) shift.
  */
 export class Dispatcher extends EventEmitter<DispatcherEvents> {
   readonly counts: DispatcherCounts = {
@@ -136,16 +138,20 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     timedOut: 0,
     dropped: { queue_full: 0, evicted: 0, shutdown: 0 },
   };
-  readonly #queue: PQueue;
   readonly #options: DispatcherOptions;
   readonly #log: Logger;
   readonly #byType = new Map<string, readonly Binding[]>();
   #wildcard: readonly Binding[] = [];
   readonly #waiting = new Fifo<Call>();
   readonly #workers = new Set<Worker>();
+  /** Workers running a call (the others are about to take one, or about to end). */
+  #busy = 0;
   #flushScheduled = false;
-  /** When the current stretch of synchronous work began (see SLICE_MS). */
-  #sliceStart = 0;
+  /** Synchronous handler time, in ms, summed over all calls ever; and its value at the last timer turn seen (see SLICE_MS). */
+  #syncMs = 0;
+  #syncMsAtTurn = 0;
+  /** Settles drain's wait when the last worker ends. */
+  #idle: { promise: Promise<void>; resolve: () => void } | undefined;
   #accepting = true;
   #timeoutTimer: NodeJS.Timeout | undefined;
   /** Drops since the last log line, per reason (see #drop). */
@@ -156,7 +162,6 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     super();
     this.#options = options;
     this.#log = options.log;
-    this.#queue = new PQueue({ concurrency: options.concurrency });
   }
 
   /** Replaces the handler table. Each event type gets its own handlers followed by the '*' handlers. */
@@ -180,9 +185,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   }
 
   get running(): number {
-    let n = 0;
-    for (const w of this.#workers) if (w.call !== undefined) n++;
-    return n;
+    return this.#busy;
   }
 
   /** Queues the event's handler calls; says whether it was queued, dropped or had no handler. */
@@ -218,63 +221,108 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     return 'queued';
   }
 
+  /** Starts a worker for every waiting call no idle worker will take, up to `concurrency` workers. */
   readonly #flush = (): void => {
     this.#flushScheduled = false;
-    this.#sliceStart = performance.now();
-    while (this.#workers.size < this.#options.concurrency && this.#workers.size < this.#waiting.length) {
+    while (this.#workers.size < this.#options.concurrency && this.#workers.size - this.#busy < this.#waiting.length) {
       const worker: Worker = { call: undefined, context: undefined, startedAt: 0, release: undefined };
       this.#workers.add(worker);
-      void this.#queue.add(() => this.#work(worker)).finally(() => {
-        this.#workers.delete(worker);
-        if (this.#waiting.length > 0 && !this.#flushScheduled) this.#flush();
-      });
+      void this.#work(worker);
     }
   };
 
+  /** Runs waiting calls until none is left. Never rejects. */
   async #work(w: Worker): Promise<void> {
-    let burst = 0;
-    for (;;) {
-      if (performance.now() - this.#sliceStart > SLICE_MS) {
-        await afterDueTimers();
-        this.#sliceStart = performance.now();
-        burst = 0;
-      }
-      const call = this.#waiting.shift();
-      if (call === undefined) return;
-      const context = call.binding.context();
-      w.call = call;
-      w.context = context;
-      w.startedAt = performance.now();
-      let settled: Settled;
-      try {
-        const result = call.binding.handler(call.event, context as never);
-        if (isThenable(result)) {
-          this.#watchTimeouts();
-          settled = await new Promise<Settled>((resolve) => {
-            w.release = resolve;
-            result.then(
-              () => resolve(OK),
-              (error: unknown) => resolve({ outcome: 'error', error }),
-            );
-          });
-          this.#sliceStart = performance.now();
+    try {
+      let burst = 0;
+      for (;;) {
+        if (this.#syncMs - this.#syncMsAtTurn > SLICE_MS) {
+          await this.#stepAside();
           burst = 0;
-        } else {
-          settled = OK;
         }
-      } catch (error) {
-        settled = { outcome: 'error', error };
+        const call = this.#waiting.shift();
+        if (call === undefined) return;
+        w.call = call;
+        this.#busy++;
+        let settled: Settled;
+        let endedAt: number;
+        const startedAt = performance.now();
+        w.startedAt = startedAt;
+        try {
+          const context = call.binding.context();
+          w.context = context;
+          const result = call.binding.handler(call.event, context as never);
+          if (isThenable(result)) {
+            this.#syncMs += performance.now() - startedAt;
+            this.#watchTimeouts();
+            settled = await new Promise<Settled>((resolve) => {
+              w.release = resolve;
+              result.then(
+                () => resolve(OK),
+                (error: unknown) => resolve({ outcome: 'error', error }),
+              );
+            });
+            endedAt = performance.now();
+            burst = 0;
+          } else {
+            settled = OK;
+            endedAt = performance.now();
+            this.#syncMs += endedAt - startedAt;
+          }
+        } catch (error) {
+          settled = { outcome: 'error', error };
+          endedAt = performance.now();
+          if (w.release === undefined) this.#syncMs += endedAt - startedAt;
+        }
+        w.call = undefined;
+        w.context = undefined;
+        w.release = undefined;
+        this.#busy--;
+        this.#settled(call, startedAt, endedAt, settled);
+        if (++burst >= SYNC_BURST) {
+          burst = 0;
+          await nextTurn();
+        }
       }
-      this.#settled(call, w.startedAt, settled);
-      w.call = undefined;
-      w.context = undefined;
-      w.release = undefined;
-      if (++burst >= SYNC_BURST) {
-        burst = 0;
-        await nextTurn();
-        this.#sliceStart = performance.now();
+    } catch (err) {
+      // Only a broken listener of 'handlerFailed' or of a counter gets here; the worker ends, the others go on.
+      this.#log.error({ err: describeError(err) }, 'dispatch worker failed; it is replaced');
+    } finally {
+      if (w.call !== undefined) this.#busy--;
+      this.#workers.delete(w);
+      if (this.#workers.size === 0) {
+        this.#idle?.resolve();
+        this.#idle = undefined;
+      }
+      if (this.#waiting.length > 0 && !this.#flushScheduled) {
+        this.#flushScheduled = true;
+        queueMicrotask(this.#flush);
       }
     }
+  }
+
+  /**
+   * Waits for a timer turn. A timer created after a block runs after every
+   * timer that fell due during it; but a worker woken in the same turn as
+   * another that blocked again meanwhile waits for one more, so blocks never
+   * add up across workers.
+   */
+  async #stepAside(): Promise<void> {
+    while (this.#syncMs - this.#syncMsAtTurn > SLICE_MS) {
+      const before = this.#syncMs;
+      await afterDueTimers();
+      if (this.#syncMs === before) this.#syncMsAtTurn = before;
+    }
+  }
+
+  #whenIdle(): Promise<void> {
+    if (this.#workers.size === 0) return Promise.resolve();
+    if (!this.#idle) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.#idle = { promise, resolve };
+    }
+    return this.#idle.promise;
   }
 
   /** One timer for every running call's time limit, running only while async calls are in flight. */
@@ -302,10 +350,10 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     this.#timeoutTimer.unref();
   }
 
-  #settled(call: Call, startedAt: number, settled: Settled): void {
+  #settled(call: Call, startedAt: number, endedAt: number, settled: Settled): void {
     const plugin = call.binding.plugin;
     const type = call.event.event;
-    const seconds = (performance.now() - startedAt) / 1000;
+    const seconds = (endedAt - startedAt) / 1000;
     this.#options.onHandlerDone?.(plugin, type, seconds, settled.outcome);
     if (settled.outcome === 'ok') {
       this.counts.completed++;
@@ -331,7 +379,12 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
 
   #drop(reason: DropReason, event: AgentEvent, calls: number): void {
     this.counts.dropped[reason] += calls;
-    this.emit('dropped', { reason, event: event.event, channel: event.channel, calls });
+    try {
+      this.emit('dropped', { reason, event: event.event, channel: event.channel, calls });
+    } catch (err) {
+      // A listener's bug (embedding code's eventDropped): dispatch goes on, the drop stays counted.
+      this.#log.error({ err: describeError(err) }, "a 'dropped' listener failed");
+    }
     // Under overload this fires thousands of times a second: the first drop is
     // logged at once, the rest as one summary per reason a few seconds later.
     const pending = this.#pendingDrops.get(reason);
@@ -375,7 +428,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       const left = deadline - performance.now();
       if (left <= 0) break;
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.#queue.onIdle(), new Promise((resolve) => (timer = setTimeout(resolve, left)))]);
+      await Promise.race([this.#whenIdle(), new Promise((resolve) => (timer = setTimeout(resolve, left)))]);
       clearTimeout(timer);
       if (this.#waiting.length > 0) this.#flush();
     }

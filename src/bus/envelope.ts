@@ -21,45 +21,88 @@ export interface AgentEvent<Data = unknown> {
   readonly den?: string;
 }
 
-export type BadInputReason = 'too_large' | 'not_json' | 'not_object' | 'no_event' | 'forbidden_key';
+export type BadInputReason = 'too_large' | 'not_json' | 'not_object' | 'no_event' | 'forbidden_key' | 'too_deep';
 
 export type ParseResult = { readonly ok: true; readonly event: AgentEvent } | { readonly ok: false; readonly reason: BadInputReason };
 
 const MAX_EVENT_TYPE_LENGTH = 256;
+/** Default of `events.maxDepth`: deeper messages are refused as `too_deep`. */
+export const DEFAULT_MAX_DEPTH = 64;
+
+// The walk's stack, kept between calls (the walk is synchronous, so it is never shared).
+const stackValues: object[] = [];
+const stackDepths: number[] = [];
+const stackKeys: Array<string | undefined> = [];
+const EMPTY: object = Object.freeze({});
 
 /**
- * Keys that let JSON reach an object's prototype once a consumer merges it
- * somewhere (`__proto__`, or `constructor.prototype`). JSON.parse itself is
- * safe; the danger is downstream, so such messages are refused outright.
+ * One walk over the parsed message, with an explicit stack instead of
+ * recursion (JSON.parse itself takes any depth; a recursive walk over what it
+ * returns ran out of stack at ~5,000 levels and killed the daemon). It
+ * refuses nesting deeper than `maxDepth` (the envelope object is level 1) and,
+ * when `checkKeys` is set, keys that let JSON reach an object's prototype once
+ * a consumer merges it somewhere (`__proto__`, or `constructor.prototype`);
+ * JSON.parse itself is safe, the danger is downstream. Everything below the
+ * envelope is frozen on the way: handlers of other plugins get the same
+ * objects. Output of JSON.parse has no shared or cyclic references.
  */
-function hasForbiddenKey(value: unknown, parentKey: string | undefined): boolean {
-  if (value === null || typeof value !== 'object') return false;
-  if (Array.isArray(value)) {
-    for (const item of value) if (hasForbiddenKey(item, undefined)) return true;
-    return false;
-  }
-  for (const key of Object.keys(value)) {
-    if (key === '__proto__' || (key === 'prototype' && parentKey === 'constructor')) return true;
-    if (hasForbiddenKey((value as Record<string, unknown>)[key], key)) return true;
-  }
-  return false;
-}
-
-function deepFreeze(value: unknown): void {
-  if (value === null || typeof value !== 'object' || Object.isFrozen(value)) return;
-  Object.freeze(value);
-  if (Array.isArray(value)) {
-    for (const item of value) deepFreeze(item);
-  } else {
-    for (const key of Object.keys(value)) deepFreeze((value as Record<string, unknown>)[key]);
+function walk(root: object, maxDepth: number, checkKeys: boolean): BadInputReason | undefined {
+  stackValues[0] = root;
+  stackDepths[0] = 1;
+  stackKeys[0] = undefined;
+  let top = 1;
+  try {
+    while (top > 0) {
+      top--;
+      const value = stackValues[top] as object;
+      const depth = stackDepths[top] as number;
+      const parentKey = checkKeys ? stackKeys[top] : undefined;
+      stackValues[top] = EMPTY;
+      if (depth > maxDepth) return 'too_deep';
+      if (value !== root) Object.freeze(value);
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) {
+          const item: unknown = value[i];
+          if (item === null || typeof item !== 'object') continue;
+          stackValues[top] = item;
+          stackDepths[top] = depth + 1;
+          if (checkKeys) stackKeys[top] = undefined;
+          top++;
+        }
+        continue;
+      }
+      const keys = Object.keys(value);
+      for (let i = 0; i < keys.length; i++) {
+        const key = keys[i] as string;
+        if (checkKeys && (key === '__proto__' || (key === 'prototype' && parentKey === 'constructor'))) return 'forbidden_key';
+        const item = (value as Record<string, unknown>)[key];
+        if (item === null || typeof item !== 'object') continue;
+        stackValues[top] = item;
+        stackDepths[top] = depth + 1;
+        if (checkKeys) stackKeys[top] = key;
+        top++;
+      }
+    }
+    return undefined;
+  } finally {
+    // Let go of what the message held: what an early return left, and a long stack a wide message grew.
+    if (stackValues.length > 4096) {
+      stackValues.length = 0;
+      stackDepths.length = 0;
+      stackKeys.length = 0;
+    } else {
+      for (let i = 0; i < top; i++) stackValues[i] = EMPTY;
+      if (checkKeys) stackKeys.fill(undefined);
+    }
   }
 }
 
 /**
  * Parses one message. Never throws: every way a message can be bad maps to a
- * reason, and the caller counts and logs it.
+ * reason, and the caller counts and logs it. No step recurses over the
+ * message, so its depth cannot exhaust the stack.
  */
-export function parseEnvelope(channel: string, payload: Buffer, maxBytes: number): ParseResult {
+export function parseEnvelope(channel: string, payload: Buffer, maxBytes: number, maxDepth: number = DEFAULT_MAX_DEPTH): ParseResult {
   if (payload.length > maxBytes) return { ok: false, reason: 'too_large' };
   const text = payload.toString('utf8');
   let parsed: unknown;
@@ -69,16 +112,15 @@ export function parseEnvelope(channel: string, payload: Buffer, maxBytes: number
     return { ok: false, reason: 'not_json' };
   }
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return { ok: false, reason: 'not_object' };
-  // The walk is needed only when the text could spell a dangerous key: literally, or through \u escapes.
+  // Keys are checked only when the text could spell a dangerous key: literally, or through \u escapes.
   // '"prototype"' with its quotes: V8 searches a bare 'prototype' slowly through runs of 'p'.
-  if ((text.includes('__proto__') || text.includes('"prototype"') || text.includes('\\u')) && hasForbiddenKey(parsed, undefined)) {
-    return { ok: false, reason: 'forbidden_key' };
-  }
+  const checkKeys = text.includes('__proto__') || text.includes('"prototype"') || text.includes('\\u');
+  const bad = walk(parsed, maxDepth, checkKeys);
+  if (bad !== undefined) return { ok: false, reason: bad };
   const raw = parsed as Record<string, unknown>;
   const type = raw['event'];
   if (typeof type !== 'string' || type.length === 0 || type.length > MAX_EVENT_TYPE_LENGTH) return { ok: false, reason: 'no_event' };
   const data = raw['data'] === undefined ? null : raw['data'];
-  deepFreeze(data);
   const event: { -readonly [K in keyof AgentEvent]: AgentEvent[K] } = { event: type, data, channel };
   // Metadata of the wrong type is ignored rather than fatal: publishers in other languages vary.
   const { id, source, ts, den } = raw;

@@ -68,20 +68,23 @@ export async function listMembers(redis: Redis, den: string): Promise<MemberRow[
       return {}; // a record another program wrote badly; show what we can
     }
   };
+  // Fields of the wrong type (records other programs wrote) are shown as absent: printing them could fail.
+  const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+  const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
   const row = (id: string, rec: Partial<RegistryRecord>, pttl: unknown, status: string | null): MemberRow => ({
     id,
     den,
-    host: rec.host ?? null,
+    host: str(rec.host),
     status,
     ttlMs: typeof pttl === 'number' && pttl >= 0 ? pttl : null,
-    lastSeen: rec.lastSeen ?? null,
-    pid: rec.pid ?? null,
-    version: rec.version ?? null,
+    lastSeen: num(rec.lastSeen),
+    pid: num(rec.pid),
+    version: str(rec.version),
     ...(typeof rec.downAt === 'number' ? { downAt: rec.downAt } : {}),
   });
   const online = ids.map((id, i) => {
     const rec = parse(registry[id]);
-    return row(id, rec, replies[i]?.[1], rec.status ?? 'online');
+    return row(id, rec, replies[i]?.[1], typeof rec.status === 'string' ? rec.status : 'online');
   });
   const members = new Set(ids);
   const down = Object.entries(registry)
@@ -163,8 +166,17 @@ export function configCommand(config: AgentdConfig, io: Io): number {
   return 0;
 }
 
+/** JSON text of a value from the network; too deep for JSON.stringify (which recurses) is said so, not thrown. */
+function safeJson(value: unknown): string {
+  try {
+    return JSON.stringify(value) ?? 'null';
+  } catch {
+    return '(too deep to show)';
+  }
+}
+
 function summary(data: unknown): string {
-  const text = JSON.stringify(data) ?? 'null';
+  const text = safeJson(data);
   return text.length > 200 ? `${text.slice(0, 197)}...` : text;
 }
 
@@ -188,7 +200,7 @@ export function describeEvent(channel: string, raw: string): { den: string | und
     const first = ['agent', 'den', 'host'];
     detail = Object.entries(data)
       .sort(([a], [b]) => (first.indexOf(a) + 1 || 99) - (first.indexOf(b) + 1 || 99))
-      .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+      .map(([k, v]) => `${k}=${typeof v === 'string' ? v : safeJson(v)}`)
       .join(' ');
   } else {
     detail = `${typeof env['source'] === 'string' ? `from=${env['source']} ` : ''}data=${summary(data ?? null)}`;

@@ -185,6 +185,13 @@ export const schema = {
       env: 'AGENTD_EVENT_MAX_BYTES',
       arg: 'event-max-bytes',
     },
+    maxDepth: {
+      doc: 'Deepest nesting of arrays and objects accepted in a message (the envelope object is level 1); deeper ones are dropped as too_deep.',
+      format: 'positive-int',
+      default: 64,
+      env: 'AGENTD_EVENT_MAX_DEPTH',
+      arg: 'event-max-depth',
+    },
   },
   queue: {
     concurrency: {
@@ -367,7 +374,7 @@ export interface AgentdConfig {
     readonly massDeathMin: number;
     readonly massDeathHold: number;
   };
-  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number };
+  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number; readonly maxDepth: number };
   readonly queue: {
     readonly concurrency: number;
     readonly max: number;

@@ -50,7 +50,7 @@ export class Metrics {
     this.#dispatched = new TallyCounter({ name: 'agentd_events_dispatched_total', help: 'Events queued for their handlers, by event type.', labelNames: ['event'], registry });
     this.#dropped = new TallyCounter({
       name: 'agentd_events_dropped_total',
-      help: 'Events or handler calls dropped, by event type and reason (too_large, not_json, not_object, no_event, forbidden_key, queue_full, evicted, shutdown).',
+      help: 'Events or handler calls dropped, by event type and reason (too_large, not_json, not_object, no_event, forbidden_key, too_deep, intake_error, queue_full, evicted, shutdown).',
       labelNames: ['event', 'reason'],
       registry,
     });

@@ -1,0 +1,135 @@
+import type { Logger } from '../log.ts';
+import { describeError } from '../errors.ts';
+import { parseEnvelope, type AgentEvent, type BadInputReason } from './envelope.ts';
+
+/**
+ * Why a message was not dispatched: bad input (from the envelope check), or
+ * `intake_error` when something threw while it was being taken in (a bug, or
+ * a listener of embedding code): it is counted and skipped, never fatal.
+ */
+export type IntakeReason = BadInputReason | 'intake_error';
+
+export interface IntakeDropped {
+  readonly reason: IntakeReason;
+  readonly channel: string;
+  readonly bytes: number;
+}
+
+/** The counters intake moves (the daemon's Metrics). */
+export interface IntakeMetrics {
+  received(type: string): void;
+  agentDown(den: string): void;
+  dispatched(type: string): void;
+  unhandled(): void;
+  dropped(type: string | undefined, reason: string): void;
+}
+
+export interface IntakeOptions {
+  /** The daemon's own probe channel: its messages are the subscription's, not events. */
+  readonly probeChannel: string;
+  readonly maxBytes: number;
+  readonly maxDepth: number;
+  readonly dispatcher: { dispatch(event: AgentEvent): 'queued' | 'dropped' | 'unhandled' };
+  readonly metrics: IntakeMetrics;
+  readonly log: Logger;
+  /** Told of every message dropped here (the daemon emits it as `eventDropped`). */
+  readonly onDropped?: (info: IntakeDropped) => void;
+}
+
+export interface IntakeCounts {
+  /** Messages read from subscribed patterns (valid or not). */
+  received: number;
+  /** Messages not dispatched, by reason. */
+  invalid: Record<IntakeReason, number>;
+}
+
+const MAX_CHANNEL_IN_LOG = 200;
+
+/**
+ * Every message from the subscribed patterns, from the socket to the handler
+ * queue: channel decode → envelope check → counters → dispatch. Whatever
+ * happens to one message here is caught, counted and logged for that message;
+ * nothing escapes to the socket reader (ioredis) or the process. So each
+ * message read (the daemon's own probe aside, when a pattern matches it) ends
+ * up in exactly one place: dispatched, unhandled, dropped by the queue (the
+ * dispatcher counts those), or `invalid` under a reason.
+ */
+export class Intake {
+  readonly counts: IntakeCounts = {
+    received: 0,
+    invalid: { too_large: 0, not_json: 0, not_object: 0, no_event: 0, forbidden_key: 0, too_deep: 0, intake_error: 0 },
+  };
+  readonly #o: IntakeOptions;
+  #lastChannel: { readonly bytes: Buffer; readonly name: string } | undefined;
+
+  constructor(options: IntakeOptions) {
+    this.#o = options;
+  }
+
+  /** One message straight from the socket (ioredis's `pmessageBuffer`). Never throws. */
+  readonly onMessage = (channelBuf: Buffer, payload: Buffer): void => {
+    this.counts.received++;
+    // Where the message is counted, once it is: a later throw must not count it twice.
+    let countedAs: string | undefined;
+    let channel: string | undefined;
+    try {
+      channel = this.#channelName(channelBuf);
+      if (channel === this.#o.probeChannel) return;
+      const parsed = parseEnvelope(channel, payload, this.#o.maxBytes, this.#o.maxDepth);
+      if (!parsed.ok) {
+        countedAs = parsed.reason;
+        this.#bad(parsed.reason, channel, payload.length);
+        return;
+      }
+      const { event } = parsed;
+      const metrics = this.#o.metrics;
+      metrics.received(event.event);
+      if (event.event === 'agent_down') {
+        const den = (event.data as { den?: unknown } | null)?.den;
+        metrics.agentDown(typeof den === 'string' ? den : 'unknown');
+      }
+      // From here the dispatcher counts the message (dispatched, unhandled or dropped).
+      countedAs = 'dispatch';
+      const outcome = this.#o.dispatcher.dispatch(event);
+      if (outcome === 'queued') metrics.dispatched(event.event);
+      else if (outcome === 'unhandled') metrics.unhandled();
+    } catch (err) {
+      this.#failed(err, countedAs, channel, payload);
+    }
+  };
+
+  /** Floods arrive on few channels: reuse the last decoded name when the bytes match. */
+  #channelName(channelBuf: Buffer): string {
+    const last = this.#lastChannel;
+    if (last !== undefined && channelBuf.equals(last.bytes)) return last.name;
+    const name = channelBuf.toString();
+    this.#lastChannel = { bytes: Buffer.from(channelBuf), name };
+    return name;
+  }
+
+  #bad(reason: BadInputReason, channel: string, bytes: number): void {
+    this.counts.invalid[reason]++;
+    this.#o.metrics.dropped(undefined, reason);
+    // Channel and reason only: the payload may be huge or hostile.
+    this.#o.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, bytes }, 'dropped a bad message');
+    this.#o.onDropped?.({ reason, channel, bytes });
+  }
+
+  #failed(err: unknown, countedAs: string | undefined, channel: string | undefined, payload: Buffer): void {
+    try {
+      const name = channel ?? '(undecodable channel)';
+      if (countedAs === undefined) {
+        this.counts.invalid.intake_error++;
+        this.#o.metrics.dropped(undefined, 'intake_error');
+      }
+      this.#o.log.error(
+        { code: 'AGENTD_ERR_INTAKE', channel: name.slice(0, MAX_CHANNEL_IN_LOG), bytes: payload.length, countedAs: countedAs ?? 'intake_error', err: describeError(err) },
+        'a message could not be taken in; it was skipped',
+      );
+      if (countedAs === undefined) this.#o.onDropped?.({ reason: 'intake_error', channel: name, bytes: payload.length });
+    } catch {
+      // Logging or a listener failed as well: the count above is all that can be done.
+    }
+  }
+}
+

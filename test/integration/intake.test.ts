@@ -1,0 +1,102 @@
+/**
+ * Intake isolation (issue 9, item 2): whatever throws while one message is
+ * taken in is caught, counted once and logged for that message, and the next
+ * message is handled as usual.
+ */
+import { describe, expect, it } from 'vitest';
+import { Dispatcher } from '../../src/bus/dispatcher.ts';
+import { Intake, type IntakeMetrics } from '../../src/bus/intake.ts';
+import { definePlugin } from '../../src/plugins/types.ts';
+import { captureLogger, gate, makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
+
+const suite = redisSuite();
+const send = (type: string, payload: string) => suite.cmd.publish(`agent:events:${type}`, payload);
+
+describe('intake isolation', () => {
+  it("a throwing 'eventDropped' listener of embedding code: the bad message counted once, logged, the daemon carries on", async () => {
+    const seen: unknown[] = [];
+    const t = makeDaemon(suite.redis.url, {}, [definePlugin({ name: 'rec', handlers: { good: (e) => void seen.push(e.data) } })]);
+    t.daemon.on('eventDropped', () => {
+      throw new Error('listener bug');
+    });
+    await suite.start(t);
+    await until(() => t.daemon.stats().unhandled >= 1, 'own agent_online');
+    const before = t.daemon.stats();
+    await send('good', 'not json at all');
+    await send('good', JSON.stringify({ event: 'good', data: 1 }));
+    await until(() => seen.length === 1, 'the good event after the bad one');
+    const after = t.daemon.stats();
+    expect(after.invalid.not_json - before.invalid.not_json).toBe(1);
+    expect(after.invalid.intake_error).toBe(0);
+    expect(after.received - before.received).toBe(2);
+    const line = t.lines.find((l) => l['code'] === 'AGENTD_ERR_INTAKE');
+    expect(line).toMatchObject({ level: 'error', countedAs: 'not_json', err: 'listener bug', component: 'intake', channel: 'agent:events:good' });
+  });
+
+  it("a throwing 'eventDropped' listener on a queue drop: the drop counted, the queue goes on", async () => {
+    const g = gate();
+    const seen: unknown[] = [];
+    const t = makeDaemon(suite.redis.url, { queue: { concurrency: 1, max: 1 } }, [
+      definePlugin({
+        name: 'rec',
+        handlers: {
+          slow: async (e) => {
+            await g.promise;
+            seen.push(e.data);
+          },
+        },
+      }),
+    ]);
+    t.daemon.on('eventDropped', (d) => {
+      if (d.reason === 'queue_full') throw new Error('listener bug');
+    });
+    await suite.start(t);
+    await until(() => t.daemon.stats().unhandled >= 1, 'own agent_online');
+    for (let i = 1; i <= 3; i++) await send('slow', JSON.stringify({ event: 'slow', data: i }));
+    await until(() => t.daemon.stats().dropped.queue_full === 1, 'the third event dropped');
+    g.open();
+    await until(() => seen.length === 2, 'the first two handled');
+    await send('slow', JSON.stringify({ event: 'slow', data: 4 }));
+    await until(() => seen.length === 3, 'the one after');
+    // Which of 2 and 3 was dropped depends on whether 1 and 2 arrived in one socket read.
+    expect(seen).toHaveLength(3);
+    expect([seen[0], seen[2]]).toEqual([1, 4]);
+    const s = t.daemon.stats();
+    expect(s.invalid.intake_error).toBe(0);
+    expect(s.received).toBe(s.dispatched + s.unhandled + s.dropped.queue_full);
+    expect(t.lines.filter((l) => l.msg === "a 'dropped' listener failed").map((l) => l['err'])).toEqual(['listener bug']);
+  });
+
+  it('a throw before the message is counted anywhere is counted as intake_error; one after dispatch is not counted twice', () => {
+    const { logger, lines } = captureLogger('debug');
+    const dispatcher = new Dispatcher({ concurrency: 1, maxWaiting: 10, overflow: 'drop-newest', handlerTimeoutMs: 1_000, log: logger });
+    const counted: string[] = [];
+    const metrics: IntakeMetrics = {
+      received: (type) => {
+        if (type === 'boom_before') throw new Error('counter broke');
+      },
+      agentDown: () => {},
+      dispatched: (type) => {
+        if (type === 'boom_after') throw new Error('counter broke late');
+      },
+      unhandled: () => {},
+      dropped: (_type, reason) => void counted.push(reason),
+    };
+    const intake = new Intake({ probeChannel: 'agentd:probe:x', maxBytes: 1024, maxDepth: 64, dispatcher, metrics, log: logger });
+    dispatcher.setBindings([{ plugin: 'p', on: '*', context: () => ({ abort() {} }), handler: () => undefined }]);
+    const msg = (type: string): [Buffer, Buffer] => [Buffer.from(`agent:events:${type}`), Buffer.from(JSON.stringify({ event: type, data: null }))];
+    expect(() => intake.onMessage(...msg('boom_before'))).not.toThrow();
+    expect(() => intake.onMessage(...msg('boom_after'))).not.toThrow();
+    expect(() => intake.onMessage(...msg('fine'))).not.toThrow();
+    expect(intake.counts.received).toBe(3);
+    expect(intake.counts.invalid.intake_error).toBe(1);
+    expect(counted).toEqual(['intake_error']);
+    expect(dispatcher.counts.dispatched).toBe(2);
+    const errors = lines.filter((l) => l['code'] === 'AGENTD_ERR_INTAKE');
+    expect(errors.map((l) => [l['countedAs'], l['err']])).toEqual([
+      ['intake_error', 'counter broke'],
+      ['dispatch', 'counter broke late'],
+    ]);
+    dispatcher.abort();
+  });
+});
