@@ -118,6 +118,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   #degradedBy: string | undefined;
   #lastChannel: { readonly bytes: Buffer; readonly name: string } | undefined;
   #closing: Promise<CloseResult> | undefined;
+  /** Settles when start() has stopped (done, failed or stopped at a checkpoint by close()). */
+  #starting: Promise<unknown> | undefined;
 
   constructor(options: DaemonOptions) {
     super();
@@ -346,8 +348,21 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
    * Rejects with an AgentdError for a plugin that cannot load or set up.
    */
   async start(): Promise<void> {
+    if (this.#closing !== undefined) throw new AgentdError('AGENTD_ERR_CLOSED', 'start() called after close(); a closed daemon does not start again');
     if (this.#state !== 'idle') throw new AgentdError('AGENTD_ERR_ALREADY_STARTED', `start() called in state ${this.#state}; a daemon starts once`);
     this.#setState('starting');
+    const run = this.#start();
+    this.#starting = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * The steps of start. After every await it checks the start signal, which
+   * close() aborts: once closed, nothing more is started (no beat, monitor,
+   * watcher or `ready`), and close() waits for this to stop before it tears
+   * down what was already done.
+   */
+  async #start(): Promise<void> {
     const signal = this.#startAbort.signal;
     const t0 = performance.now();
     this.log.info({ version: VERSION, patterns: this.config.events.patterns }, 'agentd starting');
@@ -362,6 +377,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         registry: this.metrics.registry,
         log: this.log.child({ component: 'http' }),
       });
+      signal.throwIfAborted();
     }
     this.#plugins = new PluginHost(loaded, {
       agent: this.agent,
@@ -374,11 +390,13 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
 
     this.#connections.connect();
     await Connections.whenReady(this.#connections.command, signal);
+    signal.throwIfAborted();
     await this.#plugins.setup();
     signal.throwIfAborted();
     this.#dispatcher.setBindings(this.#plugins.bindings());
     this.metrics.knowTypes(this.#dispatcher.types);
     await this.#subscriber.start(signal);
+    signal.throwIfAborted();
 
     // The first beat can fail if Redis drops right now; keep trying until it lands or we are closed.
     for (;;) {
@@ -388,14 +406,18 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         break;
       } catch (err) {
         this.log.warn({ err: describeError(err) }, 'could not write presence yet; retrying');
+        signal.throwIfAborted();
         await Connections.whenReady(this.#connections.command, signal);
         await new Promise((r) => setTimeout(r, 250));
       }
     }
+    // A close that came while the first beat was in flight: close() leaves once this returns.
+    signal.throwIfAborted();
     this.#loop.start();
     this.#memoryMonitor.start();
     if (this.#watcher) {
       await this.#watcher.enableNotifications();
+      signal.throwIfAborted();
       this.#watcher.start();
     }
     this.log.info({ plugins: this.#plugins.names, startMs: Math.round(performance.now() - t0) }, 'agentd started');
@@ -425,10 +447,30 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     return this.#closing;
   }
 
+  /**
+   * Waits for an interrupted start to reach its next checkpoint, so that
+   * close() tears down everything it did (a first beat in flight lands, then
+   * is undone by leave). Bounded: a plugin setup has setupTimeoutMs, a beat
+   * a deadline below 5 s.
+   */
+  async #startStopped(): Promise<void> {
+    if (this.#starting === undefined) return;
+    this.#plugins?.shutdownStarted();
+    const limitMs = this.config.lifecycle.setupTimeoutMs + 5_000;
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([
+      this.#starting.then(() => false),
+      new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(true), limitMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    if (late) this.log.warn({ limitMs }, 'start did not stop in time; closing anyway');
+  }
+
   async #close(drainTimeoutMs: number): Promise<CloseResult> {
-    const wasRunning = this.#state === 'ready' || this.#state === 'degraded';
     this.#setState('closing');
     this.#startAbort.abort(new AgentdError('AGENTD_ERR_CLOSED', 'daemon closed during start'));
+    await this.#startStopped();
     const errors: string[] = [];
     const step = async (name: string, work: () => Promise<unknown>): Promise<void> => {
       try {
@@ -457,7 +499,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     }
     await step('plugins', async () => this.#plugins?.close());
     this.#presence.stop();
-    if (wasRunning) await step('leave', () => this.#presence.leave());
+    // Whatever start got to: leave() undoes a join that wrote anything, and is a no-op otherwise.
+    await step('leave', () => this.#presence.leave());
     await step('disconnect', () => this.#connections.close());
     await step('http', async () => this.#http?.close());
     this.#setState('closed');
