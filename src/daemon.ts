@@ -433,6 +433,23 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     }
   }
 
+  /**
+   * After a fatal error: stop beating and leave the den now (agent_offline
+   * with `reason`), without draining or closing plugins — the process is about
+   * to exit. Best effort; bounded by the beat deadline. The CLI calls it.
+   */
+  async leaveNow(reason: string): Promise<void> {
+    this.#startAbort.abort(new AgentdError('AGENTD_ERR_CLOSED', 'daemon stopped by a fatal error'));
+    this.#watcher?.stop();
+    this.#presence.stop();
+    // A start in progress stops at its next checkpoint (a first beat in flight lands first); leave after it.
+    if (this.#state === 'starting' && this.#starting !== undefined) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.#starting, new Promise((r) => (timer = setTimeout(r, 2_000)))]).finally(() => clearTimeout(timer));
+    }
+    await this.#presence.leave(reason);
+  }
+
   /** What is still queued or running, for a last log line when shutdown is cut short. */
   pendingWork(): { waiting: number; running: number } {
     return { waiting: this.#dispatcher.waiting, running: this.#dispatcher.running };

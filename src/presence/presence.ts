@@ -205,12 +205,12 @@ export class Presence extends EventEmitter<PresenceEvents> {
    * Graceful leave: out of the den, registry record offline, heartbeat
    * deleted and `agent_offline` published — one MULTI round trip.
    */
-  async leave(): Promise<void> {
+  async leave(reason = 'shutdown'): Promise<void> {
     this.stop();
     if (!this.#joined) return;
     const { redis, agent } = this.#o;
     const now = Date.now();
-    const data = this.#membershipData({ reason: 'shutdown' });
+    const data = this.#membershipData({ reason });
     const replies = await withDeadline(
       redis
         .multi()
