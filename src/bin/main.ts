@@ -96,13 +96,13 @@ async function run(args: ParsedArgs): Promise<void> {
   // A fatal error (an exception nobody caught, a rejection nobody handled, a
   // process.exit() from a plugin) ends the process with 1, after leaving the den
   // (bounded, best effort) so that peers see agent_offline, not agent_down.
-  const die = (reason: string, fields: Record<string, unknown>): void => {
+  const die = (msg: string, fields: Record<string, unknown>, reason = msg): void => {
     if (fatal !== undefined) {
       log.error({ ...fields, first: fatal }, 'another fatal error while leaving');
       return;
     }
     fatal = reason;
-    log.fatal(fields, reason);
+    log.fatal(fields, msg);
     log.flush();
     void notifier?.stopping(`fatal: ${reason}`);
     const timer = setTimeout(() => {
@@ -126,7 +126,7 @@ async function run(args: ParsedArgs): Promise<void> {
   };
   process.on('unhandledRejection', (reason) => die('unhandled promise rejection', { err: describeError(reason), stack: reason instanceof Error ? reason.stack : undefined }));
   process.on('uncaughtException', (err) => die('uncaught exception', { err: describeError(err), stack: err.stack }));
-  guardExit((code, stack) => die(`process.exit(${code ?? ''}) called by a plugin or a dependency`, { stack }));
+  guardExit((code, stack) => die('process.exit() called by a plugin or a dependency', { exitCode: code, stack }, `process.exit(${code ?? ''}) called`));
 
   try {
     await daemon.start();

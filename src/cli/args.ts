@@ -119,6 +119,8 @@ Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.`,
 Runs the daemon until SIGTERM or SIGINT. On the first signal it stops taking
 events, drains queued handler calls (lifecycle.drainTimeoutMs), closes plugins,
 leaves its den and exits 0; a second signal, or the drain timeout, exits 1.
+SIGHUP stops nothing: it logs which settings on disk differ from the running
+ones (reload is not supported; restart to apply them).
 
 ${SETTINGS_HINT}`,
   members: `Usage: agentd members [--den DEN] [--json] [options]

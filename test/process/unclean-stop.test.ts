@@ -125,11 +125,11 @@ describe('agentd run: unclean and early stops (child process)', () => {
   describe('plugins', () => {
     const misbehaving = (id: string): DaemonProcess => spawn(id, { AGENTD_PLUGINS: MISBEHAVES });
 
-    for (const [event, data, why] of [
-      ['exit', 0, /^process\.exit\(0\) called by a plugin/],
-      ['exit', 3, /^process\.exit\(3\) called by a plugin/],
-      ['throw-later', null, /^uncaught exception$/],
-      ['reject-later', null, /^unhandled promise rejection$/],
+    for (const [event, data, why, reason] of [
+      ['exit', 0, /^process\.exit\(\) called by a plugin or a dependency$/, /^fatal: process\.exit\(0\) called$/],
+      ['exit', 3, /^process\.exit\(\) called by a plugin or a dependency$/, /^fatal: process\.exit\(3\) called$/],
+      ['throw-later', null, /^uncaught exception$/, /^fatal: uncaught exception$/],
+      ['reject-later', null, /^unhandled promise rejection$/, /^fatal: unhandled promise rejection$/],
     ] as const) {
       it(`${event}(${String(data)}): exits 1 after leaving, agent_offline says why`, async () => {
         const id = uniqueId(event);
@@ -143,7 +143,9 @@ describe('agentd run: unclean and early stops (child process)', () => {
         expect(d.logs.some(hasMsg('misbehaves: process.exit returned')), 'the code after process.exit() ran').toBe(false);
         await expectNoPresence(id);
         const left = await waitFor('agent_offline', () => offlineOf(id));
-        expect(String(left['reason'])).toMatch(/^fatal: /);
+        expect(String(left['reason'])).toMatch(reason);
+        if (event === 'exit') expect(fatal?.['exitCode']).toBe(data);
+        if (event === 'throw-later') expect(String(fatal?.['err'])).toContain('boom from a plugin timer');
       });
     }
 
