@@ -6,7 +6,7 @@ import { parseEnvelope, type BadInputReason } from './bus/envelope.ts';
 import { publishEvent } from './bus/publish.ts';
 import { EventSubscriber } from './bus/subscriber.ts';
 import type { AgentdConfig } from './config/schema.ts';
-import { AgentdError, describeError } from './errors.ts';
+import { AgentdError, describeError, isAgentdError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { loadPlugins, validatePlugin, type LoadedPlugin } from './plugins/loader.ts';
 import { PluginHost } from './plugins/host.ts';
@@ -351,7 +351,14 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     if (this.#closing !== undefined) throw new AgentdError('AGENTD_ERR_CLOSED', 'start() called after close(); a closed daemon does not start again');
     if (this.#state !== 'idle') throw new AgentdError('AGENTD_ERR_ALREADY_STARTED', `start() called in state ${this.#state}; a daemon starts once`);
     this.#setState('starting');
-    const run = this.#start();
+    const signal = this.#startAbort.signal;
+    const run = this.#start().catch((err: unknown) => {
+      // Once closed, the close is the outcome: a step that failed because of it (a setup
+      // that honoured its aborted signal, say) is not a start failure.
+      if (!signal.aborted || (isAgentdError(err) && err.code === 'AGENTD_ERR_CLOSED')) throw err;
+      this.log.debug({ err: describeError(err) }, 'a start step failed after close');
+      throw signal.reason;
+    });
     this.#starting = run.catch(() => undefined);
     return run;
   }

@@ -64,6 +64,7 @@ async function run(args: ParsedArgs): Promise<void> {
       void notifier?.stopping('draining queued events, then leaving');
       void daemon.close().then((result) => {
         log.flush();
+        if (fatal !== undefined) return; // a fatal error during the stop: its path exits 1
         exit(result.drained && result.errors.length === 0 ? 0 : 1);
       });
       return;

@@ -167,6 +167,24 @@ describe('close() during start()', () => {
     await closeAt(b, (c) => (close = c));
   });
 
+  it('closed while a plugin sets up and gives up on its aborted signal: still a close, not a setup failure', async () => {
+    let close = (): void => {};
+    const b = build({}, [
+      definePlugin({
+        name: 'signal-setup',
+        async setup(ctx) {
+          close();
+          await new Promise((_, reject) => {
+            if (ctx.signal.aborted) reject(new Error('setup aborted'));
+            ctx.signal.addEventListener('abort', () => reject(new Error('setup aborted')));
+          });
+        },
+        handlers: { x() {} },
+      }),
+    ]);
+    await closeAt(b, (c) => (close = c));
+  });
+
   it('closed when the subscription is confirmed (just before the first beat)', async () => {
     const b = build();
     await closeAt(b, atLog(b, 'event subscription confirmed'));

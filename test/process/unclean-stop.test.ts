@@ -14,7 +14,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { httpGet } from '../fault/helpers.ts';
 import { PLUGIN_FIXTURES, collectMessages, hasMsg, isAlive, keys, seedMessage, uniqueId, waitFor, type RawMessage } from './util.ts';
 
 const TTL_S = 2;
@@ -151,7 +153,8 @@ describe('agentd run: unclean and early stops (child process)', () => {
 
     it('ctx.redis cannot be closed, subscribed or re-selected: each is refused, the daemon stays ready', async () => {
       const id = uniqueId('quit');
-      const d = misbehaving(id);
+      const port = await freePort();
+      const d = spawn(id, { AGENTD_PLUGINS: MISBEHAVES, AGENTD_HTTP_PORT: String(port) });
       await d.waitForLog(hasMsg('agentd ready'), 15_000);
       await c.publish(keys.channel('quit'), seedMessage('quit', null));
       const line = await d.waitForLog(hasMsg('misbehaves: tried to close the connection'));
@@ -163,6 +166,8 @@ describe('agentd run: unclean and early stops (child process)', () => {
       const before = Number(await c.get(keys.heartbeat(id)));
       await waitFor('a fresh beat after the attempts', async () => Number(await c.get(keys.heartbeat(id))) > before, 3_000);
       expect(d.logs.filter(hasMsg('agentd degraded'))).toEqual([]);
+      const ready = await httpGet(port, '/readyz');
+      expect(ready.status, ready.body).toBe(200);
       expect(isAlive(d)).toBe(true);
       d.signal('SIGTERM');
       expect(await d.exited).toEqual({ code: 0, signal: null });
