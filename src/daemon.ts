@@ -345,7 +345,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   /**
    * Loads and sets up plugins, connects, confirms the subscription and
    * writes presence. Waits for Redis as long as it takes; `close()` cancels.
-   * Rejects with an AgentdError for a plugin that cannot load or set up.
+   * Rejects with an AgentdError for a plugin that cannot load or set up, and
+   * with AGENTD_ERR_CLOSED when close() came first or during the start.
    */
   async start(): Promise<void> {
     if (this.#closing !== undefined) throw new AgentdError('AGENTD_ERR_CLOSED', 'start() called after close(); a closed daemon does not start again');
