@@ -6,7 +6,7 @@ import { Intake, type IntakeReason } from './bus/intake.ts';
 import { publishEvent } from './bus/publish.ts';
 import { EventSubscriber } from './bus/subscriber.ts';
 import type { AgentdConfig } from './config/schema.ts';
-import { AgentdError, describeError } from './errors.ts';
+import { AgentdError, describeError, isAgentdError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { loadPlugins, validatePlugin, type LoadedPlugin } from './plugins/loader.ts';
 import { PluginHost } from './plugins/host.ts';
@@ -116,6 +116,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   #everReady = false;
   #degradedBy: string | undefined;
   #closing: Promise<CloseResult> | undefined;
+  /** Settles when start() has stopped (done, failed or stopped at a checkpoint by close()). */
+  #starting: Promise<unknown> | undefined;
 
   constructor(options: DaemonOptions) {
     super();
@@ -341,11 +343,32 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   /**
    * Loads and sets up plugins, connects, confirms the subscription and
    * writes presence. Waits for Redis as long as it takes; `close()` cancels.
-   * Rejects with an AgentdError for a plugin that cannot load or set up.
+   * Rejects with an AgentdError for a plugin that cannot load or set up, and
+   * with AGENTD_ERR_CLOSED when close() came first or during the start.
    */
   async start(): Promise<void> {
+    if (this.#closing !== undefined) throw new AgentdError('AGENTD_ERR_CLOSED', 'start() called after close(); a closed daemon does not start again');
     if (this.#state !== 'idle') throw new AgentdError('AGENTD_ERR_ALREADY_STARTED', `start() called in state ${this.#state}; a daemon starts once`);
     this.#setState('starting');
+    const signal = this.#startAbort.signal;
+    const run = this.#start().catch((err: unknown) => {
+      // Once closed, the close is the outcome: a step that failed because of it (a setup
+      // that honoured its aborted signal, say) is not a start failure.
+      if (!signal.aborted || (isAgentdError(err) && err.code === 'AGENTD_ERR_CLOSED')) throw err;
+      this.log.debug({ err: describeError(err) }, 'a start step failed after close');
+      throw signal.reason;
+    });
+    this.#starting = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * The steps of start. After every await it checks the start signal, which
+   * close() aborts: once closed, nothing more is started (no beat, monitor,
+   * watcher or `ready`), and close() waits for this to stop before it tears
+   * down what was already done.
+   */
+  async #start(): Promise<void> {
     const signal = this.#startAbort.signal;
     const t0 = performance.now();
     this.log.info({ version: VERSION, patterns: this.config.events.patterns }, 'agentd starting');
@@ -360,6 +383,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         registry: this.metrics.registry,
         log: this.log.child({ component: 'http' }),
       });
+      signal.throwIfAborted();
     }
     this.#plugins = new PluginHost(loaded, {
       agent: this.agent,
@@ -372,11 +396,13 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
 
     this.#connections.connect();
     await Connections.whenReady(this.#connections.command, signal);
+    signal.throwIfAborted();
     await this.#plugins.setup();
     signal.throwIfAborted();
     this.#dispatcher.setBindings(this.#plugins.bindings());
     this.metrics.knowTypes(this.#dispatcher.types);
     await this.#subscriber.start(signal);
+    signal.throwIfAborted();
 
     // The first beat can fail if Redis drops right now; keep trying until it lands or we are closed.
     for (;;) {
@@ -387,14 +413,18 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       } catch (err) {
         if (err instanceof AgentdError && err.code === 'AGENTD_ERR_DUPLICATE_ID') throw err;
         this.log.warn({ err: describeError(err) }, 'could not write presence yet; retrying');
+        signal.throwIfAborted();
         await Connections.whenReady(this.#connections.command, signal);
         await new Promise((r) => setTimeout(r, 250));
       }
     }
+    // A close that came while the first beat was in flight: close() leaves once this returns.
+    signal.throwIfAborted();
     this.#loop.start();
     this.#memoryMonitor.start();
     if (this.#watcher) {
       await this.#watcher.enableNotifications();
+      signal.throwIfAborted();
       this.#watcher.start();
     }
     this.log.info({ plugins: this.#plugins.names, startMs: Math.round(performance.now() - t0) }, 'agentd started');
@@ -408,6 +438,23 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       this.#degradedBy = 'redis connection lost during start';
       this.#setState('degraded');
     }
+  }
+
+  /**
+   * After a fatal error: stop beating and leave the den now (agent_offline
+   * with `reason`), without draining or closing plugins — the process is about
+   * to exit. Best effort; bounded by the beat deadline. The CLI calls it.
+   */
+  async leaveNow(reason: string): Promise<void> {
+    this.#startAbort.abort(new AgentdError('AGENTD_ERR_CLOSED', 'daemon stopped by a fatal error'));
+    this.#watcher?.stop();
+    this.#presence.stop();
+    // A start in progress stops at its next checkpoint (a first beat in flight lands first); leave after it.
+    if (this.#state === 'starting' && this.#starting !== undefined) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.#starting, new Promise((r) => (timer = setTimeout(r, 2_000)))]).finally(() => clearTimeout(timer));
+    }
+    await this.#presence.leave(reason);
   }
 
   /** What is still queued or running, for a last log line when shutdown is cut short. */
@@ -424,10 +471,30 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     return this.#closing;
   }
 
+  /**
+   * Waits for an interrupted start to reach its next checkpoint, so that
+   * close() tears down everything it did (a first beat in flight lands, then
+   * is undone by leave). Bounded: a plugin setup has setupTimeoutMs, a beat
+   * a deadline below 5 s.
+   */
+  async #startStopped(): Promise<void> {
+    if (this.#starting === undefined) return;
+    this.#plugins?.shutdownStarted();
+    const limitMs = this.config.lifecycle.setupTimeoutMs + 5_000;
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([
+      this.#starting.then(() => false),
+      new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(true), limitMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    if (late) this.log.warn({ limitMs }, 'start did not stop in time; closing anyway');
+  }
+
   async #close(drainTimeoutMs: number): Promise<CloseResult> {
-    const wasRunning = this.#state === 'ready' || this.#state === 'degraded';
     this.#setState('closing');
     this.#startAbort.abort(new AgentdError('AGENTD_ERR_CLOSED', 'daemon closed during start'));
+    await this.#startStopped();
     const errors: string[] = [];
     const step = async (name: string, work: () => Promise<unknown>): Promise<void> => {
       try {
@@ -456,7 +523,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     }
     await step('plugins', async () => this.#plugins?.close());
     this.#presence.stop();
-    if (wasRunning) await step('leave', () => this.#presence.leave());
+    // Whatever start got to: leave() undoes a join that wrote anything, and is a no-op otherwise.
+    await step('leave', () => this.#presence.leave());
     await step('disconnect', () => this.#connections.close());
     await step('http', async () => this.#http?.close());
     this.#setState('closed');

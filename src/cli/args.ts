@@ -33,13 +33,25 @@ function optionTable(): Options {
   return options;
 }
 
+/** node:util parseArgs's messages, reworded in one clean line (its own advice has an unclosed quote). */
+function usageMessage(err: unknown): string {
+  const code = (err as { code?: unknown }).code;
+  const message = String((err as Error).message ?? err).split('\n')[0] ?? 'bad arguments';
+  const option = /'(-[^' ]*)/.exec(message)?.[1];
+  if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && option !== undefined) return `unknown option ${option}`;
+  if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && option !== undefined) {
+    return /argument missing/.test(message) ? `option ${option} needs a value` : `option ${option} takes no value`;
+  }
+  return message;
+}
+
 /** Parses the whole command line; unknown flags and a missing value are usage errors (exit 2). */
 export function parseCommandLine(argv: readonly string[]): ParsedArgs {
   let parsed: ReturnType<typeof parseArgs<{ options: Options; allowPositionals: true; strict: true }>>;
   try {
     parsed = parseArgs({ args: [...argv], options: optionTable(), allowPositionals: true, strict: true });
   } catch (err) {
-    throw new AgentdError('AGENTD_ERR_USAGE', (err as Error).message.split('\n')[0] ?? 'bad arguments');
+    throw new AgentdError('AGENTD_ERR_USAGE', usageMessage(err));
   }
   const [first, ...rest] = parsed.positionals;
   let command: CommandName | undefined;
@@ -107,6 +119,8 @@ Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.`,
 Runs the daemon until SIGTERM or SIGINT. On the first signal it stops taking
 events, drains queued handler calls (lifecycle.drainTimeoutMs), closes plugins,
 leaves its den and exits 0; a second signal, or the drain timeout, exits 1.
+SIGHUP stops nothing: it logs which settings on disk differ from the running
+ones (reload is not supported; restart to apply them).
 
 ${SETTINGS_HINT}`,
   members: `Usage: agentd members [--den DEN] [--json] [options]
@@ -145,7 +159,8 @@ ${SETTINGS_HINT}`,
   config: `Usage: agentd config [options]
 
 Prints the effective configuration (defaults < config file < environment <
-flags) as JSON, with passwords redacted. Exits 2 if it is invalid.
+flags) as JSON, with passwords redacted. Imports each plugin module to check
+it (without running its setup). Exits 2 if anything is invalid.
 
 ${SETTINGS_HINT}`,
   help: `Usage: agentd help [COMMAND|settings]`,

@@ -3,6 +3,7 @@ import type { Readable, Writable } from 'node:stream';
 import type { Redis } from 'ioredis';
 import { makeEnvelope } from '../bus/publish.ts';
 import { redactConfig, redactUrl } from '../config/load.ts';
+import { loadPlugins } from '../plugins/loader.ts';
 import type { AgentdConfig } from '../config/schema.ts';
 import { ID_PATTERN } from '../config/schema.ts';
 import { AgentdError, describeError } from '../errors.ts';
@@ -161,7 +162,13 @@ export async function publishCommand(config: AgentdConfig, positionals: readonly
   }
 }
 
-export function configCommand(config: AgentdConfig, io: Io): number {
+/**
+ * Prints the effective configuration. Imports each plugin module and checks
+ * its shape first (as `run` does, without calling setup), so that a plugin
+ * that cannot load fails here too, with exit 2.
+ */
+export async function configCommand(config: AgentdConfig, io: Io): Promise<number> {
+  await loadPlugins(config.plugins);
   io.stdout.write(`${JSON.stringify(redactConfig(config), null, 2)}\n`);
   return 0;
 }

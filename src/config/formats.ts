@@ -6,7 +6,10 @@ import { ID_PATTERN } from './schema.ts';
 let registered = false;
 
 function positiveNumber(value: unknown): number {
-  return typeof value === 'string' && value.trim() !== '' ? Number(value) : (value as number);
+  if (typeof value !== 'string' || value.trim() === '') return value as number;
+  const n = Number(value);
+  // Text that is no number stays text, so the message quotes what was given (not "null" for NaN).
+  return Number.isNaN(n) ? (value as unknown as number) : n;
 }
 
 function splitList(value: unknown): unknown {
@@ -29,6 +32,18 @@ export function checkRedisUrl(value: unknown): void {
     throw new Error(`must be a redis:// or rediss:// URL (got scheme "${url.protocol.slice(0, 20)}")`);
   }
   if (url.hostname === '') throw new Error('must name a host');
+  // The client decodes these; a bad escape would only fail at connect ("URI malformed").
+  for (const [part, raw] of [
+    ['password', url.password],
+    ['user name', url.username],
+  ] as const) {
+    try {
+      decodeURIComponent(raw);
+    } catch {
+      if (url.password !== '') url.password = '***';
+      throw new Error(`the ${part} has a malformed % escape (write a literal % as %25) (got ${url.toString()})`);
+    }
+  }
   const db = url.pathname.replace(/^\//, '');
   if (db !== '' && !/^\d{1,5}$/.test(db)) throw new Error(`must end in a database number, like /0 (got "/${db.slice(0, 20)}")`);
 }

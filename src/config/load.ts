@@ -83,7 +83,12 @@ function readJsonFile(file: string): unknown {
 }
 
 /** Turns convict's multi-line message into one line that names each key and its environment variable. */
-function convictMessage(message: string, env: Readonly<Record<string, string | undefined>>, file: string | undefined): string {
+function convictMessage(
+  message: string,
+  env: Readonly<Record<string, string | undefined>>,
+  file: string | undefined,
+  args: readonly string[] = [],
+): string {
   const byKey = new Map(listSettings().map((s) => [s.key, s]));
   return message
     .split('\n')
@@ -95,7 +100,9 @@ function convictMessage(message: string, env: Readonly<Record<string, string | u
       const m = /^([\w.]+): (.*?)(?:: value was .*)?$/.exec(line);
       if (!m) return line;
       const setting = byKey.get(m[1] ?? '');
-      const from = setting && env[setting.env] !== undefined ? ` (from ${setting.env})` : '';
+      // A flag wins over the environment, so it is the one to blame when both are set.
+      const flag = setting && args.some((x) => x === `--${setting.arg}` || x.startsWith(`--${setting.arg}=`));
+      const from = setting && flag ? ` (from --${setting.arg})` : setting && env[setting.env] !== undefined ? ` (from ${setting.env})` : '';
       return `${m[1]}${from}: ${m[2]}`;
     })
     .join('; ');
@@ -219,7 +226,7 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
   try {
     conf.validate({ allowed: 'strict' });
   } catch (err) {
-    throw new AgentdError('AGENTD_ERR_CONFIG', convictMessage((err as Error).message, env, absFile));
+    throw new AgentdError('AGENTD_ERR_CONFIG', convictMessage((err as Error).message, env, absFile, args));
   }
 
   const raw = conf.getProperties() as unknown as AgentdConfig & { plugins: unknown[] };

@@ -4,6 +4,7 @@ import type { AgentMemory } from '../memory/memory.ts';
 import type { AgentEvent } from '../bus/envelope.ts';
 import { AgentdError, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { guardRedis } from './guarded-redis.ts';
 import type { LoadedPlugin } from './loader.ts';
 import type { AgentInfo, PluginContext, PluginOptions } from './types.ts';
 
@@ -95,7 +96,8 @@ export class PluginHost {
       context: Object.freeze({
         agent: deps.agent,
         log: deps.log.child({ plugin: loaded.plugin.name }),
-        redis: deps.redis,
+        // A guarded view: a plugin cannot close, subscribe or re-select the daemon's connection.
+        redis: guardRedis(deps.redis, loaded.plugin.name),
         publish: deps.publish,
         signal: this.#lifetime.signal,
         options: loaded.options,

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { PluginSpec } from '../config/schema.ts';
 import { AgentdError, describeError } from '../errors.ts';
@@ -51,7 +52,9 @@ export async function loadPlugins(specs: readonly PluginSpec[]): Promise<LoadedP
     } catch (err) {
       // Node's "imported from <loader.ts>" names our file, not the operator's.
       const cause = describeError(err).replace(/ imported from \S+$/, '');
-      throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin ${source}: cannot load: ${cause}`, { cause: err });
+      const at = err instanceof SyntaxError ? syntaxErrorAt(spec.module) : undefined;
+      const where = at === undefined ? source : at.startsWith(`${source}:`) ? at : `${source} (${at})`;
+      throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin ${where}: cannot load: ${cause}`, { cause: err });
     }
     try {
       validatePlugin(mod.default);
@@ -61,4 +64,24 @@ export async function loadPlugins(specs: readonly PluginSpec[]): Promise<LoadedP
     out.push({ plugin: mod.default, options: spec.options, source });
   }
   return out;
+}
+
+/**
+ * file:line:col of a syntax error, which import() does not say: `node --check`
+ * on the file prints the line and a caret under the column. Only run after an
+ * import failed with a SyntaxError; undefined when it cannot tell.
+ */
+function syntaxErrorAt(module: string): string | undefined {
+  let file: string;
+  try {
+    file = module.startsWith('file:') ? fileURLToPath(module) : fileURLToPath(import.meta.resolve(module));
+  } catch {
+    return undefined;
+  }
+  const r = spawnSync(process.execPath, ['--check', file], { encoding: 'utf8', timeout: 5_000 });
+  const lines = (r.stderr ?? '').split('\n');
+  const where = /^(.*):(\d+)$/.exec(lines[0] ?? '');
+  if (!where) return undefined;
+  const caret = (lines[2] ?? '').indexOf('^');
+  return `${where[1]}:${where[2]}${caret >= 0 ? `:${caret + 1}` : ''}`;
 }

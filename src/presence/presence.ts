@@ -318,7 +318,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
    * registry record is this instance's. A live twin (same agent id) keeps
    * its presence: seen within the TTL, we do not touch anything.
    */
-  async leave(): Promise<void> {
+  async leave(reason = 'shutdown'): Promise<void> {
     this.stop();
     if (!this.#joined) return;
     const { redis, agent } = this.#o;
@@ -328,7 +328,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       this.#joined = false;
       return;
     }
-    const data = this.#membershipData({ reason: 'shutdown' });
+    const data = this.#membershipData({ reason });
     const outcome = await withDeadline(
       leaveAgent(redis, {
         id: agent.id,

@@ -166,6 +166,8 @@ describe('systemd unit (systemd/agentd.service)', () => {
     expect(stop).toBeGreaterThan(DRAIN_MS + PLUGIN_CLOSE_MS);
     expect(get('KillSignal') ?? 'SIGTERM').toBe('SIGTERM');
     expect(get('KillMode')).toBe('mixed');
+    // `systemctl reload` sends SIGHUP, which the daemon survives (test/process/unclean-stop.test.ts).
+    expect(get('ExecReload')).toBe('/bin/kill -HUP $MAINPID');
     expect(unit.get('Install')?.get('WantedBy')).toEqual(['multi-user.target']);
   });
 
