@@ -268,7 +268,7 @@ describe('agentd members, watch and memory (child processes)', () => {
 
     const cleared = await agentd(['memory', 'clear', agent, '--yes']);
     expect(cleared.code, cleared.stderr).toBe(0);
-    expect(cleared.stdout).toBe(`removed 4 keys of agent ${agent}\n`);
+    expect(cleared.stdout).toBe(`removed 4 keys of agent ${agent} (its presence key agent:${agent}:heartbeat is kept)\n`);
     expect(await keysOf(agent)).toEqual([]);
     expect(await keysOf(other)).toEqual(theirs);
     expect(await seed(other, 'task-get', 't1')).toBe('done');
