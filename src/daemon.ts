@@ -18,7 +18,8 @@ import { MemoryMonitor } from './memory/monitor.ts';
 import { LoopMonitor } from './presence/loop-monitor.ts';
 import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
 import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
-import { Connections, type ConnectionStateChange } from './redis/connection.ts';
+import { Connections, createClient, redisOptions, type ConnectionStateChange } from './redis/connection.ts';
+import { preflight } from './redis/preflight.ts';
 import { denMembersKey, expiredEventsChannel, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
 
@@ -118,6 +119,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   #degradedBy: string | undefined;
   #lastChannel: { readonly bytes: Buffer; readonly name: string } | undefined;
   #closing: Promise<CloseResult> | undefined;
+  #refusedAt = 0;
+  #refusedBy: string | undefined;
 
   constructor(options: DaemonOptions) {
     super();
@@ -187,9 +190,19 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         ? { channels: new Map([[expiredEventsChannel(db), (key: string) => watcher.onExpired(key)]]) }
         : {}),
       log: this.log.child({ component: 'subscriber' }),
+      probeIntervalMs: config.events.probeInterval * 1000,
+      probeTimeoutMs: config.events.probeTimeoutMs,
       onMessage: (channel, payload) => this.#onMessage(channel, payload),
     });
-    this.#subscriber.on('lost', () => this.#degrade('event subscription lost'));
+    this.#subscriber.on('lost', ({ reason }) => this.#degrade(reason));
+    // Open but deaf (a half-open path): drop the socket so ioredis reconnects and we subscribe again.
+    this.#subscriber.on('deaf', ({ reason }) => this.#connections.recycle('subscriber', reason));
+    // NOPERM / READONLY from any command: degraded with the reason until the window passes without one.
+    this.#connections.on('refused', (r) => {
+      this.#refusedAt = Date.now();
+      this.#refusedBy = `redis refused ${r.command.toUpperCase()}: ${r.message}`;
+      this.#degrade(this.#refusedBy);
+    });
     this.#subscriber.on('confirmed', () => this.#refreshState());
 
     this.metrics = new Metrics({
@@ -243,13 +256,19 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   #refreshState(): void {
     if (this.#state !== 'degraded') return;
     const beatFresh = Date.now() - this.#presence.lastBeatAt < this.config.heartbeat.interval * 2000;
-    if (!this.#connections.ready || !this.#subscriber.confirmed || !beatFresh) return;
+    if (!this.#connections.ready || !this.#subscriber.confirmed || !beatFresh || this.#recentRefusal() !== undefined) return;
     this.#setState('ready');
     this.#degradedBy = undefined;
     const again = this.#everReady;
     this.#everReady = true;
     this.log.info(again ? 'agentd ready again' : 'agentd ready');
     this.emit('ready', { again });
+  }
+
+  /** A NOPERM/READONLY seen within the last two sweeps or beats (whichever is longer): still degraded. */
+  #recentRefusal(): string | undefined {
+    const windowMs = 2_000 * Math.max(this.config.heartbeat.interval, this.config.watch.enabled ? this.config.watch.sweepInterval : 0);
+    return this.#refusedBy !== undefined && Date.now() - this.#refusedAt < windowMs ? this.#refusedBy : undefined;
   }
 
   #degrade(reason: string): void {
@@ -320,6 +339,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     const staleAfter = this.config.heartbeat.interval * 2000;
     if (this.#presence.lastBeatAt === 0) reasons.push('no heartbeat written yet');
     else if (beatAge > staleAfter) reasons.push(`last heartbeat ${Math.round(beatAge / 1000)} s ago (stale after ${staleAfter / 1000} s)`);
+    const refusal = this.#recentRefusal();
+    if (refusal !== undefined && (this.#state === 'ready' || this.#state === 'degraded')) reasons.push(refusal);
     if (reasons.length === 0 && this.#state === 'degraded') reasons.push(this.#degradedBy ?? 'degraded');
     return { ready: reasons.length === 0 && this.#state === 'ready', state: this.#state, reasons };
   }
@@ -374,6 +395,14 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
 
     this.#connections.connect();
     await Connections.whenReady(this.#connections.command, signal);
+    // What cannot work (a Cluster, a replica, missing ACL permissions) stops here: exit 2, one line.
+    await preflight({
+      config: this.config,
+      probeChannel: this.#probeChannel,
+      log: this.log.child({ component: 'redis' }),
+      connect: () => createClient({ ...redisOptions(this.config, 'command'), connectionName: `agentd:${this.agent.id}:check`, retryStrategy: () => null }),
+      signal,
+    });
     await this.#plugins.setup();
     signal.throwIfAborted();
     this.#dispatcher.setBindings(this.#plugins.bindings());
@@ -381,15 +410,21 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     await this.#subscriber.start(signal);
 
     // The first beat can fail if Redis drops right now; keep trying until it lands or we are closed.
+    // Backing off to 5 s, and one line per distinct error, not one per attempt.
+    let joinRetryMs = 250;
+    let joinErr: string | undefined;
     for (;;) {
       signal.throwIfAborted();
       try {
         await this.#presence.join();
         break;
       } catch (err) {
-        this.log.warn({ err: describeError(err) }, 'could not write presence yet; retrying');
+        const text = describeError(err);
+        if (text !== joinErr) this.log.warn({ err: text }, 'could not write presence yet; retrying');
+        joinErr = text;
         await Connections.whenReady(this.#connections.command, signal);
-        await new Promise((r) => setTimeout(r, 250));
+        await new Promise((r) => setTimeout(r, joinRetryMs));
+        joinRetryMs = Math.min(5_000, joinRetryMs * 2);
       }
     }
     this.#loop.start();

@@ -20,6 +20,9 @@ export interface ConnectionStateChange {
   readonly error?: string;
 }
 
+/** Initial delay before the first TCP keepalive probe, in ms (Linux then probes every 75 s by default). */
+export const KEEPALIVE_MS = 10_000;
+
 /** Exponential backoff with equal jitter: half fixed, half random, so a fleet does not reconnect in step. */
 export function reconnectDelay(attempt: number, maxDelayMs: number, random: () => number = Math.random): number {
   const base = Math.min(maxDelayMs, 50 * 2 ** Math.min(attempt, 16));
@@ -43,7 +46,16 @@ export function redisOptions(config: AgentdConfig, role: ConnectionRole): RedisO
     // RESP2: the protocol every Redis-compatible server and proxy speaks; nothing here needs RESP3.
     protocol: 2,
     lazyConnect: true,
+    // ioredis 6's connectTimeout covers the TCP connect and the TLS handshake only; Connections adds
+    // the same deadline from 'connect' to 'ready' (AUTH, SELECT, CLIENT SETNAME unanswered).
     connectTimeout: config.redis.connectTimeoutMs,
+    // ioredis's ready check (INFO) prints a raw line to stderr when INFO is refused (NOPERM); the
+    // server check at start (src/redis/preflight.ts) asks INFO itself and reports what is missing.
+    enableReadyCheck: false,
+    // CLIENT SETINFO is Redis 7.2+; older servers and tight ACLs refuse it, to no purpose here.
+    disableClientInfo: true,
+    // TCP keepalive: a peer that vanished without a FIN is found by the kernel even while idle.
+    keepAlive: KEEPALIVE_MS,
     // A command issued while disconnected fails at once instead of waiting to be replayed later:
     // a presence write replayed after an outage could undo a newer state.
     enableOfflineQueue: false,
@@ -56,6 +68,9 @@ export function redisOptions(config: AgentdConfig, role: ConnectionRole): RedisO
   if (url.username !== '') options.username = decodeURIComponent(url.username);
   if (password !== undefined) options.password = password;
   if (role === 'command' && config.redis.commandTimeoutMs > 0) options.commandTimeout = config.redis.commandTimeoutMs;
+  // A half-open connection (bytes lost, TCP still open): when a command has waited this long without a
+  // single byte coming back, ioredis destroys the socket and the connection is recycled (reconnects).
+  if (config.redis.commandTimeoutMs > 0) options.socketTimeout = config.redis.commandTimeoutMs;
   if (url.protocol === 'rediss:') {
     options.tls = {
       // SNI must be a host name (RFC 6066): for an IP, verification still checks the IP SAN.
@@ -76,8 +91,29 @@ export function createClient(options: RedisOptions): Redis {
   return new Redis(options as RedisOptions & { replyMapping?: never });
 }
 
+/** Destroys a client's socket with an error: ioredis then emits error and close, and reconnects. */
+function destroyStream(client: Redis, err: Error): void {
+  const stream = (client as unknown as { stream?: { destroy(err?: Error): void; destroyed?: boolean } }).stream;
+  if (stream && !stream.destroyed) stream.destroy(err);
+  else client.disconnect(true);
+}
+
+/** A command the server refused for a reason no retry fixes by itself: permissions, or a replica. */
+export interface Refusal {
+  readonly role: ConnectionRole;
+  readonly kind: 'NOPERM' | 'READONLY';
+  /** The refused command, lower case (e.g. `evalsha`). */
+  readonly command: string;
+  /** The server's message (redacted). */
+  readonly message: string;
+}
+
+/** Connection handshake commands whose refusal ioredis tolerates (CLIENT SETNAME is only a label). */
+const IGNORED_REFUSALS = new Set(['client', 'quit']);
+
 interface ConnectionEvents {
   state: (change: ConnectionStateChange) => void;
+  refused: (refusal: Refusal) => void;
 }
 
 /**
@@ -90,11 +126,16 @@ export class Connections extends EventEmitter<ConnectionEvents> {
   readonly subscriber: Redis;
   readonly #log: Logger;
   readonly #secrets: string[];
+  readonly #connectTimeoutMs: number;
+  readonly #minRecycleGapMs: number;
+  readonly #lastRecycle: Record<ConnectionRole, number> = { command: 0, subscriber: 0 };
   #closing = false;
 
   constructor(config: AgentdConfig, log: Logger) {
     super();
     this.#log = log.child({ component: 'redis' });
+    this.#connectTimeoutMs = config.redis.connectTimeoutMs;
+    this.#minRecycleGapMs = config.redis.reconnectMaxDelayMs;
     const commandOptions = redisOptions(config, 'command');
     this.#secrets = [commandOptions.password, new URL(config.redis.url).password].filter(
       (s): s is string => typeof s === 'string' && s.length >= 3,
@@ -103,6 +144,8 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     this.subscriber = createClient(redisOptions(config, 'subscriber'));
     this.#watch(this.command, 'command');
     this.#watch(this.subscriber, 'subscriber');
+    this.#observeReplies(this.command, 'command');
+    this.#observeReplies(this.subscriber, 'subscriber');
     this.#log.info({ target: redactUrl(config.redis.url), tls: commandOptions.tls !== undefined }, 'redis target');
     if (commandOptions.tls && config.redis.tls.verify === false) {
       this.#log.warn('TLS certificate verification is OFF (redis.tls.verify=false): the connection can be intercepted');
@@ -114,6 +157,38 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     let out = message;
     for (const s of this.#secrets) out = out.split(s).join('***');
     return out;
+  }
+
+  /**
+   * Sees every command's error reply, whoever sent it (presence, the watcher's scripts, plugins
+   * through ctx.redis): NOPERM and READONLY are surfaced as a `refused` event, logged once per
+   * command and kind; READONLY (our primary was demoted) also recycles the connection, so a
+   * failover behind a DNS name or proxy is followed.
+   */
+  #observeReplies(client: Redis, role: ConnectionRole): void {
+    const logged = new Set<string>();
+    const original = client.sendCommand.bind(client);
+    const onError = (name: string, err: unknown): void => {
+      const message = err instanceof Error ? err.message : '';
+      const kind = /\bNOPERM\b/.test(message) ? 'NOPERM' : /\bREADONLY\b/.test(message) ? 'READONLY' : undefined;
+      if (kind === undefined || IGNORED_REFUSALS.has(name) || this.#closing) return;
+      const refusal: Refusal = { role, kind, command: name, message: this.redact(describeError(err)) };
+      const key = `${kind}:${name}`;
+      if (!logged.has(key)) {
+        logged.add(key);
+        this.#log.error(
+          { conn: role, command: name, err: refusal.message },
+          kind === 'NOPERM' ? `redis refused ${name.toUpperCase()} (NOPERM): the ACL user lacks a permission agentd needs` : 'redis answered READONLY: the server is a replica now (failover?); recycling the connection',
+        );
+      }
+      if (kind === 'READONLY') this.recycle(role, 'server answered READONLY');
+      this.emit('refused', refusal);
+    };
+    (client as unknown as { sendCommand: typeof client.sendCommand }).sendCommand = ((command: Parameters<typeof client.sendCommand>[0], stream?: unknown) => {
+      const cmd = command as unknown as { name?: string; promise?: Promise<unknown> };
+      cmd.promise?.catch((err: unknown) => onError(String(cmd.name ?? '').toLowerCase(), err));
+      return (original as (c: unknown, s?: unknown) => unknown)(command, stream);
+    }) as typeof client.sendCommand;
   }
 
   #watch(client: Redis, role: ConnectionRole): void {
@@ -133,7 +208,27 @@ export class Connections extends EventEmitter<ConnectionEvents> {
         this.#log.warn({ conn: role, err: lastError }, 'redis connection error');
       }
     });
+    // ioredis's connectTimeout ends at the TCP connect (TLS: the handshake); a server or proxy that
+    // accepts and then never answers AUTH/SELECT would leave the client in 'connect' for ever.
+    let readyDeadline: NodeJS.Timeout | undefined;
+    let deadlineLogged = false;
+    client.on('connect', () => {
+      clearTimeout(readyDeadline);
+      readyDeadline = setTimeout(() => {
+        if (client.status !== 'connect' || this.#closing) return;
+        const message = `no answer within ${this.#connectTimeoutMs} ms of connecting (redis.connectTimeoutMs): handshake, AUTH or SELECT unanswered`;
+        if (!deadlineLogged) {
+          deadlineLogged = true;
+          this.#log.warn({ conn: role, timeoutMs: this.#connectTimeoutMs }, `redis connection attempt timed out: ${message}`);
+        }
+        destroyStream(client, new Error(`connect deadline: ${message}`));
+      }, this.#connectTimeoutMs);
+      readyDeadline.unref();
+    });
+    client.on('close', () => clearTimeout(readyDeadline));
     client.on('ready', () => {
+      clearTimeout(readyDeadline);
+      deadlineLogged = false;
       const downMs = downSince === undefined ? 0 : Date.now() - downSince;
       downSince = undefined;
       lastLoggedError = undefined;
@@ -160,6 +255,22 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     client.on('end', () => {
       emit({ role, state: 'closed' });
     });
+  }
+
+  /**
+   * Drops one connection's socket so ioredis reconnects at once: for a connection that is open but
+   * no longer works (a probe that never came back, a primary demoted to a replica). At most once per
+   * redis.reconnectMaxDelayMs per connection; returns whether it recycled.
+   */
+  recycle(role: ConnectionRole, reason: string): boolean {
+    const client = role === 'command' ? this.command : this.subscriber;
+    const now = Date.now();
+    if (this.#closing || now - this.#lastRecycle[role] < this.#minRecycleGapMs) return false;
+    if (client.status !== 'ready' && client.status !== 'connect') return false;
+    this.#lastRecycle[role] = now;
+    this.#log.debug({ conn: role, reason }, 'recycling redis connection');
+    destroyStream(client, new Error(`recycled: ${reason}`));
+    return true;
   }
 
   /** Starts connecting both clients; retries forever in the background. */
