@@ -130,7 +130,8 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   }
 
   async #confirm(): Promise<void> {
-    if (this.#confirming || this.#stopped) return;
+    // Already confirmed on this connection (a 'ready' came before start()): nothing to redo.
+    if (this.#confirming || this.#stopped || this.#confirmed) return;
     this.#confirming = true;
     const { subscriber, command, patterns, probeChannel, log } = this.#o;
     try {

@@ -215,8 +215,8 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     client.on('connect', () => {
       clearTimeout(readyDeadline);
       readyDeadline = setTimeout(() => {
-        if (client.status !== 'connect' || this.#closing) return;
-        const message = `no answer within ${this.#connectTimeoutMs} ms of connecting (redis.connectTimeoutMs): handshake, AUTH or SELECT unanswered`;
+        if ((client.status !== 'connect' && client.status !== 'ready') || this.#closing) return;
+        const message = `no answer within ${this.#connectTimeoutMs} ms of connecting (redis.connectTimeoutMs): handshake, AUTH, SELECT or PING unanswered`;
         if (!deadlineLogged) {
           deadlineLogged = true;
           this.#log.warn({ conn: role, timeoutMs: this.#connectTimeoutMs }, `redis connection attempt timed out: ${message}`);
@@ -226,7 +226,21 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       readyDeadline.unref();
     });
     client.on('close', () => clearTimeout(readyDeadline));
+    // ioredis says 'ready' once the handshake is sent and settled, which on a path that swallows
+    // bytes can be a timeout, not an answer: the connection counts as ready once a PING is answered.
     client.on('ready', () => {
+      const stream = (client as unknown as { stream?: unknown }).stream;
+      client.ping().then(
+        () => {
+          if ((client as unknown as { stream?: unknown }).stream === stream && client.status === 'ready') onAnswered();
+        },
+        (err: unknown) => {
+          // Refused (NOPERM) is still an answer; a timeout or a closed connection is not.
+          if (/\bNOPERM\b/.test(describeError(err)) && client.status === 'ready') onAnswered();
+        },
+      );
+    });
+    const onAnswered = (): void => {
       clearTimeout(readyDeadline);
       deadlineLogged = false;
       const downMs = downSince === undefined ? 0 : Date.now() - downSince;
@@ -235,7 +249,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       this.#log.info({ conn: role, ...(wasReady ? { downMs } : {}) }, wasReady ? 'redis connection ready again' : 'redis connection ready');
       emit(wasReady ? { role, state: 'ready', downMs } : { role, state: 'ready' });
       wasReady = true;
-    });
+    };
     client.on('close', () => {
       if (downSince === undefined) {
         downSince = Date.now();

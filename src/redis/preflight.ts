@@ -109,7 +109,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
  * channels, this agent's probe channels, the expiry channel.
  */
 export function aclRule(config: AgentdConfig, user = 'agentd'): string {
-  const commands = new Set<string>(['+multi', '+exec', '+discard', '+client|setname', '+quit']);
+  const commands = new Set<string>(['+multi', '+exec', '+discard', '+ping', '+client|setname', '+quit']);
   for (const c of neededCommands(config, 'agentd:probe:x:y')) commands.add(`+${(c.args[0] ?? '').toLowerCase()}`);
   const channels = [...new Set([...config.events.patterns, eventChannel('*'), `agentd:probe:${config.agent.id}:*`, ...(expiryChannelOf(config) ? [expiryChannelOf(config) as string] : [])])];
   const keys = [heartbeatKey('*'), denMembersKey('*'), REGISTRY_KEY];
@@ -194,11 +194,15 @@ export async function checkServer(redis: Redis, config: AgentdConfig, probe: str
     if (isNoPerm(err)) refused.push({ c: { feature: 'presence', what: 'MULTI', args: ['MULTI'] }, err: describeError(err) });
     else throw err;
   }
+  // SUBSCRIBE and friends are tried for real, after the transaction: in MULTI their QUEUED
+  // answer would confuse the client's subscriber-mode bookkeeping. A subscription on this
+  // short-lived connection has no effect on anything else.
+  const isSub = (c: NeededCommand): boolean => /^P?(UN)?SUBSCRIBE$/.test(c.args[0] ?? '');
   if (inMulti) {
     try {
-      for (const c of needed) {
+      for (const c of needed.filter((x) => !isSub(x))) {
         try {
-          await redis.call(c.args[0] as string, ...c.args.slice(1));
+          await redis.call((c.args[0] as string).toLowerCase(), ...c.args.slice(1));
         } catch (err) {
           // Anything but NOPERM (e.g. "not allowed inside a transaction") means the ACL let it through.
           if (isNoPerm(err)) refused.push({ c, err: describeError(err) });
@@ -206,6 +210,19 @@ export async function checkServer(redis: Redis, config: AgentdConfig, probe: str
       }
     } finally {
       await redis.call('DISCARD').catch(() => undefined);
+    }
+  }
+  let subscribed = false;
+  const subs = needed.filter(isSub);
+  for (const c of [...subs.filter((x) => !/UNSUB/.test(x.args[0] ?? '')), ...subs.filter((x) => /UNSUB/.test(x.args[0] ?? ''))]) {
+    const unsub = /UNSUBSCRIBE$/.test(c.args[0] ?? '');
+    if (unsub && !subscribed) continue; // meaningless outside subscriber mode; refused ones were named above
+    try {
+      await redis.call((c.args[0] as string).toLowerCase(), ...c.args.slice(1));
+      if (!unsub) subscribed = true;
+    } catch (err) {
+      if (isNoPerm(err)) refused.push({ c, err: describeError(err) });
+      else throw err;
     }
   }
   if (refused.length > 0) throw refusedError(config, refused);

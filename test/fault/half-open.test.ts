@@ -1,0 +1,213 @@
+/**
+ * Faults 14 and 15: half-open connections and connects that never finish,
+ * injected with a TCP proxy (test/helpers/proxy.ts) between a real
+ * `agentd run` and a real redis-server.
+ *
+ * - Subscriber blackhole: the subscriber's connection stays open and forwards
+ *   nothing. Pass: degraded and /readyz 503 naming the probe within
+ *   probeInterval + 2 × probeTimeoutMs (the PUBLISH answer, then the arrival),
+ *   one log line for it, that connection recycled (the command connection
+ *   untouched), ready again within 2 s of the path healing, events flow.
+ * - Command blackhole (requests lost): the connection is recycled within
+ *   interval + commandTimeoutMs; ready again after healing.
+ * - A path that accepts TCP and never answers: every attempt ends at
+ *   connectTimeoutMs and is retried (plain and TLS), ready once it answers.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { freePort } from '../helpers/ports.ts';
+import { startProxy, type ProxiedConnection, type TcpProxy } from '../helpers/proxy.ts';
+import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { RECORDER, hasMsg, keys, readRecords, seedMessage, uniqueId, waitFor } from '../process/util.ts';
+import { expectSound, httpGet } from './helpers.ts';
+
+const INTERVAL_S = 1;
+const TTL_S = 6;
+const PROBE_INTERVAL_S = 1;
+const PROBE_TIMEOUT_MS = 500;
+const CONNECT_TIMEOUT_MS = 1_000;
+const COMMAND_TIMEOUT_MS = 1_000;
+const RECONNECT_MAX_MS = 500;
+/** Worst case of the periodic probe: a full interval, the PUBLISH answer's wait, then the arrival's. */
+const SUB_NOTICE_BOUND_MS = PROBE_INTERVAL_S * 1000 + 2 * PROBE_TIMEOUT_MS;
+const HEAL_BOUND_MS = 2_000;
+/** Resolution of the /readyz polling (not slack on the bounds). */
+const POLL_MS = 20;
+
+describe('faults 14/15: half-open connections through a TCP proxy', () => {
+  let redis: TestRedis;
+  let proxy: TcpProxy;
+  let tmp: string;
+  let d: DaemonProcess | undefined;
+
+  beforeAll(async () => {
+    redis = await startRedis({ requireControl: true });
+    tmp = await mkdtemp(join(tmpdir(), 'agentd-halfopen-'));
+  });
+  afterEach(async () => {
+    await d?.stop();
+    d = undefined;
+    await proxy?.close();
+  });
+  afterAll(async () => {
+    await redis?.stop();
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  async function startDaemon(extra: Record<string, string> = {}) {
+    proxy = await startProxy({ host: redis.host, port: redis.port });
+    const id = uniqueId('ho');
+    const den = uniqueId('hoden');
+    const file = join(tmp, `${id}.jsonl`);
+    const httpPort = await freePort();
+    d = spawnAgentd(['run'], {
+      env: {
+        AGENTD_REDIS_URL: proxy.url(),
+        AGENTD_AGENT_ID: id,
+        AGENTD_DEN: den,
+        AGENTD_PLUGINS: RECORDER,
+        RECORD_FILE: file,
+        AGENTD_HEARTBEAT_TTL: String(TTL_S),
+        AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL_S),
+        AGENTD_EVENT_PROBE_INTERVAL: String(PROBE_INTERVAL_S),
+        AGENTD_EVENT_PROBE_TIMEOUT_MS: String(PROBE_TIMEOUT_MS),
+        AGENTD_REDIS_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
+        AGENTD_REDIS_COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS),
+        AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: String(RECONNECT_MAX_MS),
+        AGENTD_HTTP_PORT: String(httpPort),
+        ...extra,
+      },
+    });
+    return { d, id, den, file, httpPort };
+  }
+
+  async function readyz(port: number): Promise<{ status: number; body: string }> {
+    return httpGet(port, '/readyz').catch(() => ({ status: 0, body: '' }));
+  }
+
+  /** Polls /readyz until `pred`; returns when it held (unix ms). */
+  async function whenReadyz(port: number, pred: (status: number, body: string) => boolean, timeoutMs: number): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const r = await readyz(port);
+      if (pred(r.status, r.body)) return Date.now();
+      if (Date.now() > deadline) throw new Error(`/readyz did not change within ${timeoutMs} ms (last ${r.status} ${r.body})`);
+      await sleep(POLL_MS);
+    }
+  }
+
+  const only = (cs: ProxiedConnection[], what: string): ProxiedConnection => {
+    expect(cs.length, `open ${what} connections through the proxy`).toBe(1);
+    return cs[0] as ProxiedConnection;
+  };
+
+  it('subscriber blackholed: degraded within the probe bound, one line, recycled; ready within 2 s of healing', { timeout: 60_000 }, async () => {
+    const s = await startDaemon();
+    await s.d.waitForLog(hasMsg('agentd ready'), 15_000);
+    expect((await readyz(s.httpPort)).status).toBe(200);
+    const sub = only(proxy.open(`agentd:${s.id}:sub`), 'subscriber');
+    const cmd = only(proxy.open(`agentd:${s.id}:cmd`), 'command');
+    const pub = redis.client();
+
+    // The fault: the subscriber's connection forwards nothing any more (both ways, bytes lost);
+    // new subscriber connections are held (accepted, nothing forwarded) until the path heals.
+    const linesBefore = s.d.logs.length;
+    proxy.setRule((c) => (c.id === sub.id ? { kind: 'blackhole' } : c.sent.includes(`agentd:${s.id}:sub`) ? { kind: 'pause' } : undefined));
+    const faultAt = Date.now();
+    const degraded = await s.d.waitForLog((l) => hasMsg('agentd degraded')(l) && s.d.logs.indexOf(l) >= linesBefore, SUB_NOTICE_BOUND_MS + 5_000);
+    const noticedMs = Date.parse(String(degraded['time'])) - faultAt;
+    expect(String(degraded['reason'])).toMatch(/probe/);
+    expect(noticedMs, `noticed after ${noticedMs} ms (bound ${SUB_NOTICE_BOUND_MS} ms)`).toBeLessThanOrEqual(SUB_NOTICE_BOUND_MS);
+    const r = await readyz(s.httpPort);
+    expect(r.status).toBe(503);
+    expect(r.body).toMatch(/probe|subscription/);
+    await waitFor('the deaf subscriber connection recycled', () => sub.closed, 3_000);
+
+    // Held for a while: still one line for it, no flood of retries; the command side untouched.
+    await sleep(6_000);
+    const during = s.d.logs.slice(linesBefore);
+    expect(during.filter(hasMsg(/subscription probe/)).length, 'probe failure logged once').toBe(1);
+    expect(during.filter((l) => l['level'] === 'warn' || l['level'] === 'error').length, `warn lines during the fault: ${JSON.stringify(during.map((l) => l['msg']))}`).toBeLessThanOrEqual(6);
+    expect(cmd.closed, 'command connection untouched').toBe(false);
+    expect((await readyz(s.httpPort)).status).toBe(503);
+    expect(proxy.connections.filter((c) => c.sent.includes(`agentd:${s.id}:sub`)).length, 'subscriber reconnect attempts during the fault').toBeGreaterThan(1);
+
+    // Heal.
+    proxy.setRule(undefined);
+    const healedAt = Date.now();
+    const readyAt = await whenReadyz(s.httpPort, (st) => st === 200, HEAL_BOUND_MS + 5_000);
+    expect(readyAt - healedAt, `ready ${readyAt - healedAt} ms after healing`).toBeLessThanOrEqual(HEAL_BOUND_MS + POLL_MS);
+    await pub.publish(keys.channel('after_heal'), seedMessage('after_heal', { uid: 'h1' }));
+    await waitFor('event after healing handled', () => readRecords(s.file).some((x) => x.event === 'after_heal'), 5_000);
+    expectSound(s.d, s.file);
+  });
+
+  it('command connection loses its requests: recycled within interval + commandTimeoutMs; ready after healing', { timeout: 60_000 }, async () => {
+    const s = await startDaemon();
+    await s.d.waitForLog(hasMsg('agentd ready'), 15_000);
+    const cmd = only(proxy.open(`agentd:${s.id}:cmd`), 'command');
+    const sub = only(proxy.open(`agentd:${s.id}:sub`), 'subscriber');
+    const c = redis.client();
+
+    proxy.setRule((x) => (x.id === cmd.id ? { kind: 'blackhole', direction: 'up' } : x.sent.includes(`agentd:${s.id}:cmd`) ? { kind: 'pause' } : undefined));
+    const faultAt = Date.now();
+    await waitFor('the half-open command connection recycled', () => cmd.closed, 10_000, 10);
+    const recycledMs = (cmd.closedAt ?? 0) - faultAt;
+    const bound = INTERVAL_S * 1000 + COMMAND_TIMEOUT_MS;
+    expect(recycledMs, `recycled after ${recycledMs} ms (bound ${bound} ms + one beat's own deadline)`).toBeLessThanOrEqual(bound + COMMAND_TIMEOUT_MS);
+    await whenReadyz(s.httpPort, (st) => st === 503, 5_000);
+    expect(sub.closed, 'subscriber connection untouched').toBe(false);
+    await sleep(3_000);
+
+    proxy.setRule(undefined);
+    const healedAt = Date.now();
+    await whenReadyz(s.httpPort, (st) => st === 200, 10_000);
+    const beat = Number(await c.get(keys.heartbeat(s.id)));
+    await waitFor('a beat written after healing', async () => Number(await c.get(keys.heartbeat(s.id))) >= healedAt, 5_000);
+    expect(beat).toBeGreaterThan(0);
+    expectSound(s.d, s.file);
+  });
+
+  it('a path that accepts TCP and never answers: each attempt ends at connectTimeoutMs and is retried; ready once it answers', { timeout: 60_000 }, async () => {
+    const s = await startDaemon();
+    proxy.setMode({ kind: 'pause' });
+    // Everything through the proxy is held from the first byte.
+    await sleep(4 * (CONNECT_TIMEOUT_MS + RECONNECT_MAX_MS));
+    const attempts = proxy.connections.length;
+    // Two connections (command, subscriber), each retried after every deadline: far more than 2.
+    expect(attempts, 'connection attempts while the path hangs').toBeGreaterThanOrEqual(6);
+    const longest = Math.max(...proxy.connections.filter((c) => c.closed).map((c) => (c.closedAt ?? 0) - c.openedAt));
+    expect(longest, 'no attempt outlives the connect deadline by much').toBeLessThanOrEqual(CONNECT_TIMEOUT_MS + 2 * COMMAND_TIMEOUT_MS);
+    expect(s.d.logs.filter(hasMsg(/connection attempt timed out/)).length, 'one line per connection, not per attempt').toBeLessThanOrEqual(2);
+    expect(s.d.logs.some(hasMsg(/connection attempt timed out|redis connection error/))).toBe(true);
+    // Ready means answered: nothing on this path ever answered.
+    expect(s.d.logs.filter(hasMsg(/redis connection ready/)), 'no "ready" while nothing answers').toEqual([]);
+
+    proxy.setMode({ kind: 'pass' });
+    await s.d.waitForLog(hasMsg('agentd ready'), 10_000);
+    expectSound(s.d, s.file);
+  });
+
+  it('TLS handshake that never finishes is cut at connectTimeoutMs and retried', { timeout: 30_000 }, async () => {
+    proxy = await startProxy({ host: redis.host, port: redis.port });
+    proxy.setMode({ kind: 'pause' });
+    const id = uniqueId('hotls');
+    d = spawnAgentd(['run'], {
+      env: {
+        AGENTD_REDIS_URL: `rediss://127.0.0.1:${proxy.port}`,
+        AGENTD_AGENT_ID: id,
+        AGENTD_DEN: uniqueId('hotlsden'),
+        AGENTD_REDIS_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
+        AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: String(RECONNECT_MAX_MS),
+      },
+    });
+    await sleep(4 * (CONNECT_TIMEOUT_MS + RECONNECT_MAX_MS));
+    expect(proxy.connections.length, 'TLS attempts while the handshake hangs').toBeGreaterThanOrEqual(6);
+    const err = d.logs.find(hasMsg('redis connection error'));
+    expect(String(err?.['err'])).toMatch(/ETIMEDOUT|deadline/);
+  });
+});
