@@ -111,7 +111,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
 export function aclRule(config: AgentdConfig, user = 'agentd'): string {
   const commands = new Set<string>(['+multi', '+exec', '+discard', '+ping', '+client|setname', '+quit']);
   for (const c of neededCommands(config, 'agentd:probe:x:y')) commands.add(`+${(c.args[0] ?? '').toLowerCase()}`);
-  const channels = [...new Set([...config.events.patterns, eventChannel('*'), `agentd:probe:${config.agent.id}:*`, ...(expiryChannelOf(config) ? [expiryChannelOf(config) as string] : [])])];
+  const channels = [...new Set([...config.events.patterns, eventChannel('*'), 'agentd:probe:*', ...(expiryChannelOf(config) ? [expiryChannelOf(config) as string] : [])])];
   const keys = [heartbeatKey('*'), denMembersKey('*'), REGISTRY_KEY];
   return [`ACL SETUSER ${user} on >PASSWORD resetkeys resetchannels -@all`, ...commands, ...keys.map((k) => `~${k}`), ...channels.map((c) => `&${c}`)].join(' ');
 }
@@ -135,10 +135,29 @@ function parseInfo(text: string): Map<string, string> {
 
 function refusedError(config: AgentdConfig, refused: ReadonlyArray<{ c: NeededCommand; err: string }>): AgentdError {
   const user = decodeURIComponent(new URL(config.redis.url).username) || 'default';
-  const list = refused.map(({ c, err }) => `${c.what} [${c.feature}] (${err.replace(/^NOPERM\s*/, '')})`).join('; ');
+  // Redis says which kind of permission is missing: the command, a key, or a channel.
+  const commands = new Map<string, Set<string>>();
+  const keys: string[] = [];
+  const channels: string[] = [];
+  const other: string[] = [];
+  for (const { c, err } of refused) {
+    const cmd = /permissions to run the '([^']+)' command/.exec(err)?.[1];
+    if (cmd !== undefined) {
+      const name = cmd.toUpperCase();
+      if (!commands.has(name)) commands.set(name, new Set());
+      commands.get(name)?.add(c.feature);
+    } else if (/\bkeys?\b/.test(err)) keys.push(`${c.what} [${c.feature}]`);
+    else if (/\bchannels?\b/.test(err)) channels.push(`${c.what} [${c.feature}]`);
+    else other.push(`${c.what} [${c.feature}]: ${err}`);
+  }
+  const parts: string[] = [];
+  if (commands.size > 0) parts.push(`commands ${[...commands].map(([name, f]) => `${name} [${[...f].join(', ')}]`).join(', ')}`);
+  if (keys.length > 0) parts.push(`the keys of ${keys.join(', ')}`);
+  if (channels.length > 0) parts.push(`the channels of ${channels.join(', ')}`);
+  if (other.length > 0) parts.push(other.join(', '));
   return new AgentdError(
     'AGENTD_ERR_REDIS_PERMISSION',
-    `redis user "${user}" may not run what agentd needs: ${list}. Grant it (docs/operations.md, "Redis ACL") or turn the feature off`,
+    `redis user "${user}" lacks permissions agentd needs (NOPERM): ${parts.join('; ')}. Grant them (docs/operations.md, "Redis server and ACL") or turn the feature off`,
   );
 }
 
