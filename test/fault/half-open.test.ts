@@ -13,6 +13,7 @@
  * - A path that accepts TCP and never answers: every attempt ends at
  *   connectTimeoutMs and is retried (plain and TLS), ready once it answers.
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +23,7 @@ import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startProxy, type ProxiedConnection, type TcpProxy } from '../helpers/proxy.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { KEEPALIVE_MS } from '../../src/redis/connection.ts';
 import { RECORDER, hasMsg, keys, readRecords, seedMessage, uniqueId, waitFor } from '../process/util.ts';
 import { expectSound, httpGet } from './helpers.ts';
 
@@ -190,6 +192,32 @@ describe('faults 14/15: half-open connections through a TCP proxy', () => {
     proxy.setMode({ kind: 'pass' });
     await s.d.waitForLog(hasMsg('agentd ready'), 10_000);
     expectSound(s.d, s.file);
+  });
+
+  it('TCP keepalive is on for both connections, first probe within KEEPALIVE_MS of idle', { timeout: 30_000 }, async (ctx) => {
+    let ssOut: string;
+    try {
+      ssOut = execFileSync('ss', ['-V'], { stdio: 'pipe' }).toString();
+    } catch {
+      ctx.skip();
+      return;
+    }
+    expect(ssOut).toMatch(/ss/);
+    const s = await startDaemon();
+    await s.d.waitForLog(hasMsg('agentd ready'), 15_000);
+    // The daemon's sockets are the ones whose peer is the proxy's port.
+    // A socket with bytes in flight shows its retransmit timer instead: ask until both are idle.
+    const lines = await waitFor('both sockets idle with a keepalive timer', () => {
+      const out = execFileSync('ss', ['-tnoH', 'state', 'established', `( dport = :${proxy.port} )`]).toString().trim().split('\n');
+      return out.length === 2 && out.every((l) => l.includes('timer:(keepalive')) ? out : undefined;
+    }, 5_000, 20);
+    for (const line of lines) {
+      const m = /timer:\(keepalive,([\d.]+)(ms|sec|min)?/.exec(line);
+      expect(m, `keepalive timer on: ${line}`).not.toBeNull();
+      // ss prints e.g. "8.212ms" for 8.2 s (its own format): the number before the dot is seconds.
+      const seconds = Number((m?.[1] ?? '').split('.')[0]);
+      expect(seconds).toBeLessThanOrEqual(KEEPALIVE_MS / 1000);
+    }
   });
 
   it('TLS handshake that never finishes is cut at connectTimeoutMs and retried', { timeout: 30_000 }, async () => {
