@@ -19,7 +19,7 @@ import { LoopMonitor } from './presence/loop-monitor.ts';
 import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
 import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
 import { Connections, createClient, redisOptions, type ConnectionStateChange } from './redis/connection.ts';
-import { preflight } from './redis/preflight.ts';
+import { DAEMON_COMMANDS, preflight } from './redis/preflight.ts';
 import { denMembersKey, expiredEventsChannel, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
 
@@ -199,6 +199,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#subscriber.on('deaf', ({ reason }) => this.#connections.recycle('subscriber', reason));
     // NOPERM / READONLY from any command: degraded with the reason until the window passes without one.
     this.#connections.on('refused', (r) => {
+      // A plugin's own command refused is the plugin's error (its call rejects), not the daemon's state.
+      if (!DAEMON_COMMANDS.has(r.command)) return;
       this.#refusedAt = Date.now();
       this.#refusedBy = `redis refused ${r.command.toUpperCase()}: ${r.message}`;
       this.#degrade(this.#refusedBy);

@@ -193,7 +193,8 @@ export class Connections extends EventEmitter<ConnectionEvents> {
 
   #watch(client: Redis, role: ConnectionRole): void {
     let lastError: string | undefined;
-    let lastLoggedError: string | undefined;
+    /** Errors logged since the connection was last ready: a hang alternating two errors is two lines, not one per attempt. */
+    const loggedErrors = new Set<string>();
     let downSince: number | undefined = Date.now();
     let wasReady = false;
     let lastReconnectLog = 0;
@@ -202,25 +203,23 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     };
     client.on('error', (err: unknown) => {
       lastError = this.redact(describeError(err));
+      // A recycle was asked for and logged by whoever asked (the probe, a READONLY reply).
+      if (err instanceof Error && err.message.startsWith('recycled: ')) return;
       // The same error on every retry is one line, not one per attempt.
-      if (lastError !== lastLoggedError) {
-        lastLoggedError = lastError;
+      if (!loggedErrors.has(lastError) && loggedErrors.size < 20) {
+        loggedErrors.add(lastError);
         this.#log.warn({ conn: role, err: lastError }, 'redis connection error');
       }
     });
     // ioredis's connectTimeout ends at the TCP connect (TLS: the handshake); a server or proxy that
     // accepts and then never answers AUTH/SELECT would leave the client in 'connect' for ever.
     let readyDeadline: NodeJS.Timeout | undefined;
-    let deadlineLogged = false;
     client.on('connect', () => {
       clearTimeout(readyDeadline);
       readyDeadline = setTimeout(() => {
         if ((client.status !== 'connect' && client.status !== 'ready') || this.#closing) return;
+        // Logged by the error handler (once, as every repeated connection error).
         const message = `no answer within ${this.#connectTimeoutMs} ms of connecting (redis.connectTimeoutMs): handshake, AUTH, SELECT or PING unanswered`;
-        if (!deadlineLogged) {
-          deadlineLogged = true;
-          this.#log.warn({ conn: role, timeoutMs: this.#connectTimeoutMs }, `redis connection attempt timed out: ${message}`);
-        }
         destroyStream(client, new Error(`connect deadline: ${message}`));
       }, this.#connectTimeoutMs);
       readyDeadline.unref();
@@ -242,10 +241,9 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     });
     const onAnswered = (): void => {
       clearTimeout(readyDeadline);
-      deadlineLogged = false;
       const downMs = downSince === undefined ? 0 : Date.now() - downSince;
       downSince = undefined;
-      lastLoggedError = undefined;
+      loggedErrors.clear();
       this.#log.info({ conn: role, ...(wasReady ? { downMs } : {}) }, wasReady ? 'redis connection ready again' : 'redis connection ready');
       emit(wasReady ? { role, state: 'ready', downMs } : { role, state: 'ready' });
       wasReady = true;

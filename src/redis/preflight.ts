@@ -102,6 +102,12 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
   return out;
 }
 
+/** Every command the daemon itself may send, whatever the settings (a refusal of one of these degrades it). */
+export const DAEMON_COMMANDS: ReadonlySet<string> = new Set([
+  'multi', 'exec', 'discard', 'ping', 'info', 'select', 'set', 'sadd', 'hset', 'srem', 'del', 'publish', 'psubscribe', 'punsubscribe',
+  'subscribe', 'unsubscribe', 'evalsha', 'eval', 'smembers', 'exists', 'hget', 'hvals', 'scard',
+]);
+
 /**
  * The least-privilege ACL rule for the settings given (the daemon alone; a
  * plugin's own commands come on top). Keys: every heartbeat (the watcher
@@ -219,14 +225,13 @@ export async function checkServer(redis: Redis, config: AgentdConfig, probe: str
   const isSub = (c: NeededCommand): boolean => /^P?(UN)?SUBSCRIBE$/.test(c.args[0] ?? '');
   if (inMulti) {
     try {
-      for (const c of needed.filter((x) => !isSub(x))) {
-        try {
-          await redis.call((c.args[0] as string).toLowerCase(), ...c.args.slice(1));
-        } catch (err) {
-          // Anything but NOPERM (e.g. "not allowed inside a transaction") means the ACL let it through.
-          if (isNoPerm(err)) refused.push({ c, err: describeError(err) });
-        }
-      }
+      // Sent together (one round trip), answered in order.
+      const queued = needed.filter((x) => !isSub(x));
+      const answers = await Promise.allSettled(queued.map((c) => redis.call((c.args[0] as string).toLowerCase(), ...c.args.slice(1))));
+      answers.forEach((a, i) => {
+        // Anything but NOPERM (e.g. "not allowed inside a transaction") means the ACL let it through.
+        if (a.status === 'rejected' && isNoPerm(a.reason)) refused.push({ c: queued[i] as NeededCommand, err: describeError(a.reason) });
+      });
     } finally {
       await redis.call('DISCARD').catch(() => undefined);
     }
