@@ -188,6 +188,7 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
     expect(await localPort(s.id, 'sub')).not.toBe(subPort);
     expect(await localPort(s.id, 'cmd'), 'command connection untouched').toBe(cmdPort);
     expect(s.d.logs.slice(linesBefore).filter(hasMsg(/subscription probe/)).length).toBe(1);
+    console.log(`netns: subscriber flow dropped: ${JSON.stringify({ noticedMs, boundMs: bound })}`);
     expectSound(s.d, undefined);
   });
 
@@ -212,6 +213,7 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
     const healMs = Date.now() - healedAt;
     const healBound = CONNECT_TIMEOUT_MS + RECONNECT_MAX_MS + 2_000;
     expect(healMs, `ready ${healMs} ms after healing (bound ${healBound} ms)`).toBeLessThanOrEqual(healBound);
+    console.log(`netns: all packets dropped: ${JSON.stringify({ noticedMs, boundMs: bound, readyAfterHealMs: healMs, healBoundMs: healBound })}`);
     expect(Number(await admin.get(keys.heartbeat(s.id)))).toBeGreaterThanOrEqual(healedAt - 1_000);
     expectSound(s.d, undefined);
   });
