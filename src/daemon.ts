@@ -119,6 +119,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   #degradedBy: string | undefined;
   #lastChannel: { readonly bytes: Buffer; readonly name: string } | undefined;
   #closing: Promise<CloseResult> | undefined;
+  /** The last beat landed: a reconnect alone (e.g. onto a server now a replica) does not make us ready. */
+  #lastBeatOk = true;
   #refusedAt = 0;
   #refusedBy: string | undefined;
 
@@ -164,6 +166,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#presence.on('beat', (b) => {
       this.#loop.check();
       this.emit('heartbeat', b);
+      this.#lastBeatOk = b.ok;
       if (b.ok) this.#refreshState();
       else this.#degrade('heartbeat failing');
     });
@@ -196,14 +199,19 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     });
     this.#subscriber.on('lost', ({ reason }) => this.#degrade(reason));
     // Open but deaf (a half-open path): drop the socket so ioredis reconnects and we subscribe again.
-    this.#subscriber.on('deaf', ({ reason }) => this.#connections.recycle('subscriber', reason));
+    // Always (no minimum gap): a deaf connection left open would never be confirmed again.
+    this.#subscriber.on('deaf', ({ reason }) => this.#connections.recycle('subscriber', reason, 0));
     // NOPERM / READONLY from any command: degraded with the reason until the window passes without one.
     this.#connections.on('refused', (r) => {
       // A plugin's own command refused is the plugin's error (its call rejects), not the daemon's state.
       if (!DAEMON_COMMANDS.has(r.command)) return;
-      this.#refusedAt = Date.now();
-      this.#refusedBy = `redis refused ${r.command.toUpperCase()}: ${r.message}`;
-      this.#degrade(this.#refusedBy);
+      const reason = `redis refused ${r.command.toUpperCase()}: ${r.message}`;
+      // READONLY ends with the next beat that lands (a primary again); NOPERM has no such signal.
+      if (r.kind === 'NOPERM') {
+        this.#refusedAt = Date.now();
+        this.#refusedBy = reason;
+      }
+      this.#degrade(reason);
     });
     this.#subscriber.on('confirmed', () => this.#refreshState());
 
@@ -258,7 +266,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   #refreshState(): void {
     if (this.#state !== 'degraded') return;
     const beatFresh = Date.now() - this.#presence.lastBeatAt < this.config.heartbeat.interval * 2000;
-    if (!this.#connections.ready || !this.#subscriber.confirmed || !beatFresh || this.#recentRefusal() !== undefined) return;
+    if (!this.#connections.ready || !this.#subscriber.confirmed || !beatFresh || !this.#lastBeatOk || this.#recentRefusal() !== undefined) return;
     this.#setState('ready');
     this.#degradedBy = undefined;
     const again = this.#everReady;

@@ -272,12 +272,13 @@ export class Connections extends EventEmitter<ConnectionEvents> {
   /**
    * Drops one connection's socket so ioredis reconnects at once: for a connection that is open but
    * no longer works (a probe that never came back, a primary demoted to a replica). At most once per
-   * redis.reconnectMaxDelayMs per connection; returns whether it recycled.
+   * `minGapMs` (default redis.reconnectMaxDelayMs) per connection; returns whether it recycled. A
+   * connection that is not open is already on its way back and is left alone.
    */
-  recycle(role: ConnectionRole, reason: string): boolean {
+  recycle(role: ConnectionRole, reason: string, minGapMs = this.#minRecycleGapMs): boolean {
     const client = role === 'command' ? this.command : this.subscriber;
     const now = Date.now();
-    if (this.#closing || now - this.#lastRecycle[role] < this.#minRecycleGapMs) return false;
+    if (this.#closing || now - this.#lastRecycle[role] < minGapMs) return false;
     if (client.status !== 'ready' && client.status !== 'connect') return false;
     this.#lastRecycle[role] = now;
     this.#log.debug({ conn: role, reason }, 'recycling redis connection');
