@@ -170,12 +170,15 @@ function refusedError(config: AgentdConfig, refused: ReadonlyArray<{ c: NeededCo
 /** One pass of the check on an open connection. Throws AgentdError for what cannot work. */
 export async function checkServer(redis: Redis, config: AgentdConfig, probe: string): Promise<ServerInfo> {
   const target = new URL(config.redis.url).host;
+  // A server or proxy without INFO (renamed or not offered): the mode and role cannot be checked.
+  const unknownCommand = (err: unknown): boolean => /unknown command|ERR unknown|not supported/i.test(describeError(err));
   let server: Map<string, string>;
   try {
     server = parseInfo(String(await redis.call('INFO', 'server')));
   } catch (err) {
     if (isNoPerm(err)) throw refusedError(config, [{ c: { feature: 'connection', what: 'INFO', args: ['INFO'] }, err: describeError(err) }]);
-    throw err;
+    if (!unknownCommand(err)) throw err;
+    server = new Map([['redis_mode', 'unknown']]);
   }
   const mode = server.get('redis_mode') ?? 'standalone';
   const version = server.get('redis_version') ?? 'unknown';
@@ -188,9 +191,15 @@ export async function checkServer(redis: Redis, config: AgentdConfig, probe: str
   if (mode === 'sentinel') {
     throw new AgentdError('AGENTD_ERR_REDIS_UNSUPPORTED', `redis at ${target} is a Sentinel (redis_mode:sentinel), not a data server: point redis.url at the primary it manages`);
   }
-  const replication = parseInfo(String(await redis.call('INFO', 'replication')));
+  let replication: Map<string, string>;
+  try {
+    replication = mode === 'unknown' ? new Map([['role', 'unknown']]) : parseInfo(String(await redis.call('INFO', 'replication')));
+  } catch (err) {
+    if (!unknownCommand(err)) throw err;
+    replication = new Map([['role', 'unknown']]);
+  }
   const role = replication.get('role') ?? 'master';
-  if (role !== 'master') {
+  if (role !== 'master' && role !== 'unknown') {
     const master = replication.get('master_host') ? ` of ${replication.get('master_host')}:${replication.get('master_port') ?? '?'}` : '';
     throw new AgentdError(
       'AGENTD_ERR_REDIS_UNSUPPORTED',
@@ -217,7 +226,9 @@ export async function checkServer(redis: Redis, config: AgentdConfig, probe: str
     inMulti = true;
   } catch (err) {
     if (isNoPerm(err)) refused.push({ c: { feature: 'presence', what: 'MULTI', args: ['MULTI'] }, err: describeError(err) });
-    else throw err;
+    else if (unknownCommand(err)) {
+      throw new AgentdError('AGENTD_ERR_REDIS_UNSUPPORTED', `redis at ${target} does not run MULTI (${describeError(err)}): agentd's presence needs transactions; connect to Redis directly, not through a proxy that lacks them`);
+    } else throw err;
   }
   // SUBSCRIBE and friends are tried for real, after the transaction: in MULTI their QUEUED
   // answer would confuse the client's subscriber-mode bookkeeping. A subscription on this
@@ -268,6 +279,7 @@ export async function preflight(o: PreflightOptions): Promise<ServerInfo> {
     try {
       await redis.connect();
       const info = await checkServer(redis, o.config, o.probeChannel);
+      if (info.mode === 'unknown') o.log.warn('redis server does not answer INFO: cannot check for cluster mode or a replica; permissions were checked');
       o.log.info({ redisVersion: info.version, mode: info.mode, role: info.role }, 'redis server check passed');
       return info;
     } catch (err) {

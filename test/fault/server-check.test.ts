@@ -61,6 +61,20 @@ describe('server check at start and READONLY at runtime', () => {
     expect(line).toMatch(/\[AGENTD_ERR_REDIS_UNSUPPORTED\]$/);
   });
 
+  it('a server without INFO (renamed away): cannot check mode and role, says so once, and runs', { timeout: 30_000 }, async () => {
+    const noInfo = await startRedis({ requireControl: true, args: ['--rename-command', 'INFO', ''] });
+    let d: DaemonProcess | undefined;
+    try {
+      d = spawnAgentd(['run'], { env: env(noInfo.url) });
+      await d.waitForLog(hasMsg('agentd ready'), 15_000);
+      expect(d.logs.filter(hasMsg(/does not answer INFO/))).toHaveLength(1);
+      expectSound(d, undefined);
+    } finally {
+      await d?.stop();
+      await noInfo.stop();
+    }
+  });
+
   it('primary demoted at runtime (REPLICAOF): degraded with READONLY, connection recycled; ready again after REPLICAOF NO ONE', { timeout: 60_000 }, async () => {
     // Its own server, so demoting it does not disturb the replica test.
     const own = await startRedis({ requireControl: true });
