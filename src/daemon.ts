@@ -18,7 +18,8 @@ import { MemoryMonitor } from './memory/monitor.ts';
 import { LoopMonitor } from './presence/loop-monitor.ts';
 import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
 import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
-import { Connections, type ConnectionStateChange } from './redis/connection.ts';
+import { Connections, createClient, redisOptions, type ConnectionStateChange } from './redis/connection.ts';
+import { DAEMON_COMMANDS, preflight } from './redis/preflight.ts';
 import { denMembersKey, heartbeatKeyspacePattern, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
 
@@ -118,6 +119,10 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   #closing: Promise<CloseResult> | undefined;
   /** Settles when start() has stopped (done, failed or stopped at a checkpoint by close()). */
   #starting: Promise<unknown> | undefined;
+  /** The last beat landed: a reconnect alone (e.g. onto a server now a replica) does not make us ready. */
+  #lastBeatOk = true;
+  #refusedAt = 0;
+  #refusedBy: string | undefined;
 
   constructor(options: DaemonOptions) {
     super();
@@ -161,6 +166,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#presence.on('beat', (b) => {
       this.#loop.check();
       this.emit('heartbeat', b);
+      this.#lastBeatOk = b.ok;
       if (b.ok) this.#refreshState();
       else this.#degrade('heartbeat failing');
     });
@@ -203,9 +209,26 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
           }
         : {}),
       log: this.log.child({ component: 'subscriber' }),
+      probeIntervalMs: config.events.probeInterval * 1000,
+      probeTimeoutMs: config.events.probeTimeoutMs,
       onMessage: (channel, payload) => this.#intake.onMessage(channel, payload),
     });
-    this.#subscriber.on('lost', () => this.#degrade('event subscription lost'));
+    this.#subscriber.on('lost', ({ reason }) => this.#degrade(reason));
+    // Open but deaf (a half-open path): drop the socket so ioredis reconnects and we subscribe again.
+    // Always (no minimum gap): a deaf connection left open would never be confirmed again.
+    this.#subscriber.on('deaf', ({ reason }) => this.#connections.recycle('subscriber', reason, 0));
+    // NOPERM / READONLY from any command: degraded with the reason until the window passes without one.
+    this.#connections.on('refused', (r) => {
+      // A plugin's own command refused is the plugin's error (its call rejects), not the daemon's state.
+      if (!DAEMON_COMMANDS.has(r.command)) return;
+      const reason = `redis refused ${r.command.toUpperCase()}: ${r.message}`;
+      // READONLY ends with the next beat that lands (a primary again); NOPERM has no such signal.
+      if (r.kind === 'NOPERM') {
+        this.#refusedAt = Date.now();
+        this.#refusedBy = reason;
+      }
+      this.#degrade(reason);
+    });
     this.#subscriber.on('confirmed', () => this.#refreshState());
 
     this.metrics = new Metrics({
@@ -270,13 +293,19 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   #refreshState(): void {
     if (this.#state !== 'degraded') return;
     const beatFresh = Date.now() - this.#presence.lastBeatAt < this.config.heartbeat.interval * 2000;
-    if (!this.#connections.ready || !this.#subscriber.confirmed || !beatFresh) return;
+    if (!this.#connections.ready || !this.#subscriber.confirmed || !beatFresh || !this.#lastBeatOk || this.#recentRefusal() !== undefined) return;
     this.#setState('ready');
     this.#degradedBy = undefined;
     const again = this.#everReady;
     this.#everReady = true;
     this.log.info(again ? 'agentd ready again' : 'agentd ready');
     this.emit('ready', { again });
+  }
+
+  /** A NOPERM/READONLY seen within the last two sweeps or beats (whichever is longer): still degraded. */
+  #recentRefusal(): string | undefined {
+    const windowMs = 2_000 * Math.max(this.config.heartbeat.interval, this.config.watch.enabled ? this.config.watch.sweepInterval : 0);
+    return this.#refusedBy !== undefined && Date.now() - this.#refusedAt < windowMs ? this.#refusedBy : undefined;
   }
 
   #degrade(reason: string): void {
@@ -320,6 +349,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     const staleAfter = this.config.heartbeat.interval * 2000;
     if (this.#presence.lastBeatAt === 0) reasons.push('no heartbeat written yet');
     else if (beatAge > staleAfter) reasons.push(`last heartbeat ${Math.round(beatAge / 1000)} s ago (stale after ${staleAfter / 1000} s)`);
+    const refusal = this.#recentRefusal();
+    if (refusal !== undefined && (this.#state === 'ready' || this.#state === 'degraded')) reasons.push(refusal);
     if (reasons.length === 0 && this.#state === 'degraded') reasons.push(this.#degradedBy ?? 'degraded');
     return { ready: reasons.length === 0 && this.#state === 'ready', state: this.#state, reasons };
   }
@@ -397,6 +428,15 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#connections.connect();
     await Connections.whenReady(this.#connections.command, signal);
     signal.throwIfAborted();
+    // What cannot work (a Cluster, a replica, missing ACL permissions) stops here: exit 2, one line.
+    await preflight({
+      config: this.config,
+      probeChannel: this.#probeChannel,
+      log: this.log.child({ component: 'redis' }),
+      connect: () => createClient({ ...redisOptions(this.config, 'command'), connectionName: `agentd:${this.agent.id}:check`, retryStrategy: () => null }),
+      signal,
+    });
+    signal.throwIfAborted();
     await this.#plugins.setup();
     signal.throwIfAborted();
     this.#dispatcher.setBindings(this.#plugins.bindings());
@@ -405,6 +445,9 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     signal.throwIfAborted();
 
     // The first beat can fail if Redis drops right now; keep trying until it lands or we are closed.
+    // Backing off to 5 s, and one line per distinct error, not one per attempt.
+    let joinRetryMs = 250;
+    let joinErr: string | undefined;
     for (;;) {
       signal.throwIfAborted();
       try {
@@ -412,10 +455,13 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         break;
       } catch (err) {
         if (err instanceof AgentdError && err.code === 'AGENTD_ERR_DUPLICATE_ID') throw err;
-        this.log.warn({ err: describeError(err) }, 'could not write presence yet; retrying');
+        const text = describeError(err);
+        if (text !== joinErr) this.log.warn({ err: text }, 'could not write presence yet; retrying');
+        joinErr = text;
         signal.throwIfAborted();
         await Connections.whenReady(this.#connections.command, signal);
-        await new Promise((r) => setTimeout(r, 250));
+        await new Promise((r) => setTimeout(r, joinRetryMs));
+        joinRetryMs = Math.min(5_000, joinRetryMs * 2);
       }
     }
     // A close that came while the first beat was in flight: close() leaves once this returns.

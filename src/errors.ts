@@ -20,6 +20,8 @@ export const ErrorCodes = {
   AGENTD_ERR_ALREADY_STARTED: 'start() was called on a daemon that was already started',
   AGENTD_ERR_CLOSED: 'daemon is closed',
   AGENTD_ERR_DUPLICATE_ID: 'another live daemon instance has this agent id',
+  AGENTD_ERR_REDIS_UNSUPPORTED: 'redis server cannot be used: cluster mode, a Sentinel, or a read-only replica',
+  AGENTD_ERR_REDIS_PERMISSION: 'redis user lacks a permission agentd needs (NOPERM)',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
@@ -32,6 +34,8 @@ const exitCodes: Partial<Record<ErrorCode, number>> = {
   AGENTD_ERR_PLUGIN_LOAD: 2,
   AGENTD_ERR_PLUGIN_SETUP: 2,
   AGENTD_ERR_DUPLICATE_ID: 2,
+  AGENTD_ERR_REDIS_UNSUPPORTED: 2,
+  AGENTD_ERR_REDIS_PERMISSION: 2,
 };
 
 export class AgentdError extends Error {

@@ -13,7 +13,13 @@ export interface SubscriptionConfirmed {
 
 interface SubscriberEvents {
   confirmed: (info: SubscriptionConfirmed) => void;
-  lost: () => void;
+  /** The confirmed subscription is gone: the connection closed, or a periodic probe did not come back. */
+  lost: (info: { readonly reason: string }) => void;
+  /**
+   * A periodic probe was published but never arrived: the subscriber connection is open and deaf
+   * (a half-open path). The owner should recycle the connection.
+   */
+  deaf: (info: { readonly reason: string }) => void;
 }
 
 export interface EventSubscriberOptions {
@@ -26,12 +32,19 @@ export interface EventSubscriberOptions {
   /** Patterns to PSUBSCRIBE to as well, each with its own listener (channel, message); their messages never reach onMessage. */
   readonly patternListeners?: ReadonlyMap<string, (channel: string, message: string) => void>;
   readonly log: Logger;
+  /** Ms between probes of a confirmed subscription (0: probe only after a reconnect). Default 5,000. */
+  readonly probeIntervalMs?: number;
+  /** Ms a probe may take to come back before the subscription counts as lost. Default 2,000. */
+  readonly probeTimeoutMs?: number;
   /** Called for every message on a subscribed pattern, straight from the socket. */
   readonly onMessage: (channel: Buffer, payload: Buffer) => void;
 }
 
-const PROBE_WAIT_MS = 1_000;
+const DEFAULT_PROBE_INTERVAL_MS = 5_000;
+const DEFAULT_PROBE_TIMEOUT_MS = 2_000;
 const RETRY_MS = 250;
+
+type ProbeOutcome = 'arrived' | 'lost' | 'no-subscriber' | 'not-sent';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
 
@@ -39,7 +52,9 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  * Holds the pattern subscription. ioredis calls a connection `ready` before
  * the server has confirmed any subscription, so after every (re)connect this
  * subscribes again and publishes a probe to itself: only when the probe comes
- * back is the subscription confirmed.
+ * back is the subscription confirmed. While confirmed, it probes again every
+ * `probeIntervalMs`: a connection that stays open but stops delivering (a
+ * NAT or proxy that forwards nothing) is found within interval + timeout.
  */
 export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   readonly #o: EventSubscriberOptions;
@@ -49,10 +64,15 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   #stopped = false;
   #confirming = false;
   #probeWaiter: { token: string; resolve: () => void } | undefined;
+  #probeTimer: NodeJS.Timeout | undefined;
+  readonly #probeIntervalMs: number;
+  readonly #probeTimeoutMs: number;
 
   constructor(options: EventSubscriberOptions) {
     super();
     this.#o = options;
+    this.#probeIntervalMs = options.probeIntervalMs ?? DEFAULT_PROBE_INTERVAL_MS;
+    this.#probeTimeoutMs = options.probeTimeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS;
     const { subscriber, probeChannel } = options;
     const own = options.patternListeners;
     subscriber.on('pmessageBuffer', (pattern: string, channel: Buffer, payload: Buffer) => {
@@ -69,12 +89,13 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     });
     subscriber.on('ready', () => void this.#confirm());
     subscriber.on('close', () => {
+      clearTimeout(this.#probeTimer);
       if (!this.#confirmed) return;
       this.#confirmed = false;
       this.#lostAt = Date.now();
       if (!this.#stopped) {
         this.#o.log.warn('event subscription lost: events published until it is confirmed again are missed');
-        this.emit('lost');
+        this.emit('lost', { reason: 'event subscription lost' });
       }
     });
   }
@@ -116,7 +137,8 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   }
 
   async #confirm(): Promise<void> {
-    if (this.#confirming || this.#stopped) return;
+    // Already confirmed on this connection (a 'ready' came before start()): nothing to redo.
+    if (this.#confirming || this.#stopped || this.#confirmed) return;
     this.#confirming = true;
     const { subscriber, command, patterns, probeChannel, log } = this.#o;
     try {
@@ -132,6 +154,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
             if (again) log.warn({ gapMs, patterns }, 'event subscription confirmed again; events published during the gap were missed');
             else log.info({ patterns }, 'event subscription confirmed');
             this.emit('confirmed', { again, gapMs });
+            this.#scheduleProbe();
             return;
           }
         } catch (err) {
@@ -144,26 +167,95 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     }
   }
 
-  async #probe(command: Redis): Promise<boolean> {
-    if (command.status !== 'ready') return false;
-    const token = randomBytes(8).toString('hex');
-    let timer: NodeJS.Timeout | undefined;
-    const arrived = new Promise<boolean>((resolve) => {
-      this.#probeWaiter = { token, resolve: () => resolve(true) };
-      timer = setTimeout(() => resolve(false), PROBE_WAIT_MS);
-    });
+  #scheduleProbe(): void {
+    clearTimeout(this.#probeTimer);
+    if (this.#probeIntervalMs <= 0 || this.#stopped) return;
+    this.#probeTimer = setTimeout(() => void this.#periodicProbe(), this.#probeIntervalMs);
+    this.#probeTimer.unref();
+  }
+
+  /**
+   * One check of a confirmed subscription. Only a probe that was published
+   * (PUBLISH answered) and did not arrive counts against the subscriber: a
+   * failing command connection is the command side's problem, reported there.
+   */
+  async #periodicProbe(): Promise<void> {
+    if (!this.#confirmed || this.#stopped || this.#confirming) return;
+    const { command, log } = this.#o;
+    let outcome: ProbeOutcome;
     try {
-      await command.publish(this.#o.probeChannel, token);
-      return await arrived;
+      outcome = await this.#probeOnce(command);
+    } catch {
+      outcome = 'not-sent';
+    }
+    if (!this.#confirmed || this.#stopped) return;
+    if (outcome === 'arrived' || outcome === 'not-sent') {
+      this.#scheduleProbe();
+      return;
+    }
+    const reason =
+      outcome === 'no-subscriber'
+        ? 'event subscription probe found no subscriber on the server (the subscription is gone)'
+        : `event subscription probe not delivered within ${this.#probeTimeoutMs} ms (events.probeTimeoutMs): the subscriber connection is open but deaf`;
+    this.#confirmed = false;
+    this.#lostAt = Date.now();
+    log.warn({ probeIntervalMs: this.#probeIntervalMs, probeTimeoutMs: this.#probeTimeoutMs }, `${reason}; recycling it, events published until it is confirmed again are missed`);
+    this.emit('lost', { reason });
+    this.emit('deaf', { reason });
+  }
+
+  async #probe(command: Redis): Promise<boolean> {
+    return (await this.#probeOnce(command)) === 'arrived';
+  }
+
+  /**
+   * Publishes a token on the probe channel and waits for it on the subscriber.
+   * The PUBLISH must be answered within the timeout (else 'not-sent': the
+   * command path is slow, not the subscriber); the token must then arrive
+   * within the timeout of that answer. PUBLISH counts receivers: 0 means the
+   * server holds no subscription for us.
+   */
+  async #probeOnce(command: Redis): Promise<ProbeOutcome> {
+    if (command.status !== 'ready') return 'not-sent';
+    const token = randomBytes(8).toString('hex');
+    let arrivedNow = false;
+    let wake: (() => void) | undefined;
+    this.#probeWaiter = {
+      token,
+      resolve: () => {
+        arrivedNow = true;
+        wake?.();
+      },
+    };
+    const wait = (ms: number): Promise<void> =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    try {
+      const published = command.publish(this.#o.probeChannel, token).then(
+        (n) => n,
+        () => undefined,
+      );
+      let receivers: number | undefined | 'late' = 'late';
+      await Promise.race([published.then((n) => void (receivers = n)), wait(this.#probeTimeoutMs)]);
+      if (arrivedNow) return 'arrived';
+      if (receivers === 'late' || receivers === undefined) return 'not-sent';
+      if (receivers === 0) return 'no-subscriber';
+      await wait(this.#probeTimeoutMs);
+      return arrivedNow ? 'arrived' : 'lost';
     } finally {
-      clearTimeout(timer);
-      this.#probeWaiter = undefined;
+      if (this.#probeWaiter?.token === token) this.#probeWaiter = undefined;
     }
   }
 
   /** Unsubscribes so Redis stops sending; messages already in flight still arrive. */
   async stop(): Promise<void> {
     this.#stopped = true;
+    clearTimeout(this.#probeTimer);
     this.#confirmed = false;
     const { subscriber, patterns, probeChannel } = this.#o;
     if (subscriber.status !== 'ready') return;

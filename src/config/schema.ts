@@ -66,14 +66,14 @@ export const schema = {
       },
     },
     connectTimeoutMs: {
-      doc: 'Time limit for one connection attempt, in ms.',
+      doc: 'Time limit for one connection attempt, in ms: TCP connect, TLS handshake, then AUTH/SELECT until the connection is ready; past it the attempt is dropped and retried.',
       format: 'positive-int',
       default: 10_000,
       env: 'AGENTD_REDIS_CONNECT_TIMEOUT_MS',
       arg: 'redis-connect-timeout-ms',
     },
     commandTimeoutMs: {
-      doc: 'Time limit for one Redis command on the shared command connection, in ms (0: none).',
+      doc: 'Time limit for one Redis command on the shared command connection, in ms (0: none); a connection on which a command waits this long without a byte coming back is recycled (reconnected).',
       format: 'non-negative-int',
       default: 5_000,
       env: 'AGENTD_REDIS_COMMAND_TIMEOUT_MS',
@@ -191,6 +191,20 @@ export const schema = {
       default: 64,
       env: 'AGENTD_EVENT_MAX_DEPTH',
       arg: 'event-max-depth',
+    },
+    probeInterval: {
+      doc: 'Seconds between probes of the event subscription (a message the daemon publishes to itself and must receive); a subscriber connection that stays open but delivers nothing is found within probeInterval + probeTimeoutMs and recycled (fractions allowed).',
+      format: 'positive-number',
+      default: 5,
+      env: 'AGENTD_EVENT_PROBE_INTERVAL',
+      arg: 'event-probe-interval',
+    },
+    probeTimeoutMs: {
+      doc: 'Time a subscription probe may take to come back, in ms (after PUBLISH is answered); past it the subscription counts as lost.',
+      format: 'positive-int',
+      default: 2_000,
+      env: 'AGENTD_EVENT_PROBE_TIMEOUT_MS',
+      arg: 'event-probe-timeout-ms',
     },
   },
   queue: {
@@ -374,7 +388,7 @@ export interface AgentdConfig {
     readonly massDeathMin: number;
     readonly massDeathHold: number;
   };
-  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number; readonly maxDepth: number };
+  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number; readonly maxDepth: number; readonly probeInterval: number; readonly probeTimeoutMs: number };
   readonly queue: {
     readonly concurrency: number;
     readonly max: number;

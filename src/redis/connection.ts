@@ -20,6 +20,9 @@ export interface ConnectionStateChange {
   readonly error?: string;
 }
 
+/** Initial delay before the first TCP keepalive probe, in ms (Linux then probes every 75 s by default). */
+export const KEEPALIVE_MS = 10_000;
+
 /** Exponential backoff with equal jitter: half fixed, half random, so a fleet does not reconnect in step. */
 export function reconnectDelay(attempt: number, maxDelayMs: number, random: () => number = Math.random): number {
   const base = Math.min(maxDelayMs, 50 * 2 ** Math.min(attempt, 16));
@@ -43,7 +46,16 @@ export function redisOptions(config: AgentdConfig, role: ConnectionRole): RedisO
     // RESP2: the protocol every Redis-compatible server and proxy speaks; nothing here needs RESP3.
     protocol: 2,
     lazyConnect: true,
+    // ioredis 6's connectTimeout covers the TCP connect and the TLS handshake only; Connections adds
+    // the same deadline from 'connect' to 'ready' (AUTH, SELECT, CLIENT SETNAME unanswered).
     connectTimeout: config.redis.connectTimeoutMs,
+    // ioredis's ready check (INFO) prints a raw line to stderr when INFO is refused (NOPERM); the
+    // server check at start (src/redis/preflight.ts) asks INFO itself and reports what is missing.
+    enableReadyCheck: false,
+    // CLIENT SETINFO is Redis 7.2+; older servers and tight ACLs refuse it, to no purpose here.
+    disableClientInfo: true,
+    // TCP keepalive: a peer that vanished without a FIN is found by the kernel even while idle.
+    keepAlive: KEEPALIVE_MS,
     // A command issued while disconnected fails at once instead of waiting to be replayed later:
     // a presence write replayed after an outage could undo a newer state.
     enableOfflineQueue: false,
@@ -56,6 +68,9 @@ export function redisOptions(config: AgentdConfig, role: ConnectionRole): RedisO
   if (url.username !== '') options.username = decodeURIComponent(url.username);
   if (password !== undefined) options.password = password;
   if (role === 'command' && config.redis.commandTimeoutMs > 0) options.commandTimeout = config.redis.commandTimeoutMs;
+  // A half-open connection (bytes lost, TCP still open): when a command has waited this long without a
+  // single byte coming back, ioredis destroys the socket and the connection is recycled (reconnects).
+  if (config.redis.commandTimeoutMs > 0) options.socketTimeout = config.redis.commandTimeoutMs;
   if (url.protocol === 'rediss:') {
     options.tls = {
       // SNI must be a host name (RFC 6066): for an IP, verification still checks the IP SAN.
@@ -76,8 +91,29 @@ export function createClient(options: RedisOptions): Redis {
   return new Redis(options as RedisOptions & { replyMapping?: never });
 }
 
+/** Destroys a client's socket with an error: ioredis then emits error and close, and reconnects. */
+function destroyStream(client: Redis, err: Error): void {
+  const stream = (client as unknown as { stream?: { destroy(err?: Error): void; destroyed?: boolean } }).stream;
+  if (stream && !stream.destroyed) stream.destroy(err);
+  else client.disconnect(true);
+}
+
+/** A command the server refused for a reason no retry fixes by itself: permissions, or a replica. */
+export interface Refusal {
+  readonly role: ConnectionRole;
+  readonly kind: 'NOPERM' | 'READONLY';
+  /** The refused command, lower case (e.g. `evalsha`). */
+  readonly command: string;
+  /** The server's message (redacted). */
+  readonly message: string;
+}
+
+/** Connection handshake commands whose refusal ioredis tolerates (CLIENT SETNAME is only a label). */
+const IGNORED_REFUSALS = new Set(['client', 'quit']);
+
 interface ConnectionEvents {
   state: (change: ConnectionStateChange) => void;
+  refused: (refusal: Refusal) => void;
 }
 
 /**
@@ -90,11 +126,16 @@ export class Connections extends EventEmitter<ConnectionEvents> {
   readonly subscriber: Redis;
   readonly #log: Logger;
   readonly #secrets: string[];
+  readonly #connectTimeoutMs: number;
+  readonly #minRecycleGapMs: number;
+  readonly #lastRecycle: Record<ConnectionRole, number> = { command: 0, subscriber: 0 };
   #closing = false;
 
   constructor(config: AgentdConfig, log: Logger) {
     super();
     this.#log = log.child({ component: 'redis' });
+    this.#connectTimeoutMs = config.redis.connectTimeoutMs;
+    this.#minRecycleGapMs = config.redis.reconnectMaxDelayMs;
     const commandOptions = redisOptions(config, 'command');
     this.#secrets = [commandOptions.password, new URL(config.redis.url).password].filter(
       (s): s is string => typeof s === 'string' && s.length >= 3,
@@ -103,6 +144,8 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     this.subscriber = createClient(redisOptions(config, 'subscriber'));
     this.#watch(this.command, 'command');
     this.#watch(this.subscriber, 'subscriber');
+    this.#observeReplies(this.command, 'command');
+    this.#observeReplies(this.subscriber, 'subscriber');
     this.#log.info({ target: redactUrl(config.redis.url), tls: commandOptions.tls !== undefined }, 'redis target');
     if (commandOptions.tls && config.redis.tls.verify === false) {
       this.#log.warn('TLS certificate verification is OFF (redis.tls.verify=false): the connection can be intercepted');
@@ -116,9 +159,42 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     return out;
   }
 
+  /**
+   * Sees every command's error reply, whoever sent it (presence, the watcher's scripts, plugins
+   * through ctx.redis): NOPERM and READONLY are surfaced as a `refused` event, logged once per
+   * command and kind; READONLY (our primary was demoted) also recycles the connection, so a
+   * failover behind a DNS name or proxy is followed.
+   */
+  #observeReplies(client: Redis, role: ConnectionRole): void {
+    const logged = new Set<string>();
+    const original = client.sendCommand.bind(client);
+    const onError = (name: string, err: unknown): void => {
+      const message = err instanceof Error ? err.message : '';
+      const kind = /\bNOPERM\b/.test(message) ? 'NOPERM' : /\bREADONLY\b/.test(message) ? 'READONLY' : undefined;
+      if (kind === undefined || IGNORED_REFUSALS.has(name) || this.#closing) return;
+      const refusal: Refusal = { role, kind, command: name, message: this.redact(describeError(err)) };
+      const key = `${kind}:${name}`;
+      if (!logged.has(key)) {
+        logged.add(key);
+        this.#log.error(
+          { conn: role, command: name, err: refusal.message },
+          kind === 'NOPERM' ? `redis refused ${name.toUpperCase()} (NOPERM): the ACL user lacks a permission agentd needs` : 'redis answered READONLY: the server is a replica now (failover?); recycling the connection',
+        );
+      }
+      if (kind === 'READONLY') this.recycle(role, 'server answered READONLY');
+      this.emit('refused', refusal);
+    };
+    (client as unknown as { sendCommand: typeof client.sendCommand }).sendCommand = ((command: Parameters<typeof client.sendCommand>[0], stream?: unknown) => {
+      const cmd = command as unknown as { name?: string; promise?: Promise<unknown> };
+      cmd.promise?.catch((err: unknown) => onError(String(cmd.name ?? '').toLowerCase(), err));
+      return (original as (c: unknown, s?: unknown) => unknown)(command, stream);
+    }) as typeof client.sendCommand;
+  }
+
   #watch(client: Redis, role: ConnectionRole): void {
     let lastError: string | undefined;
-    let lastLoggedError: string | undefined;
+    /** Errors logged since the connection was last ready: a hang alternating two errors is two lines, not one per attempt. */
+    const loggedErrors = new Set<string>();
     let downSince: number | undefined = Date.now();
     let wasReady = false;
     let lastReconnectLog = 0;
@@ -127,20 +203,51 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     };
     client.on('error', (err: unknown) => {
       lastError = this.redact(describeError(err));
+      // A recycle was asked for and logged by whoever asked (the probe, a READONLY reply).
+      if (err instanceof Error && err.message.startsWith('recycled: ')) return;
       // The same error on every retry is one line, not one per attempt.
-      if (lastError !== lastLoggedError) {
-        lastLoggedError = lastError;
+      if (!loggedErrors.has(lastError) && loggedErrors.size < 20) {
+        loggedErrors.add(lastError);
         this.#log.warn({ conn: role, err: lastError }, 'redis connection error');
       }
     });
+    // ioredis's connectTimeout ends at the TCP connect (TLS: the handshake); a server or proxy that
+    // accepts and then never answers AUTH/SELECT would leave the client in 'connect' for ever.
+    let readyDeadline: NodeJS.Timeout | undefined;
+    client.on('connect', () => {
+      clearTimeout(readyDeadline);
+      readyDeadline = setTimeout(() => {
+        if ((client.status !== 'connect' && client.status !== 'ready') || this.#closing) return;
+        // Logged by the error handler (once, as every repeated connection error).
+        const message = `no answer within ${this.#connectTimeoutMs} ms of connecting (redis.connectTimeoutMs): handshake, AUTH, SELECT or PING unanswered`;
+        destroyStream(client, new Error(`connect deadline: ${message}`));
+      }, this.#connectTimeoutMs);
+      readyDeadline.unref();
+    });
+    client.on('close', () => clearTimeout(readyDeadline));
+    // ioredis says 'ready' once the handshake is sent and settled, which on a path that swallows
+    // bytes can be a timeout, not an answer: the connection counts as ready once a PING is answered.
     client.on('ready', () => {
+      const stream = (client as unknown as { stream?: unknown }).stream;
+      client.ping().then(
+        () => {
+          if ((client as unknown as { stream?: unknown }).stream === stream && client.status === 'ready') onAnswered();
+        },
+        (err: unknown) => {
+          // Refused (NOPERM) is still an answer; a timeout or a closed connection is not.
+          if (/\bNOPERM\b/.test(describeError(err)) && client.status === 'ready') onAnswered();
+        },
+      );
+    });
+    const onAnswered = (): void => {
+      clearTimeout(readyDeadline);
       const downMs = downSince === undefined ? 0 : Date.now() - downSince;
       downSince = undefined;
-      lastLoggedError = undefined;
+      loggedErrors.clear();
       this.#log.info({ conn: role, ...(wasReady ? { downMs } : {}) }, wasReady ? 'redis connection ready again' : 'redis connection ready');
       emit(wasReady ? { role, state: 'ready', downMs } : { role, state: 'ready' });
       wasReady = true;
-    });
+    };
     client.on('close', () => {
       if (downSince === undefined) {
         downSince = Date.now();
@@ -160,6 +267,23 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     client.on('end', () => {
       emit({ role, state: 'closed' });
     });
+  }
+
+  /**
+   * Drops one connection's socket so ioredis reconnects at once: for a connection that is open but
+   * no longer works (a probe that never came back, a primary demoted to a replica). At most once per
+   * `minGapMs` (default redis.reconnectMaxDelayMs) per connection; returns whether it recycled. A
+   * connection that is not open is already on its way back and is left alone.
+   */
+  recycle(role: ConnectionRole, reason: string, minGapMs = this.#minRecycleGapMs): boolean {
+    const client = role === 'command' ? this.command : this.subscriber;
+    const now = Date.now();
+    if (this.#closing || now - this.#lastRecycle[role] < minGapMs) return false;
+    if (client.status !== 'ready' && client.status !== 'connect') return false;
+    this.#lastRecycle[role] = now;
+    this.#log.debug({ conn: role, reason }, 'recycling redis connection');
+    destroyStream(client, new Error(`recycled: ${reason}`));
+    return true;
   }
 
   /** Starts connecting both clients; retries forever in the background. */
