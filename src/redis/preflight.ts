@@ -16,7 +16,7 @@ import type { Redis } from 'ioredis';
 import type { AgentdConfig } from '../config/schema.ts';
 import { AgentdError, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { REGISTRY_KEY, denMembersKey, eventChannel, expiredEventsChannel, heartbeatKey } from './keys.ts';
+import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey, heartbeatKeyspacePattern } from './keys.ts';
 
 /** A command the daemon sends, with the keys/channels of one example call, and the feature that needs it. */
 export interface NeededCommand {
@@ -50,9 +50,14 @@ function dbOf(config: AgentdConfig): number {
   return Number(new URL(config.redis.url).pathname.slice(1) || 0);
 }
 
-/** The channel the watcher subscribes to for expiry events, or undefined when it does not. */
+/**
+ * The pattern the watcher subscribes to for heartbeat expiries (only heartbeat
+ * keys' keyspace channels), or undefined when it does not. An ACL grants it
+ * only when written literally: Redis matches a PSUBSCRIBE pattern against the
+ * rule's patterns as a string.
+ */
 export function expiryChannelOf(config: AgentdConfig): string | undefined {
-  return config.watch.enabled && config.watch.notifications !== 'off' ? expiredEventsChannel(dbOf(config)) : undefined;
+  return config.watch.enabled && config.watch.notifications !== 'off' ? heartbeatKeyspacePattern(dbOf(config)) : undefined;
 }
 
 /** Every command the daemon itself sends with the settings given (plugins' own commands are not here). */
@@ -73,6 +78,11 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
   add('presence', `HSET ${REGISTRY_KEY}`, 'HSET', REGISTRY_KEY, id, '{}');
   add('presence', `SREM ${denKey}`, 'SREM', denKey, id);
   add('presence', `DEL ${hb}`, 'DEL', hb);
+  // Under OOM the beat falls back to renewing the heartbeat's TTL alone.
+  add('presence', `PEXPIRE ${hb}`, 'PEXPIRE', hb, '1000');
+  // The leave script (only our own instance's record): EVALSHA first, EVAL after a restart.
+  add('presence', `EVALSHA (keys ${hb}, ${denKey}, ${REGISTRY_KEY})`, 'EVALSHA', ANY_SHA, '3', hb, denKey, REGISTRY_KEY);
+  add('presence', `EVAL (keys ${hb}, ${denKey}, ${REGISTRY_KEY})`, 'EVAL', 'return 0', '3', hb, denKey, REGISTRY_KEY);
   for (const type of ['agent_online', 'agent_offline']) add('presence', `PUBLISH ${eventChannel(type)}`, 'PUBLISH', eventChannel(type), '{}');
   // The subscription and its probe.
   for (const pattern of config.events.patterns) add('events', `PSUBSCRIBE ${pattern}`, 'PSUBSCRIBE', pattern);
@@ -82,7 +92,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
   add('events', `PUBLISH ${probe}`, 'PUBLISH', probe, 'x');
   if (config.watch.enabled) {
     const expiry = expiryChannelOf(config);
-    if (expiry !== undefined) add('watch.notifications', `SUBSCRIBE ${expiry}`, 'SUBSCRIBE', expiry);
+    if (expiry !== undefined) add('watch.notifications', `PSUBSCRIBE ${expiry}`, 'PSUBSCRIBE', expiry);
     const watched = config.watch.dens.length === 0 || config.watch.dens[0] === '*' ? den : (config.watch.dens[0] ?? den);
     const watchedKey = denMembersKey(watched);
     const peerHb = heartbeatKey(SAMPLE_PEER);
@@ -93,6 +103,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
     add('watch', `SMEMBERS ${watchedKey} (in the sweep script)`, 'SMEMBERS', watchedKey);
     add('watch', `EXISTS ${peerHb} (in the sweep script)`, 'EXISTS', peerHb);
     add('watch', `SREM ${watchedKey} (in the reap script)`, 'SREM', watchedKey, SAMPLE_PEER);
+    add('watch', `SISMEMBER ${watchedKey} (in the reap script)`, 'SISMEMBER', watchedKey, SAMPLE_PEER);
     add('watch', `HGET ${REGISTRY_KEY}`, 'HGET', REGISTRY_KEY, SAMPLE_PEER);
     add('watch', `HSET ${REGISTRY_KEY} (in the reap script)`, 'HSET', REGISTRY_KEY, SAMPLE_PEER, '{}');
     add('watch', `PUBLISH ${eventChannel('agent_down')} (in the reap script)`, 'PUBLISH', eventChannel('agent_down'), '{}');
@@ -105,7 +116,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
 /** Every command the daemon itself may send, whatever the settings (a refusal of one of these degrades it). */
 export const DAEMON_COMMANDS: ReadonlySet<string> = new Set([
   'multi', 'exec', 'discard', 'ping', 'info', 'select', 'set', 'sadd', 'hset', 'srem', 'del', 'publish', 'psubscribe', 'punsubscribe',
-  'subscribe', 'unsubscribe', 'evalsha', 'eval', 'smembers', 'exists', 'hget', 'hvals', 'scard',
+  'subscribe', 'unsubscribe', 'evalsha', 'eval', 'smembers', 'sismember', 'exists', 'hget', 'hvals', 'scard', 'pexpire',
 ]);
 
 /**

@@ -44,7 +44,7 @@ describe('fault 22: the least-privilege ACL user', () => {
   const rule = documentedRule();
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true, args: ['--notify-keyspace-events', 'Ex'] });
+    redis = await startRedis({ requireControl: true, args: ['--notify-keyspace-events', 'Kx'] });
     admin = redis.client();
     tmp = await mkdtemp(join(tmpdir(), 'agentd-acl-'));
   });
@@ -107,11 +107,13 @@ describe('fault 22: the least-privilege ACL user', () => {
   // One permission taken away at a time: [word dropped from the rule, what the line must name].
   const removals: Array<[string, RegExp]> = [
     ['+publish', /commands .*\bPUBLISH \[presence, events, watch\]/],
-    ['+evalsha', /commands .*\bEVALSHA \[watch\]/],
-    ['+eval', /commands .*\bEVAL \[watch\]/],
+    ['+evalsha', /commands .*\bEVALSHA \[presence, watch\]/],
+    ['+eval', /commands .*\bEVAL \[presence, watch\]/],
     ['+info', /commands .*\bINFO \[connection\]/],
-    ['+psubscribe', /commands .*\bPSUBSCRIBE \[events\]/],
-    ['+subscribe', /commands .*\bSUBSCRIBE \[events, watch.notifications\]/],
+    ['+psubscribe', /commands .*\bPSUBSCRIBE \[events, watch.notifications\]/],
+    ['+subscribe', /commands .*\bSUBSCRIBE \[events\]/],
+    ['+pexpire', /commands .*\bPEXPIRE \[presence\]/],
+    ['+sismember', /commands .*\bSISMEMBER \[watch\]/],
     ['+multi', /commands .*\bMULTI\b/],
     ['+exec', /commands .*\bEXEC\b/],
     ['+hset', /commands .*\bHSET \[presence, watch\]/],
@@ -119,7 +121,7 @@ describe('fault 22: the least-privilege ACL user', () => {
     ['~global:agent_registry', /the keys of HSET global:agent_registry \[presence\]/],
     ['~agent:*:heartbeat', /the keys of SET agent:[^ ]*:heartbeat \[presence\]/],
     ['&agentd:probe:*', /the channels of PUBLISH agentd:probe:[^ ]* \[events\], SUBSCRIBE agentd:probe:/],
-    ['&__keyevent@0__:expired', /the channels of SUBSCRIBE __keyevent@0__:expired \[watch.notifications\]/],
+    ['&__keyspace@0__:agent:*:heartbeat', /the channels of PSUBSCRIBE __keyspace@0__:agent:\*:heartbeat \[watch.notifications\]/],
     ['&agent:events:*', /the channels of .*PSUBSCRIBE agent:events:\* \[events\]/],
   ];
   for (const [drop, names] of removals) {
