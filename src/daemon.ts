@@ -13,6 +13,7 @@ import { PluginHost } from './plugins/host.ts';
 import type { AgentInfo, Plugin, PluginOptions } from './plugins/types.ts';
 import { Metrics } from './http/metrics.ts';
 import { startHttpEndpoint, type HttpEndpoint, type Readiness } from './http/server.ts';
+import { DenEventRing, StatusCollector } from './http/status.ts';
 import { AgentMemory } from './memory/memory.ts';
 import { MemoryMonitor } from './memory/monitor.ts';
 import { LoopMonitor } from './presence/loop-monitor.ts';
@@ -105,6 +106,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   /** Prometheus metrics of this daemon (served on /metrics when http.port is set). */
   readonly metrics: Metrics;
   #http: HttpEndpoint | undefined;
+  /** Membership events of this den, for the status page. */
+  readonly #denEvents: DenEventRing;
   /** This agent's short-term memory (also each plugin's `ctx.memory`). */
   readonly memory: AgentMemory;
   readonly #inline: readonly InlinePlugin[];
@@ -205,6 +208,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#dispatcher.on('dropped', (d) => this.metrics.dropped(d.event, d.reason, d.calls));
     this.metrics.knowDens([this.agent.den, ...config.watch.dens]);
     this.#watcher?.on('down', () => this.metrics.reaped());
+    this.metrics.describe({ agent: this.agent.id, den: this.agent.den, version: VERSION, heartbeatTtlSeconds: config.heartbeat.ttl, heartbeatIntervalSeconds: config.heartbeat.interval, memoryWarnRatio: config.memory.warnRatio });
+    this.#denEvents = new DenEventRing(this.agent.den);
   }
 
   get state(): DaemonState {
@@ -287,6 +292,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     if (parsed.ok) {
       const { event } = parsed;
       this.metrics.received(event.event);
+      this.#denEvents.observe(event);
       if (event.event === 'agent_down') this.metrics.agentDown(typeof (event.data as { den?: unknown })?.den === 'string' ? (event.data as { den: string }).den : 'unknown');
       const outcome = this.#dispatcher.dispatch(event);
       if (outcome === 'queued') this.metrics.dispatched(event.event);
@@ -306,6 +312,24 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     const dens = [...new Set([this.agent.den, ...watched])];
     const counts = await Promise.all(dens.map((den) => this.#connections.command.scard(denMembersKey(den))));
     return dens.map((den, i) => [den, counts[i] ?? 0] as const);
+  }
+
+  /** The data of the den status page (http.statusPage). */
+  #statusCollector(): StatusCollector {
+    return new StatusCollector({
+      agent: this.agent,
+      version: VERSION,
+      redis: this.#connections.command,
+      heartbeat: { ttlSeconds: this.config.heartbeat.ttl, intervalSeconds: this.config.heartbeat.interval },
+      queue: { concurrency: this.config.queue.concurrency, max: this.config.queue.max },
+      memoryWarnRatio: this.config.memory.warnRatio,
+      registry: this.metrics.registry,
+      events: this.#denEvents,
+      readiness: () => this.readiness(),
+      stats: () => this.stats(),
+      loopDelayMs: () => this.#loop.last.maxMs,
+      redisMemory: () => this.#memoryMonitor.last,
+    });
   }
 
   /** Whether the daemon is ready, and if not, why: /readyz serves this. */
@@ -361,6 +385,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         source: { readiness: () => this.readiness(), loopDelayMs: () => this.#loop.last.maxMs },
         registry: this.metrics.registry,
         log: this.log.child({ component: 'http' }),
+        status: this.config.http.statusPage ? this.#statusCollector() : undefined,
       });
     }
     this.#plugins = new PluginHost(loaded, {

@@ -117,6 +117,23 @@ export class Metrics {
     });
   }
 
+  /**
+   * Who this daemon is and the settings alert thresholds scale with, as
+   * constant series: `agentd_agent_info{agent,den,version} 1` (join it on
+   * `instance` to filter any metric by den or agent), the heartbeat TTL and
+   * interval, and the Redis memory warn ratio. Called once.
+   */
+  describe(info: { agent: string; den: string; version: string; heartbeatTtlSeconds: number; heartbeatIntervalSeconds: number; memoryWarnRatio: number }): void {
+    const registers = [this.registry];
+    new Gauge({ name: 'agentd_agent_info', help: 'Always 1; labels name this daemon: agent id, den and agentd version.', labelNames: ['agent', 'den', 'version'], registers }).set(
+      { agent: info.agent, den: info.den, version: info.version },
+      1,
+    );
+    new Gauge({ name: 'agentd_heartbeat_ttl_seconds', help: 'The heartbeat.ttl setting: peers report this agent down once its heartbeat is this old.', registers }).set(info.heartbeatTtlSeconds);
+    new Gauge({ name: 'agentd_heartbeat_interval_seconds', help: 'The heartbeat.interval setting.', registers }).set(info.heartbeatIntervalSeconds);
+    new Gauge({ name: 'agentd_redis_memory_warn_ratio', help: 'The memory.warnRatio setting: the daemon warns when Redis used memory passes this share of maxmemory.', registers }).set(info.memoryWarnRatio);
+  }
+
   /** Event types that may appear as label values: those some handler is registered for. */
   knowTypes(types: Iterable<string>): void {
     for (const t of types) if (t !== '*') this.#known.add(t);
