@@ -105,10 +105,10 @@ const SCRIPT = String.raw`
     else if (m.lastSeen) seen = clock(m.lastSeen) + ' (' + dur(Math.max(0, now - m.lastSeen)) + ' ago)';
     else seen = '—';
     var tr = el('tr', { 'data-agent': m.id, 'data-status': m.status }, [
-      el('th', { scope: 'row', text: m.id + (m.id === s.agent.id ? ' (this agent)' : '') }),
+      el('th', { scope: 'row' }, [m.id, m.id === s.agent.id ? el('span', { cls: 'muted wide', text: ' (this agent)' }) : null]),
       el('td', {}, [badge(m.status)]),
       beat,
-      td(m.host || '—'),
+      td(m.host || '—', 'wide'),
       td(m.version || '—', 'wide'),
       td(m.status === 'online' && m.startedAt ? dur(now - m.startedAt) : '—'),
       td(seen, 'wide'),
@@ -123,7 +123,7 @@ const SCRIPT = String.raw`
     if (e.reason) details.push(e.reason);
     if (e.detectedBy) details.push('reported by ' + e.detectedBy + (e.via ? ' via ' + e.via : ''));
     return el('tr', { 'data-event': e.type, 'data-agent': e.agent }, [
-      td(clock(e.at) + ' (' + dur(Math.max(0, s.generatedAt - e.at)) + ' ago)'),
+      el('td', {}, [clock(e.at), el('span', { cls: 'muted wide', text: ' (' + dur(Math.max(0, s.generatedAt - e.at)) + ' ago)' })]),
       el('td', {}, [badge(e.type === 'agent_online' ? 'online' : e.type === 'agent_down' ? 'down' : 'offline'), ' ' + e.type]),
       el('th', { scope: 'row', text: e.agent }),
       td(details.join(', ') || '—', 'wide'),
@@ -247,7 +247,7 @@ const BODY = String.raw`
     <div class="scroll" role="region" aria-labelledby="h-members" tabindex="0">
       <table id="members-table">
         <caption>Agents of this den: status, heartbeat age against the heartbeat TTL, host, version, uptime</caption>
-        <thead><tr><th scope="col">Agent</th><th scope="col">Status</th><th scope="col">Heartbeat age / TTL</th><th scope="col">Host</th><th scope="col" class="wide">Version</th><th scope="col">Uptime</th><th scope="col" class="wide">Last seen</th></tr></thead>
+        <thead><tr><th scope="col">Agent</th><th scope="col">Status</th><th scope="col">Heartbeat age / TTL</th><th scope="col" class="wide">Host</th><th scope="col" class="wide">Version</th><th scope="col">Uptime</th><th scope="col" class="wide">Last seen</th></tr></thead>
         <tbody id="members"></tbody>
       </table>
     </div>

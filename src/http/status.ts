@@ -327,7 +327,7 @@ export class StatusCollector {
     const stats = s.stats();
     const readiness = s.readiness();
     const [den, handlers, durable] = await Promise.all([
-      withDeadline(this.#members(), REDIS_DEADLINE_MS).then(
+      (s.redis.status === 'ready' ? withDeadline(this.#members(), REDIS_DEADLINE_MS) : Promise.reject(new Error(`the command connection is ${s.redis.status}`))).then(
         (m) => ({ ...m, error: null }),
         (err: unknown) => ({ rows: [] as MemberRow[], leftOut: 0, error: `could not read the den from Redis: ${publicError(err)}` }),
       ),

@@ -184,6 +184,18 @@ describe.skipIf(!hasChromium)('den status page in Chromium', () => {
     await page.setViewportSize({ width: 1100, height: 900 });
   });
 
+  it('says so when Redis cannot be read, and still shows this agent\'s own data (runs last: it stops Redis)', async () => {
+    await redis.kill('SIGKILL');
+    const error = page.locator('#members-error');
+    await waitFor('the page reports Redis unreadable', async () => /could not read the den from Redis/.test((await error.textContent()) ?? ''), 10_000);
+    expect(await page.locator('#queue tr[data-key="waiting"]').count()).toBe(1);
+    expect(await page.locator('#state').textContent()).toMatch(/degraded|starting/);
+    const json = await (await fetch(`${base()}/status.json`)).text();
+    expect(json).not.toContain(PASSWORD);
+    expect((JSON.parse(json) as { membersError: string }).membersError).toMatch(/could not read the den from Redis/);
+    expect(pageErrors).toEqual([]);
+  });
+
   it('is off unless http.statusPage is set', async () => {
     const res = await fetch(`http://127.0.0.1:${plainPort}/status`);
     expect(res.status).toBe(404);
