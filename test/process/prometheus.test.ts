@@ -13,7 +13,7 @@
  *   without an error, and loads every rule with health "ok".
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -119,6 +119,13 @@ describe('dashboard, rules and a real Prometheus against two real daemons', () =
     expect(missing).toEqual([]);
     const durable = [...exposed].filter((n) => n.startsWith('agentd_durable_'));
     if (durable.length > 0) for (const n of PENDING) expect(durable, `the rules expect ${n}`).toContain(n);
+  });
+
+  it('docs/operations.md documents every agentd_* metric the daemon exposes', () => {
+    const doc = readFileSync(fileURLToPath(new URL('../../docs/operations.md', import.meta.url)), 'utf8');
+    const base = [...exposed].filter((n) => n.startsWith('agentd_')).map((n) => n.replace(/_(bucket|sum|count)$/, ''));
+    const undocumented = [...new Set(base)].filter((n) => !doc.includes(`| \`${n}\` |`));
+    expect(undocumented).toEqual([]);
   });
 
   it('the dashboard is an importable model with the fleet panels and the den and agent variables', () => {
