@@ -4,6 +4,7 @@ import { ID_PATTERN } from '../config/schema.ts';
 import { describeError } from '../errors.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, denMembersKey, heartbeatKey } from '../redis/keys.ts';
+import { withScripts } from '../redis/scripts.ts';
 import type { Readiness } from './server.ts';
 
 /**
@@ -24,6 +25,10 @@ const SNAPSHOT_REUSE_MS = 500;
 const REDIS_DEADLINE_MS = 2_000;
 const MAX_RECORD_CHARS = 4_096;
 const MAX_HOST_CHARS = 253;
+/** Longest id the script returns (ID_PATTERN allows 128). */
+const MAX_ID_CHARS = 128;
+/** Characters of a heartbeat value read: 16 digits of ms and one more, so longer values fail the check. */
+const HEARTBEAT_CHARS = 16;
 
 const MEMBERSHIP_TYPES = new Set(['agent_online', 'agent_offline', 'agent_down']);
 
@@ -308,7 +313,7 @@ export async function handlerRows(registry: Registry): Promise<HandlerRow[]> {
 /** Builds status snapshots; concurrent and closely spaced requests share one. */
 export class StatusCollector {
   readonly #s: StatusSource;
-  #last: { at: number; snapshot: Promise<StatusSnapshot> } | undefined;
+  #last: { at: number; snapshot: Promise<StatusSnapshot>; pending: boolean } | undefined;
 
   constructor(source: StatusSource) {
     this.#s = source;
@@ -316,10 +321,12 @@ export class StatusCollector {
 
   snapshot(): Promise<StatusSnapshot> {
     const now = Date.now();
-    if (this.#last && now - this.#last.at < SNAPSHOT_REUSE_MS) return this.#last.snapshot;
-    const snapshot = this.#collect();
-    this.#last = { at: now, snapshot };
-    return snapshot;
+    // Shared while in flight too: a slow or frozen Redis must not get a new read queued behind the stuck one per poll.
+    if (this.#last && (this.#last.pending || now - this.#last.at < SNAPSHOT_REUSE_MS)) return this.#last.snapshot;
+    const last: { at: number; snapshot: Promise<StatusSnapshot>; pending: boolean } = { at: now, snapshot: this.#collect(), pending: true };
+    last.snapshot.finally(() => (last.pending = false)).catch(() => undefined);
+    this.#last = last;
+    return last.snapshot;
   }
 
   async #collect(): Promise<StatusSnapshot> {
@@ -355,27 +362,29 @@ export class StatusCollector {
     };
   }
 
-  /** Den set + registry records + heartbeat keys, joined into rows. */
+  /**
+   * Den set + registry records + heartbeat keys, joined into rows. Every
+   * read is bounded whatever is in Redis: one script returns at most
+   * MAX_MEMBERS den members and only records up to MAX_RECORD_CHARS
+   * (den-status-2.lua), and heartbeats are read with GETRANGE.
+   */
   async #members(): Promise<{ rows: MemberRow[]; leftOut: number }> {
     const { redis, agent } = this.#s;
-    const [setMembers, registrySize] = await Promise.all([redis.smembers(denMembersKey(agent.den)), redis.hlen(REGISTRY_KEY)]);
+    const extra = this.#s.events.agents().slice(0, EVENT_RING_SIZE);
+    const reply = await withScripts(redis).agentdDenStatus(denMembersKey(agent.den), REGISTRY_KEY, agent.den, MAX_MEMBERS, MAX_RECORD_CHARS, REGISTRY_SCAN_LIMIT, MAX_ID_CHARS, ...extra);
+    const denSize = typeof reply[0] === 'number' ? reply[0] : 0;
+    const n = typeof reply[1] === 'number' ? reply[1] : 0;
+    const setMembers = reply.slice(2, 2 + n).map(String);
     const inDen = new Set(setMembers.filter(isId));
     const records = new Map<string, ParsedRecord>();
-    if (registrySize <= REGISTRY_SCAN_LIMIT) {
-      const all = await redis.hgetall(REGISTRY_KEY);
-      for (const [id, raw] of Object.entries(all)) {
-        if (!isId(id)) continue;
-        const rec = parseRecord(raw);
-        if (rec && (rec.den === agent.den || inDen.has(id))) records.set(id, rec);
-      }
-    } else {
-      const ids = [...new Set([...inDen, ...this.#s.events.agents()])].slice(0, MAX_MEMBERS);
-      const raws = ids.length ? await redis.hmget(REGISTRY_KEY, ...ids) : [];
-      ids.forEach((id, i) => {
-        const rec = parseRecord(raws[i]);
-        if (rec && (rec.den === agent.den || inDen.has(id))) records.set(id, rec);
-      });
+    for (let i = 2 + n; i + 1 < reply.length; i += 2) {
+      const id = String(reply[i]);
+      if (!isId(id)) continue;
+      const rec = parseRecord(String(reply[i + 1]));
+      if (rec && (rec.den === agent.den || inDen.has(id))) records.set(id, rec);
     }
+    // Den members the script did not return (the set is bigger than MAX_MEMBERS) are left out too.
+    const unlisted = Math.max(0, denSize - setMembers.length);
     // Online first, then the dead, then the ones that left; bounded.
     const candidates = [...new Set([...inDen, ...records.keys()])];
     const rank = (id: string): number => {
@@ -385,7 +394,8 @@ export class StatusCollector {
     candidates.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
     const listed = candidates.slice(0, MAX_MEMBERS);
     const pipe = redis.pipeline();
-    for (const id of listed) pipe.get(heartbeatKey(id)).pttl(heartbeatKey(id));
+    // GETRANGE, not GET: a heartbeat is a ms timestamp, whatever size a hostile writer made the value.
+    for (const id of listed) pipe.getrange(heartbeatKey(id), 0, HEARTBEAT_CHARS).pttl(heartbeatKey(id));
     const replies = listed.length ? ((await pipe.exec()) ?? []) : [];
     const now = Date.now();
     const ownTtlMs = this.#s.heartbeat.ttlSeconds * 1000;
@@ -393,7 +403,8 @@ export class StatusCollector {
       const [beatErr, beat] = replies[2 * i] ?? [null, null];
       const [ttlErr, pttl] = replies[2 * i + 1] ?? [null, -2];
       const beatAt = !beatErr && typeof beat === 'string' && /^\d{1,16}$/.test(beat) ? Number(beat) : undefined;
-      const hasBeat = !beatErr && beat !== null && beat !== undefined;
+      // PTTL -2: no such key (GETRANGE answers '' for a missing key).
+      const hasBeat = !ttlErr && typeof pttl === 'number' && pttl !== -2;
       const remaining = !ttlErr && typeof pttl === 'number' && pttl > 0 ? pttl : undefined;
       const ageMs = beatAt !== undefined ? Math.max(0, now - beatAt) : null;
       const rec = records.get(id);
@@ -413,6 +424,6 @@ export class StatusCollector {
       };
     });
     rows.sort((a, b) => STATUS_ORDER[a.status] - STATUS_ORDER[b.status] || a.id.localeCompare(b.id));
-    return { rows, leftOut: candidates.length - listed.length };
+    return { rows, leftOut: candidates.length - listed.length + unlisted };
   }
 }

@@ -14,6 +14,7 @@ const SCRIPTS = {
   agentdSweepDen: 'sweep-den-1.lua',
   agentdRateLimit: 'rate-limit-1.lua',
   agentdAppendMessage: 'append-message-1.lua',
+  agentdDenStatus: 'den-status-2.lua',
 } as const;
 
 type ScriptName = keyof typeof SCRIPTS;
@@ -35,6 +36,7 @@ interface ScriptCommands {
   agentdSweepDen(den: string, prefix: string, suffix: string): Promise<[number, ...string[]]>;
   agentdRateLimit(key: string, windowSeconds: number): Promise<[number, number]>;
   agentdAppendMessage(key: string, message: string, keep: number, ttlSeconds: number): Promise<number>;
+  agentdDenStatus(den: string, registry: string, ...args: Array<string | number>): Promise<[number, number, ...string[]]>;
 }
 
 const sources = new Map<ScriptName, string>();

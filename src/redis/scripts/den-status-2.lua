@@ -1,0 +1,81 @@
+--[[
+  What the den status page reads, bounded whatever a hostile writer put in
+  Redis: at most ARGV[2] den members (ids no longer than ARGV[5]), and only
+  registry records no longer than ARGV[3] bytes. One round trip; read-only.
+
+  Input:
+    KEYS[1] den set          den:<den>:online_agents
+    KEYS[2] registry hash    global:agent_registry
+    ARGV[1] den id (records naming it are candidates)
+    ARGV[2] max rows
+    ARGV[3] max record bytes
+    ARGV[4] registry scan limit: above this many entries only the listed ids are looked up
+    ARGV[5] max id bytes
+    ARGV[6..] more ids to look up (agents of recent membership events)
+
+  Output:
+    {den set size, n, id_1 .. id_n, id, record, id, record, ...}
+    the den set's size, up to max-rows of its members, then (id, record)
+    pairs: records of those members, then up to max-rows other records
+    that mention the den
+]]
+local den = ARGV[1]
+local maxRows = tonumber(ARGV[2])
+local maxRecord = tonumber(ARGV[3])
+local scanLimit = tonumber(ARGV[4])
+local maxId = tonumber(ARGV[5])
+
+local size = redis.call('SCARD', KEYS[1])
+local members, inDen = {}, {}
+local cursor, scanned = '0', 0
+repeat
+  local r = redis.call('SSCAN', KEYS[1], cursor, 'COUNT', 100)
+  cursor = r[1]
+  for _, id in ipairs(r[2]) do
+    scanned = scanned + 1
+    if #id <= maxId and #members < maxRows and not inDen[id] then
+      members[#members + 1] = id
+      inDen[id] = true
+    end
+  end
+until cursor == '0' or #members >= maxRows or scanned >= maxRows * 20
+
+local out = {size, #members}
+for _, id in ipairs(members) do out[#out + 1] = id end
+
+local others = 0
+local function take(id, rec)
+  if inDen[id] then
+    out[#out + 1] = id
+    out[#out + 1] = rec
+  elseif others < maxRows and string.find(rec, den, 1, true) then
+    others = others + 1
+    out[#out + 1] = id
+    out[#out + 1] = rec
+  end
+end
+
+if redis.call('HLEN', KEYS[2]) <= scanLimit then
+  cursor = '0'
+  repeat
+    local r = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', 100)
+    cursor = r[1]
+    local kv = r[2]
+    for i = 1, #kv, 2 do
+      if #kv[i] <= maxId and #kv[i + 1] <= maxRecord then take(kv[i], kv[i + 1]) end
+    end
+  until cursor == '0'
+else
+  local seen = {}
+  local function lookup(id)
+    if seen[id] or #id > maxId then return end
+    seen[id] = true
+    if redis.call('HSTRLEN', KEYS[2], id) <= maxRecord then
+      local rec = redis.call('HGET', KEYS[2], id)
+      if rec then take(id, rec) end
+    end
+  end
+  for _, id in ipairs(members) do lookup(id) end
+  for i = 6, #ARGV do lookup(ARGV[i]) end
+end
+return out

@@ -1,0 +1,145 @@
+/**
+ * The den status page under a hostile registry writer and a frozen Redis:
+ * one real `agentd run` with http.statusPage on a real redis-server. Junk in
+ * the registry, the den set and the heartbeat keys must not make each
+ * /status.json pull its whole size out of Redis (measured with Redis's own
+ * total_net_output_bytes), and a frozen Redis must not hang /status.json or
+ * /healthz.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { freePort } from '../helpers/ports.ts';
+import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { waitFor } from '../process/util.ts';
+import { httpGet } from './helpers.ts';
+
+const DEN = 'hostile';
+const PASSWORD = 'pw-Hostile-91c0de';
+const JUNK_BYTES = 200_000;
+const JUNK_ENTRIES = 300; // 60 MB of junk, well under REGISTRY_SCAN_LIMIT entries
+/** What one /status.json may pull from Redis here: a few KiB per listed row, nowhere near the junk. */
+const BUDGET_BYTES = 2_000_000;
+
+async function netOut(admin: ReturnType<TestRedis['client']>): Promise<number> {
+  const info = await admin.info('stats');
+  return Number(/total_net_output_bytes:(\d+)/.exec(info)?.[1]);
+}
+
+describe('status page against hostile Redis data', () => {
+  let redis: TestRedis;
+  let admin: ReturnType<TestRedis['client']>;
+  let daemon: DaemonProcess;
+  let port = 0;
+
+  beforeAll(async () => {
+    redis = await startRedis({ requireControl: true, args: ['--requirepass', PASSWORD, '--maxmemory', '512mb'] });
+    admin = redis.client({ password: PASSWORD });
+    port = await freePort();
+    daemon = spawnAgentd(['run'], {
+      env: {
+        AGENTD_REDIS_URL: `redis://:${PASSWORD}@127.0.0.1:${redis.port}/0`,
+        AGENTD_AGENT_ID: 'self',
+        AGENTD_DEN: DEN,
+        AGENTD_HEARTBEAT_TTL: '3',
+        AGENTD_HEARTBEAT_INTERVAL: '1',
+        AGENTD_HTTP_PORT: String(port),
+        AGENTD_HTTP_STATUS_PAGE: 'true',
+      },
+    });
+    await daemon.waitForLog((l) => l['msg'] === 'agentd ready', 20_000);
+  }, 60_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+    await redis?.stop();
+  });
+
+  it('a registry of huge records is not pulled whole on every request', async () => {
+    const junk = 'x'.repeat(JUNK_BYTES);
+    const pipe = admin.pipeline();
+    for (let i = 0; i < JUNK_ENTRIES; i++) {
+      // Valid-looking ids of this den with a record far above any real one.
+      pipe.hset('global:agent_registry', `junk-${i}`, JSON.stringify({ den: DEN, status: 'down', host: 'h', pad: junk }));
+    }
+    // And one sane record that must still be listed.
+    pipe.hset('global:agent_registry', 'gone-1', JSON.stringify({ den: DEN, status: 'offline', host: 'old-host', lastSeen: Date.now() - 60_000 }));
+    await pipe.exec();
+    await new Promise((r) => setTimeout(r, 600)); // past the snapshot reuse window
+    const before = await netOut(admin);
+    const r = await httpGet(port, '/status.json', 10_000);
+    const after = await netOut(admin);
+    expect(r.status).toBe(200);
+    const s = JSON.parse(r.body) as { members: Array<{ id: string; status: string; host: string | null }>; membersError: string | null };
+    expect(s.membersError).toBeNull();
+    expect(s.members.find((m) => m.id === 'gone-1')).toMatchObject({ status: 'offline', host: 'old-host' });
+    expect(s.members.find((m) => m.id === 'self')).toMatchObject({ status: 'online' });
+    expect(after - before, 'bytes Redis sent for one /status.json').toBeLessThan(BUDGET_BYTES);
+    await admin.del('global:agent_registry');
+  }, 60_000);
+
+  it('huge heartbeat values and a 100,000-member den set stay bounded too', async () => {
+    const junk = '9'.repeat(JUNK_BYTES);
+    let pipe = admin.pipeline();
+    for (let i = 0; i < 100; i++) pipe.set(`agent:fat-${i}:heartbeat`, junk, 'EX', 600);
+    await pipe.exec();
+    pipe = admin.pipeline();
+    for (let b = 0; b < 100; b++) {
+      const ids: string[] = [];
+      for (let i = 0; i < 1000; i++) ids.push(`m-${b}-${i}-${'z'.repeat(100)}`);
+      pipe.sadd(`den:${DEN}:online_agents`, ...ids);
+    }
+    pipe.sadd(`den:${DEN}:online_agents`, ...Array.from({ length: 100 }, (_, i) => `fat-${i}`));
+    await pipe.exec();
+    await new Promise((r) => setTimeout(r, 600));
+    const before = await netOut(admin);
+    const r = await httpGet(port, '/status.json', 10_000);
+    const after = await netOut(admin);
+    expect(r.status).toBe(200);
+    const s = JSON.parse(r.body) as { members: unknown[]; membersLeftOut: number; membersError: string | null };
+    expect(s.membersError).toBeNull();
+    expect(s.members.length).toBeLessThanOrEqual(500);
+    expect(s.members.length + s.membersLeftOut).toBeGreaterThanOrEqual(100_000);
+    expect(r.body.length).toBeLessThan(BUDGET_BYTES);
+    expect(after - before, 'bytes Redis sent for one /status.json').toBeLessThan(BUDGET_BYTES);
+    await admin.del(`den:${DEN}:online_agents`);
+  }, 60_000);
+
+  it('a frozen Redis: /status.json answers with an error in bounded time, /healthz at once, requests do not pile up', async () => {
+    await redis.pause();
+    try {
+      await new Promise((r) => setTimeout(r, 600)); // past the snapshot reuse window
+      const started = Date.now();
+      const replies = await Promise.all(Array.from({ length: 20 }, () => httpGet(port, '/status.json', 15_000)));
+      for (const r of replies) {
+        expect(r.status).toBe(200);
+        const s = JSON.parse(r.body) as { membersError: string | null };
+        expect(s.membersError).toMatch(/redis/i);
+        expect(r.body).not.toContain(PASSWORD);
+      }
+      expect(Date.now() - started).toBeLessThan(12_000);
+      const h = await httpGet(port, '/healthz', 5_000);
+      expect(h.status).toBe(200);
+      // Poll while frozen, as open pages would: each poll must not queue new reads behind the stuck one.
+      for (let i = 0; i < 8; i++) {
+        await httpGet(port, '/status.json', 15_000);
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    } finally {
+      await redis.resume();
+    }
+    await waitFor('status readable again', async () => {
+      const s = JSON.parse((await httpGet(port, '/status.json', 10_000)).body) as { membersError: string | null };
+      return s.membersError === null ? true : undefined;
+    }, 20_000, 300);
+    expect((await httpGet(port, '/healthz', 5_000)).status).toBe(200);
+  }, 90_000);
+
+  it('never shows the password in /status.json, /status or /metrics', async () => {
+    for (const path of ['/status.json', '/status', '/metrics']) {
+      const r = await httpGet(port, path, 10_000);
+      expect(r.body, path).not.toContain(PASSWORD);
+    }
+    expect(JSON.stringify(daemon.logs)).not.toContain(PASSWORD);
+    expect(daemon.stderr.join('\n')).not.toContain(PASSWORD);
+  }, 30_000);
+});
