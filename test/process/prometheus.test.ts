@@ -260,5 +260,31 @@ describe('dashboard, rules and a real Prometheus against two real daemons', () =
       const firing = (await query('ALERTS{alertstate="firing"}')).data.result.map((s) => s.metric['alertname']);
       expect(firing.filter((n) => n !== 'AgentdBadEvents')).toEqual([]);
     });
+
+    it('fires AgentdAgentDown for the first death a fleet has ever seen (counters exist at 0 before it)', async () => {
+      // A third agent the two scraped daemons watch; kill -9 it. Before any death no daemon has an
+      // agentd_agents_down_total series of its den unless it exports one at 0: a series that first
+      // appears at 1 has no increase() and the alert would never fire.
+      const charlie = spawnAgentd(['run'], {
+        env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: 'charlie', AGENTD_DEN: DEN, AGENTD_HEARTBEAT_TTL: '3', AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_LOG_LEVEL: 'warn' },
+      });
+      try {
+        await waitFor('charlie online', async () => (await redis.client().exists(keys.heartbeat('charlie'))) === 1, 20_000, 200);
+        // Prometheus has scraped the den's counter before the death.
+        await waitFor('down counter of the den scraped at 0', async () => {
+          const r = await query(`agentd_agents_down_total{den="${DEN}"} == 0`);
+          return r.data.result.length === 2 ? true : undefined;
+        }, 10_000, 250);
+        charlie.signal('SIGKILL');
+        await charlie.exited;
+        const alert = await waitFor('AgentdAgentDown firing for the den', async () => {
+          const r = await query(`ALERTS{alertname="AgentdAgentDown", alertstate="firing", den="${DEN}"}`);
+          return r.data.result.length === 1 ? r : undefined;
+        }, 30_000, 250);
+        expect(alert.data.result[0]!.metric['severity']).toBe('warning');
+      } finally {
+        await charlie.stop();
+      }
+    });
   });
 });
