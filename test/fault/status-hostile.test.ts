@@ -65,9 +65,17 @@ describe('status page against hostile Redis data', () => {
     pipe.hset('global:agent_registry', 'gone-1', JSON.stringify({ den: DEN, status: 'offline', host: 'old-host', lastSeen: Date.now() - 60_000 }));
     await pipe.exec();
     await new Promise((r) => setTimeout(r, 600)); // past the snapshot reuse window
+    // MONITOR shows the commands a script runs too: no junk value may be copied even inside Redis
+    // (HSCAN or HGETALL of this registry block Redis for seconds: 1.2 s and 5.5 s measured at 2,000 x 200 KB).
+    const monitor = await redis.client({ password: PASSWORD }).monitor();
+    const seen: string[] = [];
+    monitor.on('monitor', (_time: string, args: string[]) => seen.push(args.join(' ').slice(0, 80)));
     const before = await netOut(admin);
     const r = await httpGet(port, '/status.json', 10_000);
     const after = await netOut(admin);
+    await waitFor('monitor saw the status read', () => (seen.some((c) => /^getrange /i.test(c)) ? true : undefined), 5_000);
+    monitor.disconnect();
+    expect(seen.filter((c) => /^(hgetall|hscan|hvals) /i.test(c) || /^(hget|hmget) global:agent_registry junk-/i.test(c))).toEqual([]);
     expect(r.status).toBe(200);
     const s = JSON.parse(r.body) as { members: Array<{ id: string; status: string; host: string | null }>; membersError: string | null };
     expect(s.membersError).toBeNull();

@@ -1,7 +1,8 @@
 --[[
   What the den status page reads, bounded whatever a hostile writer put in
   Redis: at most ARGV[2] den members (ids no longer than ARGV[5]), and only
-  registry records no longer than ARGV[3] bytes. One round trip; read-only.
+  registry records no longer than ARGV[3] bytes, checked with HSTRLEN before
+  a value is read. One round trip; read-only.
 
   Input:
     KEYS[1] den set          den:<den>:online_agents
@@ -55,27 +56,27 @@ local function take(id, rec)
   end
 end
 
+-- HKEYS, HSTRLEN, then HGET: a record's value is copied only when it is small
+-- (HSCAN and HGETALL would copy every value, however big).
+local function lookup(id)
+  if #id <= maxId and redis.call('HSTRLEN', KEYS[2], id) <= maxRecord then
+    local rec = redis.call('HGET', KEYS[2], id)
+    if rec then take(id, rec) end
+  end
+end
 if redis.call('HLEN', KEYS[2]) <= scanLimit then
-  cursor = '0'
-  repeat
-    local r = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', 100)
-    cursor = r[1]
-    local kv = r[2]
-    for i = 1, #kv, 2 do
-      if #kv[i] <= maxId and #kv[i + 1] <= maxRecord then take(kv[i], kv[i + 1]) end
-    end
-  until cursor == '0'
+  for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do lookup(id) end
 else
   local seen = {}
-  local function lookup(id)
-    if seen[id] or #id > maxId then return end
+  for _, id in ipairs(members) do
     seen[id] = true
-    if redis.call('HSTRLEN', KEYS[2], id) <= maxRecord then
-      local rec = redis.call('HGET', KEYS[2], id)
-      if rec then take(id, rec) end
+    lookup(id)
+  end
+  for i = 6, #ARGV do
+    if not seen[ARGV[i]] then
+      seen[ARGV[i]] = true
+      lookup(ARGV[i])
     end
   end
-  for _, id in ipairs(members) do lookup(id) end
-  for i = 6, #ARGV do lookup(ARGV[i]) end
 end
 return out
