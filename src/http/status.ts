@@ -370,7 +370,7 @@ export class StatusCollector {
    */
   async #members(): Promise<{ rows: MemberRow[]; leftOut: number }> {
     const { redis, agent } = this.#s;
-    const extra = this.#s.events.agents().slice(0, EVENT_RING_SIZE);
+    const extra = [...new Set([agent.id, ...this.#s.events.agents()])].slice(0, EVENT_RING_SIZE + 1);
     const reply = await withScripts(redis).agentdDenStatus(denMembersKey(agent.den), REGISTRY_KEY, agent.den, MAX_MEMBERS, MAX_RECORD_CHARS, REGISTRY_SCAN_LIMIT, MAX_ID_CHARS, ...extra);
     const denSize = typeof reply[0] === 'number' ? reply[0] : 0;
     const n = typeof reply[1] === 'number' ? reply[1] : 0;

@@ -12,7 +12,7 @@
     ARGV[3] max record bytes
     ARGV[4] registry scan limit: above this many entries only the listed ids are looked up
     ARGV[5] max id bytes
-    ARGV[6..] more ids to look up (agents of recent membership events)
+    ARGV[6..] ids to list first when they are members, and to look up (this agent, agents of recent membership events)
 
   Output:
     {den set size, n, id_1 .. id_n, id, record, id, record, ...}
@@ -28,6 +28,14 @@ local maxId = tonumber(ARGV[5])
 
 local size = redis.call('SCARD', KEYS[1])
 local members, inDen = {}, {}
+-- The named ids first (this agent, agents of recent events), so a den bigger than max rows still lists them.
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  if #members < maxRows and not inDen[id] and redis.call('SISMEMBER', KEYS[1], id) == 1 then
+    members[#members + 1] = id
+    inDen[id] = true
+  end
+end
 local cursor, scanned = '0', 0
 repeat
   local r = redis.call('SSCAN', KEYS[1], cursor, 'COUNT', 100)
