@@ -7,7 +7,7 @@
  * /healthz.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { waitFor } from '../process/util.ts';
@@ -172,5 +172,15 @@ describe('status page against hostile Redis data', () => {
     }
     expect(JSON.stringify(daemon.logs)).not.toContain(PASSWORD);
     expect(daemon.stderr.join('\n')).not.toContain(PASSWORD);
+  }, 30_000);
+
+  it('a careless operator: the status page on with the endpoint off is a clear config error, not silence', async () => {
+    const r = await runAgentd(['run'], {
+      env: { AGENTD_REDIS_URL: `redis://:${PASSWORD}@127.0.0.1:${redis.port}/0`, AGENTD_AGENT_ID: 'careless', AGENTD_DEN: DEN, AGENTD_HTTP_PORT: '0', AGENTD_HTTP_STATUS_PAGE: 'true' },
+      timeoutMs: 20_000,
+    });
+    expect(r.code).toBe(2);
+    expect(r.stderr + r.stdout).toMatch(/http\.statusPage.*http\.port is 0/);
+    expect(r.stderr + r.stdout).not.toContain(PASSWORD);
   }, 30_000);
 });
