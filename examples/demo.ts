@@ -8,10 +8,16 @@
  *
  * Redis comes from a local `redis-server` on a free port, or from
  * testcontainers when a Docker engine answers (test/helpers/redis.ts).
+ *
+ * alpha serves the den status page (http.statusPage); the demo prints its
+ * URL. Run from a terminal, it waits for Enter before the kill and before
+ * the stop, so there is time to watch the page (--no-pause: never wait).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from '../test/helpers/ports.ts';
 import { startRedis, type TestRedis } from '../test/helpers/redis.ts';
 
 const ENTRY = fileURLToPath(new URL('../src/bin/agentd.ts', import.meta.url));
@@ -22,6 +28,9 @@ const VICTIM = 'charlie';
 const TTL = 3;
 const INTERVAL = 1;
 const SWEEP = 1;
+/** The agent that serves the den status page. */
+const PAGE_AGENT = 'alpha';
+const INTERACTIVE = Boolean(process.stdin.isTTY && process.stdout.isTTY) && !process.argv.includes('--no-pause');
 
 const t0 = Date.now();
 const since = (): string => `${((Date.now() - t0) / 1000).toFixed(1).padStart(5)} s`;
@@ -41,7 +50,18 @@ async function until(what: string, check: () => boolean, timeoutMs = 15_000): Pr
   }
 }
 
-function agent(redisUrl: string, id: string): ChildProcess {
+/** In a terminal: wait for Enter, so the status page can be watched. */
+async function pause(prompt: string): Promise<void> {
+  if (!INTERACTIVE) return;
+  const rl = createInterface({ input: process.stdin, output: process.stdout });
+  try {
+    await rl.question(`${since()}  ${prompt} `);
+  } finally {
+    rl.close();
+  }
+}
+
+function agent(redisUrl: string, id: string, httpPort = 0): ChildProcess {
   const strip = process.features.typescript ? [] : ['--experimental-strip-types'];
   return spawn(process.execPath, [...strip, '--disable-warning=ExperimentalWarning', ENTRY, 'run'], {
     env: {
@@ -53,7 +73,8 @@ function agent(redisUrl: string, id: string): ChildProcess {
       AGENTD_HEARTBEAT_TTL: String(TTL),
       AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
       AGENTD_SWEEP_INTERVAL: String(SWEEP),
-      AGENTD_HTTP_PORT: '0',
+      AGENTD_HTTP_PORT: String(httpPort),
+      ...(httpPort !== 0 ? { AGENTD_HTTP_STATUS_PAGE: 'true' } : {}),
       AGENTD_LOG_LEVEL: 'warn',
     },
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -84,8 +105,10 @@ async function main(): Promise<void> {
   await observer.psubscribe('agent:events:*');
 
   say(`agents   starting ${AGENTS.join(', ')} in den "${DEN}" (heartbeat TTL ${TTL} s, beat every ${INTERVAL} s, sweep every ${SWEEP} s)`);
-  for (const id of AGENTS) children.set(id, agent(redis.url, id));
+  const pagePort = await freePort();
+  for (const id of AGENTS) children.set(id, agent(redis.url, id, id === PAGE_AGENT ? pagePort : 0));
   await until('three agents online', () => AGENTS.every((id) => seen.some((e) => e.event === 'agent_online' && e.data?.['agent'] === id)));
+  say(`status   http://127.0.0.1:${pagePort}/status  (den "${DEN}" as ${PAGE_AGENT} sees it, live; open it in a browser)`);
   const publisher = redis.client();
   say(`den      ${(await publisher.smembers(`den:${DEN}:online_agents`)).sort().join(', ')} online`);
   const publish = (event: string, data: unknown) => publisher.publish(`agent:events:${event}`, JSON.stringify({ event, data }));
@@ -95,6 +118,7 @@ async function main(): Promise<void> {
   await until('task_complete', () => seen.some((e) => e.event === 'task_complete'));
   say(`memory   agent:alpha:task:demo-task-1:status = ${String(await publisher.get('agent:alpha:task:demo-task-1:status'))}`);
 
+  await pause(`press Enter to kill ${VICTIM} and watch the page`);
   const victim = children.get(VICTIM)!;
   say(`kill     SIGKILL ${VICTIM} (pid ${victim.pid}): no goodbye, its heartbeat key just stops being refreshed`);
   killedAt = Date.now();
@@ -107,6 +131,7 @@ async function main(): Promise<void> {
   const record = JSON.parse((await publisher.hget('global:agent_registry', VICTIM)) ?? '{}') as Record<string, unknown>;
   say(`den      ${members.join(', ')} online; registry says ${VICTIM} is ${String(record['status'])}`);
 
+  await pause('press Enter to stop the agents (the page goes away with alpha)');
   say('stop     SIGTERM alpha and bravo: they drain, leave their den and say goodbye');
   await Promise.all(
     [...children.values()].map(

@@ -13,6 +13,7 @@ import { PluginHost } from './plugins/host.ts';
 import type { AgentInfo, Plugin, PluginOptions } from './plugins/types.ts';
 import { Metrics } from './http/metrics.ts';
 import { startHttpEndpoint, type HttpEndpoint, type Readiness } from './http/server.ts';
+import { DenEventRing, StatusCollector } from './http/status.ts';
 import { AgentMemory } from './memory/memory.ts';
 import { MemoryMonitor } from './memory/monitor.ts';
 import { LoopMonitor } from './presence/loop-monitor.ts';
@@ -106,6 +107,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   /** Prometheus metrics of this daemon (served on /metrics when http.port is set). */
   readonly metrics: Metrics;
   #http: HttpEndpoint | undefined;
+  /** Membership events of this den, for the status page. */
+  readonly #denEvents: DenEventRing;
   /** This agent's short-term memory (also each plugin's `ctx.memory`). */
   readonly memory: AgentMemory;
   readonly #inline: readonly InlinePlugin[];
@@ -246,6 +249,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#watcher?.on('down', () => this.metrics.reaped());
     this.#watcher?.on('held', (hold) => this.metrics.massDeathHold(hold.den));
     this.#presence.on('twin', () => this.metrics.duplicateInstance());
+    this.metrics.describe({ agent: this.agent.id, den: this.agent.den, version: VERSION, heartbeatTtlSeconds: config.heartbeat.ttl, heartbeatIntervalSeconds: config.heartbeat.interval, memoryWarnRatio: config.memory.warnRatio });
+    this.#denEvents = new DenEventRing(this.agent.den);
     this.#intake = new Intake({
       probeChannel: this.#probeChannel,
       maxBytes: config.events.maxBytes,
@@ -254,6 +259,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       metrics: this.metrics,
       log: this.log.child({ component: 'intake' }),
       onDropped: (d) => this.emit('eventDropped', d),
+      onMembership: (event) => this.#denEvents.observe(event),
     });
   }
 
@@ -337,6 +343,24 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     return dens.map((den, i) => [den, counts[i] ?? 0] as const);
   }
 
+  /** The data of the den status page (http.statusPage). */
+  #statusCollector(): StatusCollector {
+    return new StatusCollector({
+      agent: this.agent,
+      version: VERSION,
+      redis: this.#connections.command,
+      heartbeat: { ttlSeconds: this.config.heartbeat.ttl, intervalSeconds: this.config.heartbeat.interval },
+      queue: { concurrency: this.config.queue.concurrency, max: this.config.queue.max },
+      memoryWarnRatio: this.config.memory.warnRatio,
+      registry: this.metrics.registry,
+      events: this.#denEvents,
+      readiness: () => this.readiness(),
+      stats: () => this.stats(),
+      loopDelayMs: () => this.#loop.last.maxMs,
+      redisMemory: () => this.#memoryMonitor.last,
+    });
+  }
+
   /** Whether the daemon is ready, and if not, why: /readyz serves this. */
   readiness(): Readiness {
     const reasons: string[] = [];
@@ -413,6 +437,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         source: { readiness: () => this.readiness(), loopDelayMs: () => this.#loop.last.maxMs },
         registry: this.metrics.registry,
         log: this.log.child({ component: 'http' }),
+        status: this.config.http.statusPage ? this.#statusCollector() : undefined,
       });
       signal.throwIfAborted();
     }

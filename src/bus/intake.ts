@@ -34,7 +34,11 @@ export interface IntakeOptions {
   readonly log: Logger;
   /** Told of every message dropped here (the daemon emits it as `eventDropped`). */
   readonly onDropped?: (info: IntakeDropped) => void;
+  /** Told of every valid membership event (agent_online, agent_offline, agent_down), before dispatch. */
+  readonly onMembership?: (event: AgentEvent) => void;
 }
+
+const MEMBERSHIP_EVENTS: ReadonlySet<string> = new Set(['agent_online', 'agent_offline', 'agent_down']);
 
 export interface IntakeCounts {
   /** Messages read from subscribed patterns (valid or not). */
@@ -84,9 +88,12 @@ export class Intake {
       const { event } = parsed;
       const metrics = this.#o.metrics;
       metrics.received(event.event);
-      if (event.event === 'agent_down') {
-        const den = (event.data as { den?: unknown } | null)?.den;
-        metrics.agentDown(typeof den === 'string' ? den : 'unknown');
+      if (MEMBERSHIP_EVENTS.has(event.event)) {
+        if (event.event === 'agent_down') {
+          const den = (event.data as { den?: unknown } | null)?.den;
+          metrics.agentDown(typeof den === 'string' ? den : 'unknown');
+        }
+        this.#o.onMembership?.(event);
       }
       // From here the dispatcher counts the message (dispatched, unhandled or dropped).
       countedAs = 'dispatch';

@@ -154,6 +154,9 @@ function crossCheck(c: AgentdConfig): void {
       }
     }
   }
+  if (c.http.statusPage && c.http.port === 0) {
+    throw new AgentdError('AGENTD_ERR_CONFIG', 'http.statusPage: is on but http.port is 0 (the endpoint is off); set http.port, or turn the status page off');
+  }
   if ((tls.certFile === '') !== (tls.keyFile === '')) {
     throw new AgentdError('AGENTD_ERR_CONFIG', 'redis.tls.certFile: a client certificate needs both certFile and keyFile');
   }

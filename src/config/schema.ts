@@ -340,6 +340,13 @@ export const schema = {
       env: 'AGENTD_HTTP_PORT',
       arg: 'http-port',
     },
+    statusPage: {
+      doc: 'Serve the read-only den status page on the same endpoint: /status (HTML) and /status.json. Off by default; no authentication, so keep the endpoint on loopback or a private network.',
+      format: 'switch',
+      default: false,
+      env: 'AGENTD_HTTP_STATUS_PAGE',
+      arg: 'http-status-page',
+    },
   },
   log: {
     level: {
@@ -408,7 +415,7 @@ export interface AgentdConfig {
   };
   readonly plugins: readonly PluginSpec[];
   readonly lifecycle: { readonly setupTimeoutMs: number; readonly drainTimeoutMs: number };
-  readonly http: { readonly host: string; readonly port: number };
+  readonly http: { readonly host: string; readonly port: number; readonly statusPage: boolean };
   readonly log: { readonly level: LogLevel };
 }
 

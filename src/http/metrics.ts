@@ -1,4 +1,5 @@
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { BadInputReason } from '../bus/envelope.ts';
 import { TallyCounter, TallyHistogram } from './tally.ts';
 
 /** Read at scrape time, so nothing on the hot path keeps gauges up to date. */
@@ -18,6 +19,7 @@ export type HandlerOutcome = 'ok' | 'error' | 'timeout' | 'aborted';
 /** Event types come from the network: only known ones become label values, the rest are "other". */
 const OTHER = 'other';
 const MEMBERSHIP = ['agent_online', 'agent_offline', 'agent_down'];
+const BAD_INPUT_REASONS: readonly BadInputReason[] = ['too_large', 'not_json', 'not_object', 'no_event', 'forbidden_key'];
 
 /**
  * The daemon's Prometheus metrics, in a registry of its own (several daemons
@@ -54,6 +56,8 @@ export class Metrics {
       labelNames: ['event', 'reason'],
       registry,
     });
+    // Bad-input drops at 0 from the start, for the same reason as agentd_agents_down_total (see knowDens).
+    for (const reason of BAD_INPUT_REASONS) this.#dropped.inc('invalid', reason, undefined, 0);
     this.#unhandled = new TallyCounter({ name: 'agentd_events_unhandled_total', help: 'Valid events no plugin has a handler for.', labelNames: [], registry });
     this.#calls = new TallyCounter({ name: 'agentd_handler_calls_total', help: 'Finished handler calls, by plugin, event type and outcome (ok, error, timeout, aborted).', labelNames: ['plugin', 'event', 'outcome'], registry });
     this.#duration = new TallyHistogram({
@@ -123,6 +127,23 @@ export class Metrics {
     });
   }
 
+  /**
+   * Who this daemon is and the settings alert thresholds scale with, as
+   * constant series: `agentd_agent_info{agent,den,version} 1` (join it on
+   * `instance` to filter any metric by den or agent), the heartbeat TTL and
+   * interval, and the Redis memory warn ratio. Called once.
+   */
+  describe(info: { agent: string; den: string; version: string; heartbeatTtlSeconds: number; heartbeatIntervalSeconds: number; memoryWarnRatio: number }): void {
+    const registers = [this.registry];
+    new Gauge({ name: 'agentd_agent_info', help: 'Always 1; labels name this daemon: agent id, den and agentd version.', labelNames: ['agent', 'den', 'version'], registers }).set(
+      { agent: info.agent, den: info.den, version: info.version },
+      1,
+    );
+    new Gauge({ name: 'agentd_heartbeat_ttl_seconds', help: 'The heartbeat.ttl setting: peers report this agent down once its heartbeat is this old.', registers }).set(info.heartbeatTtlSeconds);
+    new Gauge({ name: 'agentd_heartbeat_interval_seconds', help: 'The heartbeat.interval setting.', registers }).set(info.heartbeatIntervalSeconds);
+    new Gauge({ name: 'agentd_redis_memory_warn_ratio', help: 'The memory.warnRatio setting: the daemon warns when Redis used memory passes this share of maxmemory.', registers }).set(info.memoryWarnRatio);
+  }
+
   /** Event types that may appear as label values: those some handler is registered for. */
   knowTypes(types: Iterable<string>): void {
     for (const t of types) if (t !== '*') this.#known.add(t);
@@ -160,6 +181,9 @@ export class Metrics {
   /** Dens that may appear as label values (the data of agent_down comes from the network). */
   knowDens(dens: Iterable<string>): void {
     for (const d of dens) if (d !== '*') this.#dens.add(d);
+    // Exported at 0 from the start: a counter series that first appears at 1 has no increase(),
+    // so the first death a fleet sees would never fire AgentdAgentDown.
+    for (const d of [...this.#dens, OTHER]) this.#agentsDown.inc(d, undefined, undefined, 0);
   }
 
   agentDown(den: string): void {

@@ -3,6 +3,8 @@ import type { AddressInfo } from 'node:net';
 import { AgentdError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Registry } from 'prom-client';
+import { STATUS_PAGE_CSP, STATUS_PAGE_HTML } from './status-page.ts';
+import type { StatusCollector } from './status.ts';
 
 export interface Readiness {
   readonly ready: boolean;
@@ -29,9 +31,18 @@ function json(body: unknown): string {
  * /healthz — the process answers, so its event loop runs (liveness).
  * /readyz  — 200 when ready, else 503 with the reasons (readiness).
  * /metrics — Prometheus text format.
+ * /status, /status.json — the den status page and its data, only when `status` is given (http.statusPage).
  */
-export async function startHttpEndpoint(options: { host: string; port: number; source: HealthSource; registry: Registry; log: Logger }): Promise<HttpEndpoint> {
-  const { source, registry, log } = options;
+export async function startHttpEndpoint(options: {
+  host: string;
+  port: number;
+  source: HealthSource;
+  registry: Registry;
+  log: Logger;
+  status?: StatusCollector | undefined;
+}): Promise<HttpEndpoint> {
+  const { source, registry, log, status } = options;
+  const paths = ['/healthz', '/readyz', '/metrics', ...(status ? ['/status', '/status.json'] : [])];
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?', 1)[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -57,7 +68,29 @@ export async function startHttpEndpoint(options: { host: string; port: number; s
       );
       return;
     }
-    res.writeHead(404, { 'content-type': 'application/json' }).end(json({ error: 'not found', paths: ['/healthz', '/readyz', '/metrics'] }));
+    if (status && path === '/status') {
+      res
+        .writeHead(200, {
+          'content-type': 'text/html; charset=utf-8',
+          'content-security-policy': STATUS_PAGE_CSP,
+          'x-content-type-options': 'nosniff',
+          'referrer-policy': 'no-referrer',
+          'cache-control': 'no-store',
+        })
+        .end(STATUS_PAGE_HTML);
+      return;
+    }
+    if (status && path === '/status.json') {
+      status.snapshot().then(
+        (snapshot) => res.writeHead(200, { 'content-type': 'application/json', 'x-content-type-options': 'nosniff', 'cache-control': 'no-store' }).end(json(snapshot)),
+        (err: unknown) => {
+          log.error({ err: String(err) }, 'status collection failed');
+          res.writeHead(500, { 'content-type': 'application/json' }).end(json({ error: 'status collection failed' }));
+        },
+      );
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'application/json' }).end(json({ error: 'not found', paths }));
   });
   server.keepAliveTimeout = 5_000;
   await new Promise<void>((resolve, reject) => {

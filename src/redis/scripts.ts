@@ -15,6 +15,7 @@ const SCRIPTS = {
   agentdSweepDen: 'sweep-den-1.lua',
   agentdRateLimit: 'rate-limit-1.lua',
   agentdAppendMessage: 'append-message-1.lua',
+  agentdDenStatus: 'den-status-2.lua',
 } as const;
 
 type ScriptName = keyof typeof SCRIPTS;
@@ -47,6 +48,7 @@ interface ScriptCommands {
   agentdSweepDen(den: string, prefix: string, suffix: string): Promise<[number, ...string[]]>;
   agentdRateLimit(key: string, windowSeconds: number): Promise<[number, number]>;
   agentdAppendMessage(key: string, message: string, keep: number, ttlSeconds: number): Promise<number>;
+  agentdDenStatus(den: string, registry: string, ...args: Array<string | number>): Promise<[number, number, ...string[]]>;
 }
 
 const sources = new Map<ScriptName, string>();
