@@ -1,5 +1,5 @@
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { BadInputReason } from '../bus/envelope.ts';
+import type { IntakeReason } from '../bus/intake.ts';
 import { TallyCounter, TallyHistogram } from './tally.ts';
 
 /** Read at scrape time, so nothing on the hot path keeps gauges up to date. */
@@ -19,7 +19,7 @@ export type HandlerOutcome = 'ok' | 'error' | 'timeout' | 'aborted';
 /** Event types come from the network: only known ones become label values, the rest are "other". */
 const OTHER = 'other';
 const MEMBERSHIP = ['agent_online', 'agent_offline', 'agent_down'];
-const BAD_INPUT_REASONS: readonly BadInputReason[] = ['too_large', 'not_json', 'not_object', 'no_event', 'forbidden_key'];
+const BAD_INPUT_REASONS: readonly IntakeReason[] = ['too_large', 'not_json', 'not_object', 'no_event', 'forbidden_key', 'too_deep', 'intake_error'];
 
 /**
  * The daemon's Prometheus metrics, in a registry of its own (several daemons
