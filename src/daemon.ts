@@ -18,6 +18,7 @@ import { MemoryMonitor } from './memory/monitor.ts';
 import { LoopMonitor } from './presence/loop-monitor.ts';
 import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
 import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
+import { Durable } from './durable/durable.ts';
 import { Connections, type ConnectionStateChange } from './redis/connection.ts';
 import { denMembersKey, expiredEventsChannel, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
@@ -102,6 +103,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   readonly #watcher: PeerWatcher | undefined;
   readonly #loop: LoopMonitor;
   readonly #memoryMonitor: MemoryMonitor;
+  /** Durable messages: inbox, den tasks, request/reply (src/durable). */
+  readonly durable: Durable;
   /** Prometheus metrics of this daemon (served on /metrics when http.port is set). */
   readonly metrics: Metrics;
   #http: HttpEndpoint | undefined;
@@ -145,6 +148,20 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#dispatcher.on('dropped', (d) => this.emit('eventDropped', { reason: d.reason, channel: d.channel, event: d.event }));
     this.#dispatcher.on('handlerFailed', (info) => this.emit('handlerFailed', info));
 
+    this.durable = new Durable({
+      redis: this.#connections.command,
+      agent: this.agent,
+      config,
+      log: this.log.child({ component: 'durable' }),
+      hooks: {
+        acked: (kind, seconds) => this.metrics.durableAcked(kind, seconds),
+        redelivered: (kind) => this.metrics.durableRedelivered(kind),
+        deadLettered: (kind, reason) => this.metrics.durableDeadLettered(kind, reason),
+        trimmed: (kind, n) => this.metrics.durableTrimmed(kind, n),
+        handlerDone: (plugin, event, seconds, outcome) => this.metrics.handler(plugin, event, seconds, outcome),
+      },
+    });
+
     this.#presence = new Presence({
       redis: this.#connections.command,
       agent: this.agent,
@@ -175,17 +192,18 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         log: this.log.child({ component: 'watcher' }),
       });
       this.#watcher.on('down', (down) => this.emit('peerDown', down));
+      if (config.durable.enabled) this.#watcher.on('down', (down) => void this.durable.handover(down.agent, down.den));
     }
     const watcher = this.#watcher;
     const db = Number(new URL(config.redis.url).pathname.slice(1) || 0);
+    const channels = new Map(config.durable.enabled ? this.durable.doorbells() : []);
+    if (watcher && config.watch.notifications !== 'off') channels.set(expiredEventsChannel(db), (key: string) => watcher.onExpired(key));
     this.#subscriber = new EventSubscriber({
       subscriber: this.#connections.subscriber,
       command: this.#connections.command,
       patterns: config.events.patterns,
       probeChannel: this.#probeChannel,
-      ...(watcher && config.watch.notifications !== 'off'
-        ? { channels: new Map([[expiredEventsChannel(db), (key: string) => watcher.onExpired(key)]]) }
-        : {}),
+      ...(channels.size > 0 ? { channels } : {}),
       log: this.log.child({ component: 'subscriber' }),
       onMessage: (channel, payload) => this.#onMessage(channel, payload),
     });
@@ -205,6 +223,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#dispatcher.on('dropped', (d) => this.metrics.dropped(d.event, d.reason, d.calls));
     this.metrics.knowDens([this.agent.den, ...config.watch.dens]);
     this.#watcher?.on('down', () => this.metrics.reaped());
+    this.metrics.durableSource(() => ({ inFlight: this.durable.consumer.inFlight, running: this.durable.consumer.running }));
   }
 
   get state(): DaemonState {
@@ -287,6 +306,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     if (parsed.ok) {
       const { event } = parsed;
       this.metrics.received(event.event);
+      if (event.event === 'agent_down') this.durable.peerDown(String((event.data as { agent?: unknown } | null)?.agent));
       if (event.event === 'agent_down') this.metrics.agentDown(typeof (event.data as { den?: unknown })?.den === 'string' ? (event.data as { den: string }).den : 'unknown');
       const outcome = this.#dispatcher.dispatch(event);
       if (outcome === 'queued') this.metrics.dispatched(event.event);
@@ -370,6 +390,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       publish: (type, data) => this.publish(type, data),
       memory: this.memory,
       timeoutMs: this.config.lifecycle.setupTimeoutMs,
+      durable: this.durable,
     });
 
     this.#connections.connect();
@@ -398,6 +419,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       await this.#watcher.enableNotifications();
       this.#watcher.start();
     }
+    if (this.config.durable.enabled) await this.durable.start(this.#plugins.bindings());
     this.log.info({ plugins: this.#plugins.names, startMs: Math.round(performance.now() - t0) }, 'agentd started');
     if (this.#subscriber.confirmed && this.#connections.ready) {
       this.#setState('ready');
@@ -448,6 +470,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     // Unsubscribe first: what was already on its way is still handled, not dropped.
     await step('unsubscribe', () => this.#subscriber.stop());
     this.#dispatcher.stopAccepting();
+    const durableStopped = this.durable.stop(drainTimeoutMs);
     let drain: DrainResult = { drained: true, waiting: 0, running: [] };
     await step('drain', async () => {
       drain = await this.#dispatcher.drain(drainTimeoutMs);
@@ -455,6 +478,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     if (!drain.drained) {
       this.log.error({ drainTimeoutMs, waiting: drain.waiting, running: drain.running }, 'drain timeout: discarded waiting handler calls and aborted running ones');
     }
+    await step('durable', () => durableStopped);
     await step('plugins', async () => this.#plugins?.close());
     this.#presence.stop();
     if (wasRunning) await step('leave', () => this.#presence.leave());

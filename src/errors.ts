@@ -18,6 +18,12 @@ export const ErrorCodes = {
   AGENTD_ERR_HEARTBEAT: 'heartbeat could not be written in time',
   AGENTD_ERR_ALREADY_STARTED: 'start() was called on a daemon that was already started',
   AGENTD_ERR_CLOSED: 'daemon is closed',
+  AGENTD_ERR_REQUEST_TIMEOUT: 'a request got no reply within its time limit',
+  AGENTD_ERR_REQUEST_FAILED: 'the handler of a request failed on every attempt',
+  AGENTD_ERR_AGENT_DOWN: 'the agent a request is for is down or offline',
+  AGENTD_ERR_NO_SUCH_AGENT: 'the agent a request is for has never been seen',
+  AGENTD_ERR_DEAD_LETTERED: 'a durable entry was moved to a dead-letter stream',
+  AGENTD_ERR_TRIMMED: 'a durable entry was trimmed from its stream before it was acknowledged',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

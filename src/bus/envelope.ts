@@ -19,6 +19,23 @@ export interface AgentEvent<Data = unknown> {
   readonly ts?: number;
   /** Publisher's den, when set. */
   readonly den?: string;
+  /** Set for entries from a durable stream (inbox or den tasks), absent for pub/sub events. */
+  readonly delivery?: Delivery;
+}
+
+export type StreamKind = 'inbox' | 'tasks';
+
+/** Where a durable entry came from and which attempt this is, so a handler can be idempotent. */
+export interface Delivery {
+  /** The stream key: inbox:<id> or den:<den>:tasks. */
+  readonly stream: string;
+  readonly kind: StreamKind;
+  /** The stream entry id (stable across attempts). */
+  readonly id: string;
+  /** 1 on the first delivery; more after a failure, a hand-over or a restart. */
+  readonly attempt: number;
+  /** durable.attempts: after this many the entry goes to the dead-letter stream. */
+  readonly maxAttempts: number;
 }
 
 export type BadInputReason = 'too_large' | 'not_json' | 'not_object' | 'no_event' | 'forbidden_key';

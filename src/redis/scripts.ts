@@ -14,6 +14,9 @@ const SCRIPTS = {
   agentdSweepDen: 'sweep-den-1.lua',
   agentdRateLimit: 'rate-limit-1.lua',
   agentdAppendMessage: 'append-message-1.lua',
+  agentdAppendEntry: 'append-entry-1.lua',
+  agentdRefreshClaims: 'refresh-claims-1.lua',
+  agentdExpireInbox: 'expire-inbox-3.lua',
 } as const;
 
 type ScriptName = keyof typeof SCRIPTS;
@@ -35,6 +38,9 @@ interface ScriptCommands {
   agentdSweepDen(den: string, prefix: string, suffix: string): Promise<[number, ...string[]]>;
   agentdRateLimit(key: string, windowSeconds: number): Promise<[number, number]>;
   agentdAppendMessage(key: string, message: string, keep: number, ttlSeconds: number): Promise<number>;
+  agentdAppendEntry(key: string, maxLen: number, ...fields: string[]): Promise<string>;
+  agentdRefreshClaims(key: string, group: string, consumer: string, ...ids: string[]): Promise<string[]>;
+  agentdExpireInbox(inbox: string, dead: string, heartbeat: string, group: string, maxLen: number, error: string): Promise<number>;
 }
 
 const sources = new Map<ScriptName, string>();

@@ -1,0 +1,204 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, expect, it } from 'vitest';
+import type { AgentEvent } from '../../src/bus/envelope.ts';
+import type { AgentdConfig, DeepPartial } from '../../src/config/schema.ts';
+import { RequestError } from '../../src/durable/errors.ts';
+import { definePlugin, type Plugin } from '../../src/plugins/types.ts';
+import { gate, makeDaemon, redisSuite, uid, until, type TestDaemon } from '../helpers/inproc.ts';
+
+const suite = redisSuite();
+
+/** Short settings: every bound in these tests is derived from them. */
+const FAST: DeepPartial<AgentdConfig> = {
+  heartbeat: { ttl: 2, interval: 0.5 },
+  watch: { sweepInterval: 0.5 },
+  durable: { pollInterval: 0.2, backoffMs: 50, backoffMaxMs: 200, attempts: 3 },
+};
+
+function cfg(den: string, extra: DeepPartial<AgentdConfig> = {}): DeepPartial<AgentdConfig> {
+  return { ...FAST, ...extra, agent: { den, ...extra.agent }, durable: { ...FAST.durable, ...extra.durable } };
+}
+
+async function startAgent(den: string, plugin: Plugin, extra: DeepPartial<AgentdConfig> = {}): Promise<TestDaemon> {
+  return suite.start(makeDaemon(suite.redis.url, cfg(den, extra), [plugin as Plugin]));
+}
+
+async function pendingCount(key: string): Promise<number> {
+  const summary = (await suite.cmd.xpending(key, 'agentd')) as [number, ...unknown[]];
+  return Number(summary[0]);
+}
+
+describe('den tasks (shared work)', () => {
+  it('a task submitted to a den of three is handled by exactly one member, and acknowledged', async () => {
+    const den = uid('den');
+    const handled: Array<{ agent: string; id: string; attempt: number }> = [];
+    const mk = (name: string): Plugin =>
+      definePlugin({
+        name: 'worker',
+        handlers: {
+          job: (e, ctx) => {
+            handled.push({ agent: ctx.agent.id, id: (e.data as { n: number }).n.toString(), attempt: e.delivery!.attempt });
+            return undefined;
+          },
+        },
+      }) as Plugin;
+    const agents = await Promise.all(['a', 'b', 'c'].map((n) => startAgent(den, mk(n))));
+    const N = 60;
+    for (let n = 0; n < N; n++) await agents[n % 3]!.daemon.durable.submit('job', { n });
+    await until(() => handled.length >= N, `${N} tasks handled`, 10_000);
+    await until(async () => (await pendingCount(`den:${den}:tasks`)) === 0, 'every task acknowledged');
+    await sleep(500); // two more poll intervals: nothing is handled again
+    expect(handled.length).toBe(N);
+    expect(new Set(handled.map((h) => h.id)).size).toBe(N);
+    expect(handled.every((h) => h.attempt === 1)).toBe(true);
+  });
+
+  it('a handler that fails twice then succeeds is acknowledged after the third attempt', async () => {
+    const den = uid('den');
+    const attempts: number[] = [];
+    const t = await startAgent(den, definePlugin({
+      name: 'flaky',
+      handlers: {
+        job: (e) => {
+          attempts.push(e.delivery!.attempt);
+          if (e.delivery!.attempt < 3) throw new Error(`boom ${e.delivery!.attempt}`);
+        },
+      },
+    }) as Plugin);
+    const id = await t.daemon.durable.submit('job', { x: 1 });
+    expect(id).toMatch(/[0-9a-f-]{36}/);
+    await until(() => attempts.length === 3, 'three attempts');
+    await until(async () => (await pendingCount(`den:${den}:tasks`)) === 0, 'acknowledged');
+    expect(attempts).toEqual([1, 2, 3]);
+    expect(await suite.cmd.xlen(`den:${den}:dead`)).toBe(0);
+    expect(t.daemon.durable.consumer.counts.acked).toBe(1);
+  });
+
+  it('a handler that always fails lands in the dead-letter stream with its error and attempt count', async () => {
+    const den = uid('den');
+    let calls = 0;
+    const t = await startAgent(den, definePlugin({
+      name: 'broken',
+      handlers: {
+        job: () => {
+          calls++;
+          throw new Error('disk on fire');
+        },
+      },
+    }) as Plugin);
+    await t.daemon.durable.submit('job', { x: 1 });
+    await until(async () => (await suite.cmd.xlen(`den:${den}:dead`)) === 1, 'a dead letter');
+    const [[deadId, fields]] = (await suite.cmd.xrange(`den:${den}:dead`, '-', '+')) as [[string, string[]]];
+    const f = Object.fromEntries(fields.reduce<string[][]>((acc, v, i) => (i % 2 ? (acc[acc.length - 1]!.push(v), acc) : [...acc, [v]]), []));
+    expect(deadId).toBeTruthy();
+    expect(f['error']).toContain('disk on fire');
+    expect(f['attempts']).toBe('3');
+    expect(JSON.parse(f['envelope']!)).toMatchObject({ event: 'job', data: { x: 1 } });
+    const [[sourceId]] = (await suite.cmd.xrange(`den:${den}:tasks`, "-", "+")) as unknown as [[string]];
+    expect(f['source_id']).toBe(sourceId);
+    expect(calls).toBe(3);
+    expect(await pendingCount(`den:${den}:tasks`)).toBe(0);
+  });
+
+  it('a running handler keeps its claim: nothing is redelivered while it runs past orphanAfter', async () => {
+    const den = uid('den');
+    const starts: string[] = [];
+    const release = gate();
+    const mk = (): Plugin =>
+      definePlugin({
+        name: 'slow',
+        handlers: {
+          job: async (_e, ctx) => {
+            starts.push(ctx.agent.id);
+            await release.promise;
+          },
+        },
+      }) as Plugin;
+    // orphanAfter 0.8 s: the running handler's claim is refreshed every 0.8 / 4 s (one poll tick).
+    const extra = { durable: { orphanAfter: 0.8 } };
+    const [a] = await Promise.all([startAgent(den, mk(), extra), startAgent(den, mk(), extra), startAgent(den, mk(), extra)]);
+    await a!.daemon.durable.submit('job', {});
+    await until(() => starts.length === 1, 'the task started');
+    await sleep(0.8 * 1000 * 5); // five times orphanAfter
+    release.open();
+    await until(async () => (await pendingCount(`den:${den}:tasks`)) === 0, 'acknowledged');
+    expect(starts.length).toBe(1);
+  });
+});
+
+describe('inbox (directed)', () => {
+  it('an entry sent before the agent ever started is handled once it starts, with the delivery', async () => {
+    const den = uid('den');
+    const target = uid('agent');
+    const seen: AgentEvent[] = [];
+    const sender = await startAgent(den, definePlugin({ name: 'none', handlers: {} }) as Plugin);
+    await sender.daemon.durable.send(target, 'note', { text: 'hi' });
+    await startAgent(den, definePlugin({ name: 'rec', handlers: { note: (e) => void seen.push(e) } }) as Plugin, { agent: { id: target } });
+    await until(() => seen.length === 1, 'the note');
+    expect(seen[0]).toMatchObject({ event: 'note', data: { text: 'hi' }, channel: `inbox:${target}`, source: sender.config.agent.id });
+    expect(seen[0]!.delivery).toMatchObject({ stream: `inbox:${target}`, kind: 'inbox', attempt: 1, maxAttempts: 3 });
+    await until(async () => (await pendingCount(`inbox:${target}`)) === 0, 'acknowledged');
+  });
+
+  it('an entry without a doorbell is read by the poll', async () => {
+    const den = uid('den');
+    const seen: AgentEvent[] = [];
+    const t = await startAgent(den, definePlugin({ name: 'rec', handlers: { note: (e) => void seen.push(e) } }) as Plugin);
+    await suite.cmd.xadd(`inbox:${t.config.agent.id}`, '*', 'envelope', JSON.stringify({ event: 'note', data: 1 }));
+    await until(() => seen.length === 1, 'the polled note', 0.2 * 1000 * 5);
+  });
+});
+
+describe('request/reply', () => {
+  it('resolves with the handler\'s return value', async () => {
+    const den = uid('den');
+    const server = await startAgent(den, definePlugin({ name: 'calc', handlers: { add: (e) => (e.data as number[]).reduce((a, b) => a + b, 0) } }) as Plugin);
+    const client = await startAgent(den, definePlugin({ name: 'none', handlers: {} }) as Plugin);
+    expect(await client.daemon.durable.request(server.config.agent.id, 'add', [1, 2, 3], { timeoutMs: 5_000 })).toBe(6);
+  });
+
+  it('rejects with handler_failed and the handler\'s message after the attempts', async () => {
+    const den = uid('den');
+    const server = await startAgent(den, definePlugin({ name: 'calc', handlers: { add: () => { throw new Error('cannot add'); } } }) as Plugin);
+    const client = await startAgent(den, definePlugin({ name: 'none', handlers: {} }) as Plugin);
+    const err = await client.daemon.durable.request(server.config.agent.id, 'add', [1], { timeoutMs: 5_000 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RequestError);
+    expect((err as RequestError).reason).toBe('handler_failed');
+    expect((err as RequestError).code).toBe('AGENTD_ERR_REQUEST_FAILED');
+    expect((err as RequestError).message).toContain('cannot add');
+  });
+
+  it('rejects with dead_lettered when the target has no handler for the type', async () => {
+    const den = uid('den');
+    const server = await startAgent(den, definePlugin({ name: 'none', handlers: {} }) as Plugin);
+    const client = await startAgent(den, definePlugin({ name: 'none', handlers: {} }) as Plugin);
+    const err = (await client.daemon.durable.request(server.config.agent.id, 'nope', null, { timeoutMs: 5_000 }).catch((e: unknown) => e)) as RequestError;
+    expect(err.reason).toBe('dead_lettered');
+    expect(await suite.cmd.xlen(`inbox:${server.config.agent.id}:dead`)).toBe(1);
+  });
+
+  it('rejects with timeout when no reply comes in time', async () => {
+    const den = uid('den');
+    const hold = gate();
+    const server = await startAgent(den, definePlugin({ name: 'slow', handlers: { slow: () => hold.promise } }) as Plugin);
+    const client = await startAgent(den, definePlugin({ name: 'none', handlers: {} }) as Plugin);
+    const t0 = Date.now();
+    const err = (await client.daemon.durable.request(server.config.agent.id, 'slow', null, { timeoutMs: 300 }).catch((e: unknown) => e)) as RequestError;
+    expect(err.reason).toBe('timeout');
+    expect(err.code).toBe('AGENTD_ERR_REQUEST_TIMEOUT');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(300);
+    hold.open();
+  });
+
+  it('rejects with no_such_agent and agent_down', async () => {
+    const den = uid('den');
+    const client = await startAgent(den, definePlugin({ name: 'none', handlers: {} }) as Plugin);
+    const unknown = (await client.daemon.durable.request(uid('ghost'), 'x', null).catch((e: unknown) => e)) as RequestError;
+    expect(unknown.reason).toBe('no_such_agent');
+    const gone = await startAgent(den, definePlugin({ name: 'none', handlers: {} }) as Plugin);
+    await gone.daemon.close();
+    const down = (await client.daemon.durable.request(gone.config.agent.id, 'x', null).catch((e: unknown) => e)) as RequestError;
+    expect(down.reason).toBe('agent_down');
+    expect(down.code).toBe('AGENTD_ERR_AGENT_DOWN');
+  });
+});
