@@ -202,3 +202,113 @@ describe('request/reply', () => {
     expect(down.code).toBe('AGENTD_ERR_AGENT_DOWN');
   });
 });
+
+describe('bounds, hand-over at stop, retention, metrics', () => {
+  it('reads only as fast as handlers finish: at most 2 x concurrency entries are out of Redis, none dropped', async () => {
+    const den = uid('den');
+    const hold = gate();
+    let started = 0;
+    let finished = 0;
+    const t = await startAgent(den, definePlugin({
+      name: 'slow',
+      handlers: {
+        job: async () => {
+          started++;
+          await hold.promise;
+          finished++;
+        },
+      },
+    }) as Plugin, { durable: { concurrency: 2 } });
+    const N = 50;
+    for (let n = 0; n < N; n++) await t.daemon.durable.submit('job', { n });
+    await until(() => started === 2, 'two running');
+    await sleep(0.2 * 1000 * 3); // three poll intervals and many doorbells later
+    const key = `den:${den}:tasks`;
+    expect(await pendingCount(key)).toBeLessThanOrEqual(4);
+    expect(t.daemon.durable.consumer.inFlight).toBeLessThanOrEqual(4);
+    expect(started).toBe(2);
+    hold.open();
+    await until(() => finished === N, `all ${N} handled`, 10_000);
+    await until(async () => (await pendingCount(key)) === 0, 'all acknowledged');
+  });
+
+  it('an entry trimmed before it was acknowledged is counted and logged, not silently lost', async () => {
+    const den = uid('den');
+    const key = `den:${den}:tasks`;
+    await suite.cmd.xgroup('CREATE', key, 'agentd', '0', 'MKSTREAM');
+    await suite.cmd.xadd(key, '*', 'envelope', JSON.stringify({ event: 'job', data: 1 }));
+    await suite.cmd.xreadgroup('GROUP', 'agentd', 'ghost', 'COUNT', 1, 'STREAMS', key, '>');
+    await suite.cmd.xtrim(key, 'MAXLEN', 0);
+    const t = await startAgent(den, definePlugin({ name: 'w', handlers: { job: () => undefined } }) as Plugin, { durable: { orphanAfter: 0.1 } });
+    await until(() => t.daemon.durable.consumer.counts.trimmed === 1, 'the trimmed entry counted');
+    expect(t.lines.some((l) => l['code'] === 'AGENTD_ERR_TRIMMED')).toBe(true);
+    await until(async () => (await pendingCount(key)) === 0, 'its pending id cleared');
+    const metrics = await t.daemon.metrics.registry.metrics();
+    expect(metrics).toMatch(/agentd_durable_trimmed_total\{kind="tasks"\} 1/);
+  });
+
+  it('a graceful stop hands its unfinished den tasks to a live member', async () => {
+    const den = uid('den');
+    const doneBy: Array<{ agent: string; n: number }> = [];
+    const mk = (): Plugin =>
+      definePlugin({
+        name: 'w',
+        handlers: {
+          job: async (e, ctx) => {
+            await new Promise<void>((resolve, reject) => {
+              const timer = setTimeout(resolve, 300);
+              ctx.signal.addEventListener('abort', () => {
+                clearTimeout(timer);
+                reject(new Error('aborted'));
+              });
+            });
+            doneBy.push({ agent: ctx.agent.id, n: (e.data as { n: number }).n });
+          },
+        },
+      }) as Plugin;
+    const a = await startAgent(den, mk(), { durable: { concurrency: 1 } });
+    for (let n = 0; n < 4; n++) await a.daemon.durable.submit('job', { n });
+    await sleep(100);
+    const b = await startAgent(den, mk(), { durable: { concurrency: 4 } });
+    await a.daemon.close({ drainTimeoutMs: 50 });
+    await until(() => new Set(doneBy.map((d) => d.n)).size === 4, 'all four done', 10_000);
+    expect(doneBy.filter((d) => d.agent === b.config.agent.id).length).toBeGreaterThanOrEqual(3);
+    await until(async () => (await pendingCount(`den:${den}:tasks`)) === 0, 'acknowledged');
+  });
+
+  it('the inbox of an agent absent longer than durable.retention is dead-lettered; a live agent\'s is kept', async () => {
+    const den = uid('den');
+    const gone = uid('gone');
+    const alive = uid('alive');
+    const inbox = `inbox:${gone}`;
+    await suite.cmd.hset('global:agent_registry', gone, JSON.stringify({ id: gone, den, status: 'down', downAt: Date.now() - 5_000, lastSeen: Date.now() - 7_000 }));
+    await suite.cmd.hset('global:agent_registry', alive, JSON.stringify({ id: alive, den, status: 'down', downAt: Date.now() - 5_000 }));
+    await suite.cmd.set(`agent:${alive}:heartbeat`, String(Date.now()), 'EX', 60);
+    await suite.cmd.xgroup('CREATE', inbox, 'agentd', '0', 'MKSTREAM');
+    await suite.cmd.xadd(inbox, '*', 'envelope', JSON.stringify({ event: 'note', data: 'read, not acked' }));
+    await suite.cmd.xreadgroup('GROUP', 'agentd', gone, 'COUNT', 1, 'STREAMS', inbox, '>');
+    await suite.cmd.xadd(inbox, '*', 'envelope', JSON.stringify({ event: 'note', data: 'never read' }));
+    await suite.cmd.xadd(`inbox:${alive}`, '*', 'envelope', JSON.stringify({ event: 'note', data: 'kept' }));
+    const t = await startAgent(den, definePlugin({ name: 'w', handlers: {} }) as Plugin, { durable: { retention: 3 } });
+    await until(async () => (await suite.cmd.xlen(`${inbox}:dead`)) === 2, 'both entries dead-lettered');
+    expect(await suite.cmd.exists(inbox)).toBe(0);
+    expect(await suite.cmd.xlen(`inbox:${alive}`)).toBe(1);
+    const dead = (await suite.cmd.xrange(`${inbox}:dead`, '-', '+')) as Array<[string, string[]]>;
+    expect(dead.map(([, f]) => f[f.indexOf('error') + 1])).toEqual([expect.stringContaining('durable.retention'), expect.stringContaining('durable.retention')]);
+    expect(dead.map(([, f]) => f[f.indexOf('attempts') + 1])).toEqual(['1', '0']);
+    expect(t.lines.some((l) => l['code'] === 'AGENTD_ERR_DEAD_LETTERED' && l['reason'] === 'retention')).toBe(true);
+  });
+
+  it('exports acknowledged, redelivered, dead-lettered and ack latency metrics', async () => {
+    const den = uid('den');
+    const t = await startAgent(den, definePlugin({ name: 'w', handlers: { job: (e) => { if ((e.data as number) < 0) throw new Error('negative'); } } }) as Plugin, { durable: { attempts: 1 } });
+    await t.daemon.durable.submit('job', 1);
+    await t.daemon.durable.submit('job', -1);
+    await until(async () => (await suite.cmd.xlen(`den:${den}:dead`)) === 1 && t.daemon.durable.consumer.counts.acked === 1, 'one acked, one dead');
+    const m = await t.daemon.metrics.registry.metrics();
+    expect(m).toMatch(/agentd_durable_acked_total\{kind="tasks"\} 1/);
+    expect(m).toMatch(/agentd_durable_dead_lettered_total\{kind="tasks",reason="failed"\} 1/);
+    expect(m).toMatch(/agentd_durable_ack_latency_seconds_count\{kind="tasks"\} 1/);
+    expect(m).toMatch(/agentd_durable_pending 0/);
+  });
+});
