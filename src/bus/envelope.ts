@@ -76,9 +76,12 @@ function deepFreeze(value: unknown): void {
  * Parses one message. Never throws: every way a message can be bad maps to a
  * reason, and the caller counts and logs it.
  */
-export function parseEnvelope(channel: string, payload: Buffer, maxBytes: number): ParseResult {
-  if (payload.length > maxBytes) return { ok: false, reason: 'too_large' };
-  const text = payload.toString('utf8');
+export function parseEnvelope(channel: string, payload: Buffer | string, maxBytes: number): ParseResult {
+  if (typeof payload === 'string') {
+    // A stream entry's field arrives decoded; its UTF-8 size is at most 3 bytes per UTF-16 unit.
+    if (payload.length * 3 > maxBytes && Buffer.byteLength(payload) > maxBytes) return { ok: false, reason: 'too_large' };
+  } else if (payload.length > maxBytes) return { ok: false, reason: 'too_large' };
+  const text = typeof payload === 'string' ? payload : payload.toString('utf8');
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);

@@ -58,6 +58,18 @@ interface InFlight {
   contexts: Array<{ abort(reason: unknown): void }>;
 }
 
+type Result = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly error: string };
+
+interface Watched {
+  readonly startedAt: number;
+  readonly ctx: { abort(reason: unknown): void };
+  settle(outcome: HandlerOutcome, result: Result): void;
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof (value as { then?: unknown }).then === 'function';
+}
+
 class HandlerTimeout extends Error {
   override readonly name = 'TimeoutError';
 }
@@ -91,6 +103,9 @@ export class DurableConsumer {
   #again = false;
   #historyWanted = true;
   #stopped = true;
+  readonly #lowWater: number;
+  readonly #watched = new Set<Watched>();
+  #watchTimer: NodeJS.Timeout | undefined;
   /** Counts, for stats and tests. */
   readonly counts = { handled: 0, acked: 0, failedAttempts: 0, redelivered: 0, deadLettered: 0, trimmed: 0, lateReplies: 0 };
 
@@ -101,6 +116,7 @@ export class DurableConsumer {
       { key: `den:${options.agent.den}:tasks`, kind: 'tasks' },
     ];
     this.#queue = new PQueue({ concurrency: options.concurrency });
+    this.#lowWater = Math.max(1, Math.ceil(options.concurrency / 2));
   }
 
   /** The doorbell channels to subscribe to: one per stream, named like the stream. */
@@ -179,9 +195,11 @@ export class DurableConsumer {
   async #readNew(s: Stream): Promise<void> {
     for (;;) {
       if (this.#stopped) return;
-      await this.#queue.onSizeLessThan(this.#o.concurrency);
+      // Read again once fewer than half the read-ahead wait: batches of at least concurrency / 2,
+      // and never more than 2 x concurrency entries out of Redis (running + waiting).
+      await this.#queue.onSizeLessThan(this.#lowWater);
       if (this.#stopped) return;
-      const count = this.#o.concurrency - this.#queue.size;
+      const count = 2 * this.#o.concurrency - this.#queue.size - this.#queue.pending;
       const entries = await readGroup(this.#o.redis, s.key, this.#o.agent.id, count, '>');
       for (const e of entries) this.#accept(s, e, 1);
       if (entries.length < count) return;
@@ -270,7 +288,7 @@ export class DurableConsumer {
       await this.#deadLetter(f, e, 'entry has no envelope field', 'bad_envelope', f.attempt);
       return;
     }
-    const parsed = parseEnvelope(s.key, Buffer.from(e.envelope), this.#o.maxBytes);
+    const parsed = parseEnvelope(s.key, e.envelope, this.#o.maxBytes);
     if (!parsed.ok) {
       await this.#deadLetter(f, e, `bad envelope: ${parsed.reason}`, 'bad_envelope', f.attempt);
       return;
@@ -336,41 +354,80 @@ export class DurableConsumer {
   }
 
   /** Runs every handler of the type; ok only when all succeed. The reply value is the first defined return value. */
-  async #run(f: InFlight, event: AgentEvent, bindings: readonly Binding[]): Promise<{ ok: true; value: unknown } | { ok: false; error: string }> {
-    const limit = this.#o.handlerTimeoutMs;
-    const results = await Promise.all(
-      bindings.map(async (b) => {
-        const ctx = b.context();
-        f.contexts.push(ctx);
-        const t0 = performance.now();
-        let timer: NodeJS.Timeout | undefined;
-        let outcome: HandlerOutcome = 'ok';
-        try {
-          const value = await Promise.race([
-            Promise.resolve().then(() => b.handler(event, ctx as never)),
-            new Promise<never>((_, reject) => {
-              timer = setTimeout(() => {
-                const err = new HandlerTimeout(`handler exceeded ${limit} ms`);
-                ctx.abort(err);
-                reject(err);
-              }, limit);
-            }),
-          ]);
-          return { ok: true as const, value };
-        } catch (err) {
-          outcome = err instanceof HandlerTimeout ? 'timeout' : this.#stopped ? 'aborted' : 'error';
-          return { ok: false as const, error: `${b.plugin}: ${describeError(err)}` };
-        } finally {
-          clearTimeout(timer);
-          this.#o.hooks?.handlerDone?.(b.plugin, event.event, (performance.now() - t0) / 1000, outcome);
-        }
-      }),
-    );
+  #run(f: InFlight, event: AgentEvent, bindings: readonly Binding[]): Result | Promise<Result> {
+    if (bindings.length === 1) {
+      const only = this.#call(f, event, bindings[0]!);
+      return isThenable(only) ? only.then((r) => this.#combine(f, [r])) : this.#combine(f, [only]);
+    }
+    return Promise.all(bindings.map((b) => this.#call(f, event, b))).then((results) => this.#combine(f, results));
+  }
+
+  #combine(f: InFlight, results: readonly Result[]): Result {
     f.contexts = [];
-    const failed = results.find((r) => !r.ok);
-    if (failed && !failed.ok) return failed;
-    const value = results.find((r) => r.ok && r.value !== undefined);
-    return { ok: true, value: value && value.ok ? value.value : undefined };
+    let value: unknown;
+    for (const r of results) {
+      if (!r.ok) return r;
+      if (value === undefined) value = r.value;
+    }
+    return { ok: true, value };
+  }
+
+  /**
+   * One handler call. A synchronous handler settles without a promise; an
+   * asynchronous one is watched by one shared timer for its time limit, not
+   * a timer per call.
+   */
+  #call(f: InFlight, event: AgentEvent, b: Binding): Result | Promise<Result> {
+    const ctx = b.context();
+    f.contexts.push(ctx);
+    const t0 = performance.now();
+    const finish = (outcome: HandlerOutcome, result: Result): Result => {
+      this.#o.hooks?.handlerDone?.(b.plugin, event.event, (performance.now() - t0) / 1000, outcome);
+      return result;
+    };
+    const failure = (err: unknown): Result => ({ ok: false, error: `${b.plugin}: ${describeError(err)}` });
+    let value: unknown;
+    try {
+      value = b.handler(event, ctx as never);
+    } catch (err) {
+      return finish('error', failure(err));
+    }
+    if (!isThenable(value)) return finish('ok', { ok: true, value });
+    return new Promise<Result>((resolve) => {
+      const call: Watched = {
+        startedAt: t0,
+        ctx,
+        settle: (outcome, result) => {
+          if (!this.#watched.delete(call)) return;
+          resolve(finish(outcome, result));
+        },
+      };
+      this.#watched.add(call);
+      this.#watchTimeouts();
+      value.then(
+        (v) => call.settle('ok', { ok: true, value: v }),
+        (err: unknown) => call.settle(this.#stopped ? 'aborted' : 'error', failure(err)),
+      );
+    });
+  }
+
+  #watchTimeouts(): void {
+    if (this.#watchTimer) return;
+    const limit = this.#o.handlerTimeoutMs;
+    this.#watchTimer = setInterval(() => {
+      const now = performance.now();
+      for (const call of this.#watched) {
+        if (now - call.startedAt < limit) continue;
+        const err = new HandlerTimeout(`handler exceeded ${limit} ms`);
+        call.ctx.abort(err);
+        call.settle('timeout', { ok: false, error: describeError(err) });
+      }
+      if (this.#watched.size === 0) {
+        clearInterval(this.#watchTimer);
+        this.#watchTimer = undefined;
+      }
+    }, Math.min(1_000, Math.max(5, Math.floor(limit / 10))));
+    this.#watchTimer.unref();
   }
 
   async #reply(to: { to: string; id: string }, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }): Promise<void> {
@@ -464,7 +521,12 @@ export class DurableConsumer {
       new Promise<boolean>((r) => (timer = setTimeout(() => r(false), drainMs))),
     ]);
     clearTimeout(timer);
-    if (!drained) for (const f of this.#inflight.values()) for (const c of f.contexts) c.abort(SHUTDOWN);
+    if (!drained) {
+      for (const f of this.#inflight.values()) for (const c of f.contexts) c.abort(SHUTDOWN);
+      for (const call of this.#watched) call.settle('aborted', { ok: false, error: describeError(SHUTDOWN) });
+    }
+    clearInterval(this.#watchTimer);
+    this.#watchTimer = undefined;
     await this.#flushAcks();
     return { drained };
   }
