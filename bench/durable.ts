@@ -5,8 +5,9 @@
  * consumer gets a backlog of N entries already in Redis and is timed from its
  * start to its last acknowledgement.
  *   - bare:   an ioredis XREADGROUP (COUNT 100, non-blocking) / XACK loop (the ceiling)
- *   - agentd: the daemon's durable consumer (durable.concurrency 64, its default
- *             poll, doorbell and claim machinery on), reading den:<den>:tasks
+ *   - agentd: the daemon's durable consumer (durable.concurrency 100, so it reads
+ *             at least 100 entries at a time like the bare loop; poll, doorbell
+ *             and claim machinery on), reading den:<den>:tasks
  *   - bullmq: a BullMQ Worker (concurrency 64) on a queue filled with addBulk
  *
  * Request/reply round trip, sequential: agentd ctx.request → another daemon's
@@ -72,7 +73,7 @@ async function throughput(kind: 'bare' | 'agentd' | 'bullmq', rep: number): Prom
   } else {
     await fillStream(key, EVENTS);
     const script = kind === 'bare' ? here('./consumers/durable-bare.ts') : here('./consumers/durable-agentd.ts');
-    consumer = await startConsumer(script, kind === 'bare' ? [url, key, String(EVENTS), '100'] : [url, den, String(EVENTS), '64'], {}, true);
+    consumer = await startConsumer(script, kind === 'bare' ? [url, key, String(EVENTS), '100'] : [url, den, String(EVENTS), '100'], {}, true);
   }
   await sleep(200);
   consumer.child.stdin!.write('go\n');

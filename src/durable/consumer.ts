@@ -48,6 +48,8 @@ export interface ConsumerOptions {
 interface Stream {
   readonly key: string;
   readonly kind: StreamKind;
+  /** Entries read and not yet acknowledged here (running, waiting, backing off, or being acked), by id. */
+  readonly inflight: Map<string, InFlight>;
 }
 
 interface InFlight {
@@ -77,7 +79,6 @@ class HandlerTimeout extends Error {
 const HISTORY_PAGE = 200;
 const SHUTDOWN = new Error('daemon shutting down');
 
-const key = (stream: Stream, id: string): string => `${stream.key} ${id}`;
 
 /**
  * Reads this agent's inbox and its den's task stream through the `agentd`
@@ -94,7 +95,6 @@ export class DurableConsumer {
   readonly #o: ConsumerOptions;
   readonly #streams: readonly Stream[];
   readonly #queue: PQueue;
-  readonly #inflight = new Map<string, InFlight>();
   readonly #acks = new Map<Stream, string[]>();
   #ackScheduled = false;
   #byType = new Map<string, readonly Binding[]>();
@@ -103,7 +103,6 @@ export class DurableConsumer {
   #again = false;
   #historyWanted = true;
   #stopped = true;
-  readonly #lowWater: number;
   readonly #watched = new Set<Watched>();
   #watchTimer: NodeJS.Timeout | undefined;
   /** Counts, for stats and tests. */
@@ -112,11 +111,10 @@ export class DurableConsumer {
   constructor(options: ConsumerOptions) {
     this.#o = options;
     this.#streams = [
-      { key: inboxKey(options.agent.id), kind: 'inbox' },
-      { key: `den:${options.agent.den}:tasks`, kind: 'tasks' },
+      { key: inboxKey(options.agent.id), kind: 'inbox', inflight: new Map() },
+      { key: `den:${options.agent.den}:tasks`, kind: 'tasks', inflight: new Map() },
     ];
     this.#queue = new PQueue({ concurrency: options.concurrency });
-    this.#lowWater = Math.max(1, Math.ceil(options.concurrency / 2));
   }
 
   /** The doorbell channels to subscribe to: one per stream, named like the stream. */
@@ -125,7 +123,7 @@ export class DurableConsumer {
   }
 
   get inFlight(): number {
-    return this.#inflight.size;
+    return this.#streams.reduce((n, s) => n + s.inflight.size, 0);
   }
 
   get running(): number {
@@ -195,9 +193,9 @@ export class DurableConsumer {
   async #readNew(s: Stream): Promise<void> {
     for (;;) {
       if (this.#stopped) return;
-      // Read again once fewer than half the read-ahead wait: batches of at least concurrency / 2,
+      // Read again once nothing waits: batches of at least `concurrency` entries (few round trips),
       // and never more than 2 x concurrency entries out of Redis (running + waiting).
-      await this.#queue.onSizeLessThan(this.#lowWater);
+      await this.#queue.onSizeLessThan(1);
       if (this.#stopped) return;
       const count = 2 * this.#o.concurrency - this.#queue.size - this.#queue.pending;
       const entries = await readGroup(this.#o.redis, s.key, this.#o.agent.id, count, '>');
@@ -211,7 +209,7 @@ export class DurableConsumer {
     let start = '-';
     for (let page = 0; page < 1_000 && !this.#stopped; page++) {
       const rows = await pendingEntries(this.#o.redis, s.key, start, HISTORY_PAGE, this.#o.agent.id);
-      const free = rows.filter((r) => !this.#inflight.has(key(s, r.id)));
+      const free = rows.filter((r) => !s.inflight.has(r.id));
       if (free.length > 0) await this.takeOver(s.key, free);
       if (rows.length < HISTORY_PAGE) return;
       start = `(${rows[rows.length - 1]!.id}`;
@@ -226,7 +224,7 @@ export class DurableConsumer {
   async takeOver(streamKey: string, rows: readonly PendingInfo[]): Promise<number> {
     const s = this.#streams.find((x) => x.key === streamKey);
     if (!s || rows.length === 0) return 0;
-    const ids = rows.map((r) => r.id).filter((id) => !this.#inflight.has(key(s, id)));
+    const ids = rows.map((r) => r.id).filter((id) => !s.inflight.has(id));
     if (ids.length === 0) return 0;
     const entries = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...ids));
     const byId = new Map(rows.map((r) => [r.id, r.deliveries]));
@@ -260,7 +258,7 @@ export class DurableConsumer {
   /** Resets the idle time of every entry we still work on, so nobody takes it as an orphan. */
   async refreshClaims(): Promise<void> {
     for (const s of this.#streams) {
-      const ids = [...this.#inflight.values()].filter((f) => f.stream === s).map((f) => f.id);
+      const ids = [...s.inflight.keys()];
       if (ids.length === 0) continue;
       const lost = await withScripts(this.#o.redis).agentdRefreshClaims(s.key, DURABLE_GROUP, this.#o.agent.id, ...ids);
       if (lost.length > 0) this.#o.log.warn({ stream: s.key, ids: lost.slice(0, 10), count: lost.length }, 'durable entries still running here are no longer ours (taken over or trimmed)');
@@ -268,10 +266,9 @@ export class DurableConsumer {
   }
 
   #accept(s: Stream, e: StreamEntry, attempt: number): void {
-    const k = key(s, e.id);
-    if (this.#inflight.has(k)) return;
+    if (s.inflight.has(e.id)) return;
     const f: InFlight = { stream: s, id: e.id, attempt, retryTimer: undefined, contexts: [] };
-    this.#inflight.set(k, f);
+    s.inflight.set(e.id, f);
     void this.#queue.add(() => this.#handle(f, e)).catch((err: unknown) => {
       this.#o.log.error({ err: describeError(err), stream: s.key, id: e.id }, 'durable entry handling failed unexpectedly');
     });
@@ -340,7 +337,7 @@ export class DurableConsumer {
       // XCLAIM without JUSTID: Redis counts the delivery, so the attempt survives a crash.
       const [entry] = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, f.id));
       if (!entry) {
-        this.#inflight.delete(key(s, f.id));
+        s.inflight.delete(f.id);
         this.#trimmed(s, [f.id], 'retry');
         return;
       }
@@ -381,34 +378,34 @@ export class DurableConsumer {
     const ctx = b.context();
     f.contexts.push(ctx);
     const t0 = performance.now();
-    const finish = (outcome: HandlerOutcome, result: Result): Result => {
-      this.#o.hooks?.handlerDone?.(b.plugin, event.event, (performance.now() - t0) / 1000, outcome);
-      return result;
-    };
-    const failure = (err: unknown): Result => ({ ok: false, error: `${b.plugin}: ${describeError(err)}` });
     let value: unknown;
     try {
       value = b.handler(event, ctx as never);
     } catch (err) {
-      return finish('error', failure(err));
+      return this.#finish(b, event, t0, 'error', { ok: false, error: `${b.plugin}: ${describeError(err)}` });
     }
-    if (!isThenable(value)) return finish('ok', { ok: true, value });
+    if (!isThenable(value)) return this.#finish(b, event, t0, 'ok', { ok: true, value });
     return new Promise<Result>((resolve) => {
       const call: Watched = {
         startedAt: t0,
         ctx,
         settle: (outcome, result) => {
           if (!this.#watched.delete(call)) return;
-          resolve(finish(outcome, result));
+          resolve(this.#finish(b, event, t0, outcome, result));
         },
       };
       this.#watched.add(call);
       this.#watchTimeouts();
       value.then(
         (v) => call.settle('ok', { ok: true, value: v }),
-        (err: unknown) => call.settle(this.#stopped ? 'aborted' : 'error', failure(err)),
+        (err: unknown) => call.settle(this.#stopped ? 'aborted' : 'error', { ok: false, error: `${b.plugin}: ${describeError(err)}` }),
       );
     });
+  }
+
+  #finish(b: Binding, event: AgentEvent, t0: number, outcome: HandlerOutcome, result: Result): Result {
+    this.#o.hooks?.handlerDone?.(b.plugin, event.event, (performance.now() - t0) / 1000, outcome);
+    return result;
   }
 
   #watchTimeouts(): void {
@@ -450,11 +447,11 @@ export class DurableConsumer {
         .exec();
     } catch (err) {
       // Still pending: read again at the next poll, and dead-lettered then.
-      this.#inflight.delete(key(s, f.id));
+      s.inflight.delete(f.id);
       this.#o.log.warn({ stream: s.key, id: e.id, err: describeError(err) }, 'could not dead-letter a durable entry yet');
       return;
     }
-    this.#inflight.delete(key(s, f.id));
+    s.inflight.delete(f.id);
     this.counts.deadLettered++;
     this.#o.hooks?.deadLettered?.(s.kind, reason);
     this.#o.log.error({ code: 'AGENTD_ERR_DEAD_LETTERED', stream: s.key, dead, id: e.id, attempts, reason, err: error }, 'durable entry moved to its dead-letter stream');
@@ -496,7 +493,7 @@ export class DurableConsumer {
       batches.map(async ([s, ids]) => {
         try {
           await this.#o.redis.xack(s.key, DURABLE_GROUP, ...ids);
-          for (const id of ids) this.#inflight.delete(key(s, id));
+          for (const id of ids) s.inflight.delete(id);
         } catch (err) {
           // Kept in flight (so not handled again) and retried at the next poll.
           const list = this.#acks.get(s) ?? [];
@@ -514,7 +511,7 @@ export class DurableConsumer {
   async stop(drainMs: number): Promise<{ drained: boolean }> {
     this.#stopped = true;
     this.#queue.clear();
-    for (const f of this.#inflight.values()) clearTimeout(f.retryTimer);
+    for (const s of this.#streams) for (const f of s.inflight.values()) clearTimeout(f.retryTimer);
     let timer: NodeJS.Timeout | undefined;
     const drained = await Promise.race([
       this.#queue.onIdle().then(() => true),
@@ -522,7 +519,7 @@ export class DurableConsumer {
     ]);
     clearTimeout(timer);
     if (!drained) {
-      for (const f of this.#inflight.values()) for (const c of f.contexts) c.abort(SHUTDOWN);
+      for (const s of this.#streams) for (const f of s.inflight.values()) for (const c of f.contexts) c.abort(SHUTDOWN);
       for (const call of this.#watched) call.settle('aborted', { ok: false, error: describeError(SHUTDOWN) });
     }
     clearInterval(this.#watchTimer);

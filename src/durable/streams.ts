@@ -12,13 +12,43 @@ import { withScripts } from '../redis/scripts.ts';
 export interface StreamEntry {
   readonly id: string;
   readonly envelope: string | undefined;
-  /** Every field, for dead-letter entries (error, attempts, source_id). */
+  /** Every field, for dead-letter entries (error, attempts, source_id); built on first use. */
   readonly fields: Readonly<Record<string, string>>;
 }
 
 /** Unix ms at which an entry id was assigned by XADD (its first part); NaN for a bad id. */
 export function entryTime(id: string): number {
   return Number(id.slice(0, id.indexOf('-')));
+}
+
+class Entry implements StreamEntry {
+  readonly id: string;
+  readonly envelope: string | undefined;
+  readonly #list: readonly unknown[];
+  #fields: Record<string, string> | undefined;
+
+  constructor(id: string, list: readonly unknown[]) {
+    this.id = id;
+    this.#list = list;
+    // agentd writes `envelope` first; anything else is searched for.
+    if (list[0] === ENVELOPE_FIELD && typeof list[1] === 'string') this.envelope = list[1];
+    else {
+      const v = this.fields[ENVELOPE_FIELD];
+      this.envelope = typeof v === 'string' ? v : undefined;
+    }
+  }
+
+  get fields(): Readonly<Record<string, string>> {
+    if (this.#fields) return this.#fields;
+    const fields: Record<string, string> = Object.create(null) as Record<string, string>;
+    const list = this.#list;
+    for (let i = 0; i + 1 < list.length; i += 2) {
+      const k = list[i];
+      const v = list[i + 1];
+      if (typeof k === 'string' && typeof v === 'string') fields[k] = v;
+    }
+    return (this.#fields = fields);
+  }
 }
 
 /**
@@ -31,14 +61,7 @@ export function parseEntries(raw: unknown): StreamEntry[] {
   const out: StreamEntry[] = [];
   for (const item of raw) {
     if (!Array.isArray(item) || typeof item[0] !== 'string') continue;
-    const list = Array.isArray(item[1]) ? (item[1] as unknown[]) : [];
-    const fields: Record<string, string> = Object.create(null) as Record<string, string>;
-    for (let i = 0; i + 1 < list.length; i += 2) {
-      const k = list[i];
-      const v = list[i + 1];
-      if (typeof k === 'string' && typeof v === 'string') fields[k] = v;
-    }
-    out.push({ id: item[0], envelope: fields[ENVELOPE_FIELD], fields });
+    out.push(new Entry(item[0], Array.isArray(item[1]) ? (item[1] as unknown[]) : []));
   }
   return out;
 }
