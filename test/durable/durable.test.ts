@@ -312,3 +312,39 @@ describe('bounds, hand-over at stop, retention, metrics', () => {
     expect(m).toMatch(/agentd_durable_pending 0/);
   });
 });
+
+describe('poison tasks and requests to a dying agent', () => {
+  it('an entry delivered durable.attempts times without an acknowledgement is dead-lettered as redelivered, not run again', async () => {
+    const den = uid('den');
+    const key = `den:${den}:tasks`;
+    await suite.cmd.xgroup('CREATE', key, 'agentd', '0', 'MKSTREAM');
+    const id = (await suite.cmd.xadd(key, '*', 'envelope', JSON.stringify({ event: 'job', data: 'poison' }))) as string;
+    await suite.cmd.xreadgroup('GROUP', 'agentd', 'ghost', 'COUNT', 1, 'STREAMS', key, '>');
+    // Three deliveries counted (three members died running it), as many as durable.attempts.
+    await suite.cmd.xclaim(key, 'agentd', 'ghost', 0, id, 'RETRYCOUNT', 3);
+    let ran = 0;
+    const t = await startAgent(den, definePlugin({ name: 'w', handlers: { job: () => void ran++ } }) as Plugin, { durable: { orphanAfter: 0.1 } });
+    await until(async () => (await suite.cmd.xlen(`den:${den}:dead`)) === 1, 'dead-lettered');
+    const [[, fields]] = (await suite.cmd.xrange(`den:${den}:dead`, '-', '+')) as [[string, string[]]];
+    expect(fields[fields.indexOf('error') + 1]).toContain('delivered 3 times');
+    expect(fields[fields.indexOf('attempts') + 1]).toBe('3');
+    expect(ran).toBe(0);
+    expect(t.lines.some((l) => l['code'] === 'AGENTD_ERR_DEAD_LETTERED' && l['reason'] === 'redelivered')).toBe(true);
+  });
+
+  it('a request waiting on an agent that is announced down rejects with agent_down at once', async () => {
+    const den = uid('den');
+    const hold = gate();
+    const server = await startAgent(den, definePlugin({ name: 'slow', handlers: { slow: () => hold.promise } }) as Plugin);
+    const client = await startAgent(den, definePlugin({ name: 'none', handlers: {} }) as Plugin);
+    const pending = client.daemon.durable.request(server.config.agent.id, 'slow', null, { timeoutMs: 20_000 }).catch((e: unknown) => e);
+    await sleep(200);
+    const t0 = Date.now();
+    await suite.cmd.publish('agent:events:agent_down', JSON.stringify({ event: 'agent_down', data: { agent: server.config.agent.id, den } }));
+    const err = (await pending) as RequestError;
+    expect(err).toBeInstanceOf(RequestError);
+    expect(err.reason).toBe('agent_down');
+    expect(Date.now() - t0).toBeLessThan(5_000);
+    hold.open();
+  });
+});
