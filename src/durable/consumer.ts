@@ -230,7 +230,7 @@ export class DurableConsumer {
     const byId = new Map(rows.map((r) => [r.id, r.deliveries]));
     const got = new Set(entries.map((e) => e.id));
     const gone = ids.filter((id) => !got.has(id));
-    if (gone.length > 0) this.#trimmed(s, gone, 'claim');
+    if (gone.length > 0) await this.#trimmedIfMissing(s, gone, 'claim');
     for (const e of entries) {
       const attempt = (byId.get(e.id) ?? 1) + 1;
       this.counts.redelivered++;
@@ -338,7 +338,7 @@ export class DurableConsumer {
       const [entry] = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, f.id));
       if (!entry) {
         s.inflight.delete(f.id);
-        this.#trimmed(s, [f.id], 'retry');
+        await this.#trimmedIfMissing(s, [f.id], 'retry');
         return;
       }
       f.attempt++;
@@ -456,6 +456,17 @@ export class DurableConsumer {
     this.#o.hooks?.deadLettered?.(s.kind, reason);
     this.#o.log.error({ code: 'AGENTD_ERR_DEAD_LETTERED', stream: s.key, dead, id: e.id, attempts, reason, err: error }, 'durable entry moved to its dead-letter stream');
     if (replyTo) await this.#reply(replyTo, { ok: false, error: { code: reason === 'failed' ? 'handler_failed' : 'dead_lettered', message: error } });
+  }
+
+  /**
+   * XCLAIM returns nothing for an id that is no longer pending: trimmed away,
+   * or acknowledged meanwhile (an XPENDING listed it just before our own XACK
+   * landed). Only an entry that no longer exists counts as trimmed.
+   */
+  async #trimmedIfMissing(s: Stream, ids: readonly string[], via: string): Promise<void> {
+    const missing: string[] = [];
+    for (const id of ids) if (parseEntries(await this.#o.redis.xrange(s.key, id, id)).length === 0) missing.push(id);
+    if (missing.length > 0) this.#trimmed(s, missing, via);
   }
 
   #trimmed(s: Stream, ids: readonly string[], via: string): void {
