@@ -269,9 +269,28 @@ export class DurableConsumer {
     if (s.inflight.has(e.id)) return;
     const f: InFlight = { stream: s, id: e.id, attempt, retryTimer: undefined, contexts: [] };
     s.inflight.set(e.id, f);
+    // Replies skip the queue: a handler awaiting ctx.request holds a slot, so a reply
+    // queued behind it could wait for its own requester to time out.
+    if (s.kind === 'inbox' && e.envelope !== undefined && e.envelope.includes('"inReplyTo"') && this.#replyNow(f, e.envelope)) return;
     void this.#queue.add(() => this.#handle(f, e)).catch((err: unknown) => {
       this.#o.log.error({ err: describeError(err), stream: s.key, id: e.id }, 'durable entry handling failed unexpectedly');
     });
+  }
+
+  /** A reply (`event: "reply"` with `inReplyTo`) goes to the waiting request and is acknowledged; false for anything else. */
+  #replyNow(f: InFlight, envelope: string): boolean {
+    const parsed = parseEnvelope(f.stream.key, envelope, this.#o.maxBytes);
+    if (!parsed.ok || parsed.event.event !== 'reply') return false; // a bad one is dead-lettered by #handle
+    const r = JSON.parse(envelope) as Record<string, unknown>;
+    if (typeof r['inReplyTo'] !== 'string') return false;
+    // The checked, frozen data rather than the raw parse.
+    r['data'] = parsed.event.data;
+    if (!this.#o.onReply(r)) {
+      this.counts.lateReplies++;
+      this.#o.log.debug({ inReplyTo: r['inReplyTo'].slice(0, 100) }, 'reply for no waiting request (timed out, or the requester restarted)');
+    }
+    this.#ack(f);
+    return true;
   }
 
   async #handle(f: InFlight, e: StreamEntry): Promise<void> {

@@ -348,3 +348,22 @@ describe('poison tasks and requests to a dying agent', () => {
     hold.open();
   });
 });
+
+describe('requests from durable handlers', () => {
+  it('a durable handler holding the only slot still gets the reply to its own request', async () => {
+    const den = uid('den');
+    const server = await startAgent(den, definePlugin({ name: 'calc', handlers: { add: (e) => (e.data as number[]).reduce((a, b) => a + b, 0) } }) as Plugin);
+    const results: unknown[] = [];
+    const asker = await startAgent(den, definePlugin({
+      name: 'asker',
+      handlers: {
+        ask: async (_e, ctx) => {
+          results.push(await ctx.request(server.config.agent.id, 'add', [2, 3], { timeoutMs: 20_000 }));
+        },
+      },
+    }) as Plugin, { durable: { concurrency: 1 } });
+    await server.daemon.durable.send(asker.config.agent.id, 'ask', null);
+    await until(() => results.length === 1, 'the answer', 5_000);
+    expect(results).toEqual([5]);
+  });
+});
