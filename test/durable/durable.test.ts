@@ -367,3 +367,28 @@ describe('requests from durable handlers', () => {
     expect(results).toEqual([5]);
   });
 });
+
+describe('hostile stream entries', () => {
+  it('bad envelopes never reach a handler: each is dead-lettered with its reason, the daemon carries on', async () => {
+    const den = uid('den');
+    const seen: AgentEvent[] = [];
+    const t = await startAgent(den, definePlugin({ name: 'rec', handlers: { note: (e) => void seen.push(e) } }) as Plugin);
+    const inbox = `inbox:${t.config.agent.id}`;
+    await suite.cmd.xadd(inbox, '*', 'envelope', 'not json');
+    await suite.cmd.xadd(inbox, '*', 'other', 'no envelope field');
+    await suite.cmd.xadd(inbox, '*', 'envelope', '{"event":"note","data":{"__proto__":{"admin":true}}}');
+    await suite.cmd.xadd(inbox, '*', 'envelope', '[1,2,3]');
+    await suite.cmd.xadd(inbox, '*', 'envelope', JSON.stringify({ event: 'note', data: 'x'.repeat(2_000_000) }));
+    await suite.cmd.xadd(inbox, '*', 'envelope', '{"event":"reply","inReplyTo":"nobody","ok":true,"data":{"__proto__":{}}}');
+    await suite.cmd.xadd(inbox, '*', 'envelope', JSON.stringify({ event: 'note', data: 'fine' }));
+    await until(() => seen.length === 1, 'the good entry');
+    await until(async () => (await suite.cmd.xlen(`${inbox}:dead`)) === 6, 'six dead letters');
+    const dead = (await suite.cmd.xrange(`${inbox}:dead`, '-', '+')) as Array<[string, string[]]>;
+    const errors = dead.map(([, f]) => f[f.indexOf('error') + 1]);
+    expect(errors.sort()).toEqual(
+      ['bad envelope: not_json', 'entry has no envelope field', 'bad envelope: forbidden_key', 'bad envelope: not_object', 'bad envelope: too_large', 'bad envelope: forbidden_key'].sort(),
+    );
+    expect(seen[0]!.data).toBe('fine');
+    await until(async () => (await pendingCount(inbox)) === 0, 'all acknowledged');
+  });
+});
