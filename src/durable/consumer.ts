@@ -103,6 +103,7 @@ export class DurableConsumer {
   #again = false;
   #historyWanted = true;
   #stopped = true;
+  #lastReadError: string | undefined;
   readonly #watched = new Set<Watched>();
   #watchTimer: NodeJS.Timeout | undefined;
   /** Counts, for stats and tests. */
@@ -142,7 +143,12 @@ export class DurableConsumer {
 
   async start(): Promise<void> {
     this.#stopped = false;
-    for (const s of this.#streams) await ensureGroup(this.#o.redis, s.key);
+    try {
+      for (const s of this.#streams) await ensureGroup(this.#o.redis, s.key);
+    } catch (err) {
+      // Redis dropped right now: a read that finds no group creates it (NOGROUP below).
+      this.#o.log.warn({ err: describeError(err) }, 'could not create the durable stream groups yet; retrying at the next poll');
+    }
     this.#historyWanted = true;
     void this.pump();
   }
@@ -183,7 +189,11 @@ export class DurableConsumer {
         for (const s of this.#streams) await ensureGroup(this.#o.redis, s.key).catch(() => undefined);
         this.#historyWanted = true;
       } else {
-        this.#o.log.debug({ err: describeError(err) }, 'durable read failed; retrying at the next poll');
+        // Connection errors come and go with Redis; anything else (an ACL refusal, a wrong type) is said once.
+        const message = describeError(err);
+        const quiet = this.#o.redis.status !== 'ready' || message === this.#lastReadError;
+        this.#lastReadError = message;
+        this.#o.log[quiet ? 'debug' : 'warn']({ err: message }, 'durable read failed; retrying at the next poll');
       }
     } finally {
       this.#pumping = false;
