@@ -236,6 +236,11 @@ export class DurableConsumer {
     if (!s || rows.length === 0) return 0;
     const ids = rows.map((r) => r.id).filter((id) => !s.inflight.has(id));
     if (ids.length === 0) return 0;
+    if (this.#stopped) {
+      // Not reading (yet, or any more): take them without a delivery; our pending list is read at start.
+      await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...ids, 'JUSTID');
+      return ids.length;
+    }
     const entries = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...ids));
     const byId = new Map(rows.map((r) => [r.id, r.deliveries]));
     const got = new Set(entries.map((e) => e.id));
@@ -304,8 +309,11 @@ export class DurableConsumer {
   }
 
   async #handle(f: InFlight, e: StreamEntry): Promise<void> {
-    if (this.#stopped) return; // stays pending: handed over or read again on return
     const s = f.stream;
+    if (this.#stopped) {
+      s.inflight.delete(f.id); // stays pending: handed over, or read again on return
+      return;
+    }
     if (f.attempt > this.#o.attempts) {
       await this.#deadLetter(f, e, `delivered ${f.attempt - 1} times without being acknowledged (its handlers' agents died or stopped)`, 'redelivered', f.attempt - 1);
       return;
