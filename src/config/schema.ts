@@ -311,7 +311,7 @@ export const schema = {
       arg: 'durable-poll-interval',
     },
     orphanAfter: {
-      doc: 'Seconds a den task may stay pending without its claim being refreshed before a live member takes it (the safety net behind the hand-over at agent_down; a running handler refreshes its claim every orphanAfter / 4).',
+      doc: 'Seconds a den task may stay pending without its claim being refreshed before a live member takes it (the safety net behind the hand-over at agent_down; a running handler\'s claim is refreshed every orphanAfter / 4, so pollInterval must be at most that).',
       format: 'positive-number',
       default: 120,
       env: 'AGENTD_DURABLE_ORPHAN_AFTER',

@@ -239,7 +239,7 @@ describe('bounds, hand-over at stop, retention, metrics', () => {
     await suite.cmd.xadd(key, '*', 'envelope', JSON.stringify({ event: 'job', data: 1 }));
     await suite.cmd.xreadgroup('GROUP', 'agentd', 'ghost', 'COUNT', 1, 'STREAMS', key, '>');
     await suite.cmd.xtrim(key, 'MAXLEN', 0);
-    const t = await startAgent(den, definePlugin({ name: 'w', handlers: { job: () => undefined } }) as Plugin, { durable: { orphanAfter: 0.1 } });
+    const t = await startAgent(den, definePlugin({ name: 'w', handlers: { job: () => undefined } }) as Plugin, { durable: { orphanAfter: 0.8 } });
     await until(() => t.daemon.durable.consumer.counts.trimmed === 1, 'the trimmed entry counted');
     expect(t.lines.some((l) => l['code'] === 'AGENTD_ERR_TRIMMED')).toBe(true);
     await until(async () => (await pendingCount(key)) === 0, 'its pending id cleared');
@@ -323,7 +323,7 @@ describe('poison tasks and requests to a dying agent', () => {
     // Three deliveries counted (three members died running it), as many as durable.attempts.
     await suite.cmd.xclaim(key, 'agentd', 'ghost', 0, id, 'RETRYCOUNT', 3);
     let ran = 0;
-    const t = await startAgent(den, definePlugin({ name: 'w', handlers: { job: () => void ran++ } }) as Plugin, { durable: { orphanAfter: 0.1 } });
+    const t = await startAgent(den, definePlugin({ name: 'w', handlers: { job: () => void ran++ } }) as Plugin, { durable: { orphanAfter: 0.8 } });
     await until(async () => (await suite.cmd.xlen(`den:${den}:dead`)) === 1, 'dead-lettered');
     const [[, fields]] = (await suite.cmd.xrange(`den:${den}:dead`, '-', '+')) as [[string, string[]]];
     expect(fields[fields.indexOf('error') + 1]).toContain('delivered 3 times');
@@ -390,5 +390,14 @@ describe('hostile stream entries', () => {
     );
     expect(seen[0]!.data).toBe('fine');
     await until(async () => (await pendingCount(inbox)) === 0, 'all acknowledged');
+  });
+});
+
+describe('durable settings', () => {
+  it('refuses a poll slower than orphanAfter / 4 (running handlers would look orphaned), naming both settings', async () => {
+    const { loadConfig } = await import('../../src/config/load.ts');
+    expect(() => loadConfig({ env: { AGENTD_DURABLE_POLL_INTERVAL: '40' } })).toThrow(/durable\.pollInterval: must be at most durable\.orphanAfter \/ 4 \(got pollInterval 40 s with orphanAfter 120 s\)/);
+    expect(() => loadConfig({ env: { AGENTD_DURABLE_ATTEMPTS: '0' } })).toThrow(/durable\.attempts/);
+    expect(loadConfig({ env: {} }).config.durable).toMatchObject({ enabled: true, attempts: 5, maxLen: 10_000, pollInterval: 1, orphanAfter: 120, retention: 86_400 });
   });
 });
