@@ -15,7 +15,7 @@ const run = promisify(execFile);
 const json = process.argv.includes('--json');
 const onlyAt = process.argv.indexOf('--only');
 const only = onlyAt > 0 ? new Set(process.argv[onlyAt + 1]?.split(',')) : undefined;
-const BENCHES = ['dispatch', 'latency', 'overload', 'footprint', 'memory', 'sweep', 'detection'];
+const BENCHES = ['dispatch', 'latency', 'overload', 'footprint', 'memory', 'sweep', 'detection', 'durable'];
 
 const results: Record<string, unknown> = {};
 const started = new Date().toISOString();

@@ -19,6 +19,7 @@ import { MemoryMonitor } from './memory/monitor.ts';
 import { LoopMonitor } from './presence/loop-monitor.ts';
 import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
 import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
+import { Durable } from './durable/durable.ts';
 import { Connections, createClient, redisOptions, type ConnectionStateChange } from './redis/connection.ts';
 import { DAEMON_COMMANDS, preflight } from './redis/preflight.ts';
 import { denMembersKey, heartbeatKeyspacePattern, probeChannel } from './redis/keys.ts';
@@ -104,6 +105,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   readonly #watcher: PeerWatcher | undefined;
   readonly #loop: LoopMonitor;
   readonly #memoryMonitor: MemoryMonitor;
+  /** Durable messages: inbox, den tasks, request/reply (src/durable). */
+  readonly durable: Durable;
   /** Prometheus metrics of this daemon (served on /metrics when http.port is set). */
   readonly metrics: Metrics;
   #http: HttpEndpoint | undefined;
@@ -153,6 +156,20 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#dispatcher.on('dropped', (d) => this.emit('eventDropped', { reason: d.reason, channel: d.channel, event: d.event }));
     this.#dispatcher.on('handlerFailed', (info) => this.emit('handlerFailed', info));
 
+    this.durable = new Durable({
+      redis: this.#connections.command,
+      agent: this.agent,
+      config,
+      log: this.log.child({ component: 'durable' }),
+      hooks: {
+        acked: (kind, seconds) => this.metrics.durableAcked(kind, seconds),
+        redelivered: (kind) => this.metrics.durableRedelivered(kind),
+        deadLettered: (kind, reason) => this.metrics.durableDeadLettered(kind, reason),
+        trimmed: (kind, n) => this.metrics.durableTrimmed(kind, n),
+        handlerDone: (plugin, event, seconds, outcome) => this.metrics.handler(plugin, event, seconds, outcome),
+      },
+    });
+
     this.#presence = new Presence({
       redis: this.#connections.command,
       agent: this.agent,
@@ -189,9 +206,11 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         massDeathHoldMs: config.watch.massDeathHold * 1000,
       });
       this.#watcher.on('down', (down) => this.emit('peerDown', down));
+      if (config.durable.enabled) this.#watcher.on('down', (down) => void this.durable.handover(down.agent, down.den));
     }
     const watcher = this.#watcher;
     const db = Number(new URL(config.redis.url).pathname.slice(1) || 0);
+    const channels = new Map(config.durable.enabled ? this.durable.doorbells() : []);
     this.#subscriber = new EventSubscriber({
       subscriber: this.#connections.subscriber,
       command: this.#connections.command,
@@ -211,6 +230,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
             ]),
           }
         : {}),
+      ...(channels.size > 0 ? { channels } : {}),
       log: this.log.child({ component: 'subscriber' }),
       probeIntervalMs: config.events.probeInterval * 1000,
       probeTimeoutMs: config.events.probeTimeoutMs,
@@ -259,8 +279,13 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       metrics: this.metrics,
       log: this.log.child({ component: 'intake' }),
       onDropped: (d) => this.emit('eventDropped', d),
-      onMembership: (event) => this.#denEvents.observe(event),
+      onMembership: (event) => {
+        this.#denEvents.observe(event);
+        // A peer's watcher reaped someone: requests waiting on that agent fail now, not at their timeout.
+        if (event.event === 'agent_down') this.durable.peerDown(String((event.data as { agent?: unknown } | null)?.agent));
+      },
     });
+    this.metrics.durableSource(() => ({ inFlight: this.durable.consumer.inFlight, running: this.durable.consumer.running }));
   }
 
   get state(): DaemonState {
@@ -448,6 +473,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       publish: (type, data) => this.publish(type, data),
       memory: this.memory,
       timeoutMs: this.config.lifecycle.setupTimeoutMs,
+      durable: this.durable,
     });
 
     this.#connections.connect();
@@ -498,6 +524,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       signal.throwIfAborted();
       this.#watcher.start();
     }
+    if (this.config.durable.enabled) await this.durable.start(this.#plugins.bindings());
     this.log.info({ plugins: this.#plugins.names, startMs: Math.round(performance.now() - t0) }, 'agentd started');
     if (this.#subscriber.confirmed && this.#connections.ready) {
       this.#setState('ready');
@@ -585,6 +612,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     // Unsubscribe first: what was already on its way is still handled, not dropped.
     await step('unsubscribe', () => this.#subscriber.stop());
     this.#dispatcher.stopAccepting();
+    const durableStopped = this.durable.stop(drainTimeoutMs);
     let drain: DrainResult = { drained: true, waiting: 0, running: [] };
     await step('drain', async () => {
       drain = await this.#dispatcher.drain(drainTimeoutMs);
@@ -592,6 +620,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     if (!drain.drained) {
       this.log.error({ drainTimeoutMs, waiting: drain.waiting, running: drain.running }, 'drain timeout: discarded waiting handler calls and aborted running ones');
     }
+    await step('durable', () => durableStopped);
     await step('plugins', async () => this.#plugins?.close());
     this.#presence.stop();
     // Whatever start got to: leave() undoes a join that wrote anything, and is a no-op otherwise.

@@ -22,6 +22,12 @@ export const ErrorCodes = {
   AGENTD_ERR_DUPLICATE_ID: 'another live daemon instance has this agent id',
   AGENTD_ERR_REDIS_UNSUPPORTED: 'redis server cannot be used: cluster mode, a Sentinel, or a read-only replica',
   AGENTD_ERR_REDIS_PERMISSION: 'redis user lacks a permission agentd needs (NOPERM)',
+  AGENTD_ERR_REQUEST_TIMEOUT: 'a request got no reply within its time limit',
+  AGENTD_ERR_REQUEST_FAILED: 'the handler of a request failed on every attempt',
+  AGENTD_ERR_AGENT_DOWN: 'the agent a request is for is down or offline',
+  AGENTD_ERR_NO_SUCH_AGENT: 'the agent a request is for has never been seen',
+  AGENTD_ERR_DEAD_LETTERED: 'a durable entry was moved to a dead-letter stream',
+  AGENTD_ERR_TRIMMED: 'a durable entry was trimmed from its stream before it was acknowledged',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -31,3 +31,7 @@ export {
 } from './memory/memory.ts';
 export { memoryKeys } from './redis/keys.ts';
 export type { AgentDown, Detector } from './presence/watcher.ts';
+export { RequestError, type RequestFailure } from './durable/errors.ts';
+export type { DurableApi, RequestOptions, SubmitOptions } from './durable/durable.ts';
+export type { Delivery, StreamKind } from './bus/envelope.ts';
+export { inboxKey, denTasksKey, deadLetterKey } from './redis/keys.ts';

@@ -3,7 +3,8 @@
  * the only file that touches `process`: signals, exit codes, standard streams.
  */
 import { HELP, parseCommandLine, settingsHelp, type ParsedArgs } from '../cli/args.ts';
-import { configCommand, memoryCommand, membersCommand, publishCommand, watchCommand, type Io } from '../cli/commands.ts';
+import { configCommand, connectOnce, memoryCommand, membersCommand, publishCommand, watchCommand, type Io } from '../cli/commands.ts';
+import { deadLetterCommand, inboxCommand, requestCommand, sendCommand } from '../cli/durable.ts';
 import { loadConfig } from '../config/load.ts';
 import type { AgentdConfig } from '../config/schema.ts';
 import { AgentDaemon } from '../daemon.ts';
@@ -192,7 +193,8 @@ async function main(argv: readonly string[]): Promise<number | undefined> {
     else throw new AgentdError('AGENTD_ERR_USAGE', `no help for "${topic}"`);
     return 0;
   }
-  if (command !== 'publish' && command !== 'memory' && args.positionals.length > 0) {
+  const takesArgs = ['publish', 'memory', 'send', 'request', 'submit', 'inbox', 'dead-letter'];
+  if (!takesArgs.includes(command) && args.positionals.length > 0) {
     throw new AgentdError('AGENTD_ERR_USAGE', `${command} takes no arguments (got ${JSON.stringify(args.positionals[0])})`);
   }
   switch (command) {
@@ -213,6 +215,15 @@ async function main(argv: readonly string[]): Promise<number | undefined> {
       return memoryCommand(load(args), args.positionals, { json: args.json, yes: args.yes }, io);
     case 'config':
       return configCommand(load(args), io);
+    case 'send':
+    case 'submit':
+      return sendCommand(command, load(args), args.positionals, args.den, args.json, io, connectOnce);
+    case 'request':
+      return requestCommand(load(args), args.positionals, args.timeout, args.json, io, connectOnce);
+    case 'inbox':
+      return inboxCommand(load(args), args.positionals, args.den, args.json, io, connectOnce);
+    case 'dead-letter':
+      return deadLetterCommand(load(args), args.positionals, { den: args.den, json: args.json, yes: args.yes }, io, connectOnce);
   }
 }
 

@@ -19,6 +19,23 @@ export interface AgentEvent<Data = unknown> {
   readonly ts?: number;
   /** Publisher's den, when set. */
   readonly den?: string;
+  /** Set for entries from a durable stream (inbox or den tasks), absent for pub/sub events. */
+  readonly delivery?: Delivery;
+}
+
+export type StreamKind = 'inbox' | 'tasks';
+
+/** Where a durable entry came from and which attempt this is, so a handler can be idempotent. */
+export interface Delivery {
+  /** The stream key: inbox:<id> or den:<den>:tasks. */
+  readonly stream: string;
+  readonly kind: StreamKind;
+  /** The stream entry id (stable across attempts). */
+  readonly id: string;
+  /** 1 on the first delivery; more after a failure, a hand-over or a restart. */
+  readonly attempt: number;
+  /** durable.attempts: after this many the entry goes to the dead-letter stream. */
+  readonly maxAttempts: number;
 }
 
 export type BadInputReason = 'too_large' | 'not_json' | 'not_object' | 'no_event' | 'forbidden_key' | 'too_deep';
@@ -102,9 +119,12 @@ function walk(root: object, maxDepth: number, checkKeys: boolean): BadInputReaso
  * reason, and the caller counts and logs it. No step recurses over the
  * message, so its depth cannot exhaust the stack.
  */
-export function parseEnvelope(channel: string, payload: Buffer, maxBytes: number, maxDepth: number = DEFAULT_MAX_DEPTH): ParseResult {
-  if (payload.length > maxBytes) return { ok: false, reason: 'too_large' };
-  const text = payload.toString('utf8');
+export function parseEnvelope(channel: string, payload: Buffer | string, maxBytes: number, maxDepth: number = DEFAULT_MAX_DEPTH): ParseResult {
+  if (typeof payload === 'string') {
+    // A stream entry's field arrives decoded; its UTF-8 size is at most 3 bytes per UTF-16 unit.
+    if (payload.length * 3 > maxBytes && Buffer.byteLength(payload) > maxBytes) return { ok: false, reason: 'too_large' };
+  } else if (payload.length > maxBytes) return { ok: false, reason: 'too_large' };
+  const text = typeof payload === 'string' ? payload : payload.toString('utf8');
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);

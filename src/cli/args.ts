@@ -2,7 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { listSettings } from '../config/load.ts';
 import { AgentdError } from '../errors.ts';
 
-export const COMMANDS = ['run', 'members', 'watch', 'publish', 'memory', 'config', 'help'] as const;
+export const COMMANDS = ['run', 'members', 'watch', 'publish', 'memory', 'config', 'help', 'send', 'request', 'submit', 'inbox', 'dead-letter'] as const;
 export type CommandName = (typeof COMMANDS)[number];
 
 export interface ParsedArgs {
@@ -17,6 +17,8 @@ export interface ParsedArgs {
   readonly settingArgs: readonly string[];
   /** --den, which both sets agent.den and picks the den `members` lists. */
   readonly den: string | undefined;
+  /** --timeout MS of `agentd request`. */
+  readonly timeout: string | undefined;
 }
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -28,6 +30,7 @@ function optionTable(): Options {
     json: { type: 'boolean' },
     yes: { type: 'boolean', short: 'y' },
     config: { type: 'string', short: 'c' },
+    timeout: { type: 'string' },
   };
   for (const s of listSettings()) options[s.arg] = { type: 'string' };
   return options;
@@ -77,6 +80,7 @@ export function parseCommandLine(argv: readonly string[]): ParsedArgs {
     configFile: typeof values['config'] === 'string' ? values['config'] : undefined,
     settingArgs,
     den: typeof values['den'] === 'string' ? values['den'] : undefined,
+    timeout: typeof values['timeout'] === 'string' ? values['timeout'] : undefined,
   };
 }
 
@@ -105,6 +109,14 @@ Commands:
                             delete every agent:AGENT:* key (asks first on a terminal)
   memory stats [--json]     Redis memory use, limit, eviction policy
   config                    print the effective configuration, secrets redacted
+  send AGENT EVENT [JSON]   durable: append to inbox:AGENT (handled at least once)
+  request AGENT EVENT [JSON] [--timeout MS]
+                            send a request and print the handler's reply
+  submit EVENT [JSON] [--den D]
+                            durable: append to den:D:tasks (one member handles it)
+  inbox [AGENT] [--den D]   length, pending, unread, oldest, dead letters of a stream
+  dead-letter list|retry|purge [AGENT] [--den D]
+                            show, re-queue or delete dead letters
   help [COMMAND|settings]   show help
 
 Options:
@@ -164,6 +176,42 @@ it (without running its setup). Exits 2 if anything is invalid.
 
 ${SETTINGS_HINT}`,
   help: `Usage: agentd help [COMMAND|settings]`,
+  send: `Usage: agentd send AGENT EVENT [JSON] [--json] [options]
+
+Appends {"event": EVENT, "data": JSON, "id", "source", "ts", "den"} to the
+stream inbox:AGENT and rings its doorbell. The agent's handlers for EVENT get
+it at least once, also if it is offline now (kept for durable.retention).
+
+${SETTINGS_HINT}`,
+  request: `Usage: agentd request AGENT EVENT [JSON] [--timeout MS] [--json] [options]
+
+Sends a request to inbox:AGENT and prints the value its handler returns.
+Exit 1 when the agent is unknown or down, the handler failed, the request was
+dead-lettered, or no reply came within --timeout (default 30000 ms).
+
+${SETTINGS_HINT}`,
+  submit: `Usage: agentd submit EVENT [JSON] [--den DEN] [--json] [options]
+
+Appends the event to den:DEN:tasks (default: the configured den); exactly one
+live member of the den handles it, at least once.
+
+${SETTINGS_HINT}`,
+  inbox: `Usage: agentd inbox [AGENT] [--den DEN] [--json] [options]
+
+For inbox:AGENT (or, without AGENT, den:DEN:tasks): length, entries pending
+(read, not acknowledged), unread, the age of the oldest unacknowledged entry,
+the dead letters, and each consumer's pending count and idle time.
+
+${SETTINGS_HINT}`,
+  'dead-letter': `Usage: agentd dead-letter list [AGENT] [--den DEN] [--json]
+       agentd dead-letter retry [AGENT] [--den DEN]
+       agentd dead-letter purge [AGENT] [--den DEN] --yes
+
+The dead-letter stream of inbox:AGENT (inbox:AGENT:dead) or of the den's tasks
+(den:DEN:dead). list shows each entry's event, attempts and error; retry moves
+every entry back to its stream (handled again from attempt 1); purge deletes them.
+
+${SETTINGS_HINT}`,
 };
 
 /** Every setting with its flag, environment variable and default. */

@@ -19,7 +19,7 @@ export interface Io {
 }
 
 /** A short-lived client for one CLI command: no retries, so an unreachable Redis fails fast. */
-async function connectOnce(config: AgentdConfig): Promise<Redis> {
+export async function connectOnce(config: AgentdConfig): Promise<Redis> {
   const client = createClient({
     ...redisOptions(config, 'command'),
     connectionName: `agentd-cli:${config.agent.id}`,

@@ -141,6 +141,13 @@ function crossCheck(c: AgentdConfig): void {
       `heartbeat.interval: must be below heartbeat.ttl / 2 (got interval ${c.heartbeat.interval} s with ttl ${c.heartbeat.ttl} s)`,
     );
   }
+  // Running handlers refresh their claims at poll ticks: slower than orphanAfter / 4 and live work looks orphaned.
+  if (!(c.durable.pollInterval <= c.durable.orphanAfter / 4)) {
+    throw new AgentdError(
+      'AGENTD_ERR_CONFIG',
+      `durable.pollInterval: must be at most durable.orphanAfter / 4 (got pollInterval ${c.durable.pollInterval} s with orphanAfter ${c.durable.orphanAfter} s)`,
+    );
+  }
   const tls = c.redis.tls;
   if (!c.redis.url.startsWith('rediss:')) {
     for (const [key, value] of [

@@ -302,6 +302,71 @@ export const schema = {
       arg: 'memory-warn-ratio',
     },
   },
+  durable: {
+    enabled: {
+      doc: 'Durable messages on Redis Streams: read this agent\'s inbox (inbox:<id>) and its den\'s shared tasks (den:<den>:tasks) and hand them to the handlers, at least once (docs/durable.md).',
+      format: 'switch',
+      default: true,
+      env: 'AGENTD_DURABLE_ENABLED',
+      arg: 'durable-enabled',
+    },
+    attempts: {
+      doc: 'Deliveries of one durable entry before it is moved to the dead-letter stream (inbox:<id>:dead, den:<den>:dead).',
+      format: 'positive-int',
+      default: 5,
+      env: 'AGENTD_DURABLE_ATTEMPTS',
+      arg: 'durable-attempts',
+    },
+    backoffMs: {
+      doc: 'Wait before the first retry of a failed durable entry, in ms; doubles with each attempt up to durable.backoffMaxMs.',
+      format: 'positive-int',
+      default: 1_000,
+      env: 'AGENTD_DURABLE_BACKOFF_MS',
+      arg: 'durable-backoff-ms',
+    },
+    backoffMaxMs: {
+      doc: 'Longest wait between two attempts of a durable entry, in ms.',
+      format: 'positive-int',
+      default: 60_000,
+      env: 'AGENTD_DURABLE_BACKOFF_MAX_MS',
+      arg: 'durable-backoff-max-ms',
+    },
+    concurrency: {
+      doc: 'Durable entries handled at once; at most as many more are read ahead, the rest wait in Redis (backpressure, never dropped).',
+      format: 'positive-int',
+      default: 16,
+      env: 'AGENTD_DURABLE_CONCURRENCY',
+      arg: 'durable-concurrency',
+    },
+    maxLen: {
+      doc: 'Approximate cap (XADD MAXLEN ~) of every inbox, task and dead-letter stream agentd writes; an entry trimmed before it was acknowledged is counted and logged.',
+      format: 'positive-int',
+      default: 10_000,
+      env: 'AGENTD_DURABLE_MAX_LEN',
+      arg: 'durable-max-len',
+    },
+    pollInterval: {
+      doc: 'Seconds between reads of the streams when no doorbell rang (fractions allowed): the longest a sender that does not PUBLISH waits.',
+      format: 'positive-number',
+      default: 1,
+      env: 'AGENTD_DURABLE_POLL_INTERVAL',
+      arg: 'durable-poll-interval',
+    },
+    orphanAfter: {
+      doc: 'Seconds a den task may stay pending without its claim being refreshed before a live member takes it (the safety net behind the hand-over at agent_down; a running handler\'s claim is refreshed every orphanAfter / 4, so pollInterval must be at most that).',
+      format: 'positive-number',
+      default: 120,
+      env: 'AGENTD_DURABLE_ORPHAN_AFTER',
+      arg: 'durable-orphan-after',
+    },
+    retention: {
+      doc: 'Seconds the inbox of an agent that is down or offline is kept for its return; then its unacknowledged entries are moved to inbox:<id>:dead.',
+      format: 'positive-int',
+      default: 86_400,
+      env: 'AGENTD_DURABLE_RETENTION',
+      arg: 'durable-retention',
+    },
+  },
   plugins: {
     doc: 'Plugin modules: paths (relative to the config file, or to the working directory when given by environment or flag) or package names; in a config file also {"module": "...", "options": {...}}. Comma-separated in the environment.',
     format: 'plugin-list',
@@ -412,6 +477,17 @@ export interface AgentdConfig {
     readonly rateLimitWindow: number;
     readonly checkInterval: number;
     readonly warnRatio: number;
+  };
+  readonly durable: {
+    readonly enabled: boolean;
+    readonly attempts: number;
+    readonly backoffMs: number;
+    readonly backoffMaxMs: number;
+    readonly concurrency: number;
+    readonly maxLen: number;
+    readonly pollInterval: number;
+    readonly orphanAfter: number;
+    readonly retention: number;
   };
   readonly plugins: readonly PluginSpec[];
   readonly lifecycle: { readonly setupTimeoutMs: number; readonly drainTimeoutMs: number };

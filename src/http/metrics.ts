@@ -41,6 +41,13 @@ export class Metrics {
   readonly #massDeathHolds: TallyCounter;
   readonly #duplicates: TallyCounter;
   readonly #expiryNotifications: TallyCounter;
+  // Durable messages (src/durable): counters by stream kind (inbox, tasks).
+  readonly #durableAcked: TallyCounter;
+  readonly #durableRedelivered: TallyCounter;
+  readonly #durableDead: TallyCounter;
+  readonly #durableTrimmed: TallyCounter;
+  readonly #durableLatency: TallyHistogram;
+  #durableRead: () => { inFlight: number; running: number } = () => ({ inFlight: 0, running: 0 });
   /** Dens that may appear as label values: ours and the ones we watch. */
   readonly #dens = new Set<string>();
 
@@ -74,6 +81,17 @@ export class Metrics {
     this.#duplicates = new TallyCounter({ name: 'agentd_duplicate_instances_total', help: 'Beats that found the registry record written by another live instance with this agent id.', labelNames: [], registry });
     this.#expiryNotifications = new TallyCounter({ name: 'agentd_expiry_notifications_total', help: 'Keyspace notifications delivered to the watcher (heartbeat keys only).', labelNames: [], registry });
 
+    this.#durableAcked = new TallyCounter({ name: 'agentd_durable_acked_total', help: 'Durable entries acknowledged after their handlers succeeded, by stream kind (inbox, tasks).', labelNames: ['kind'], registry });
+    this.#durableRedelivered = new TallyCounter({ name: 'agentd_durable_redelivered_total', help: 'Durable entries taken over from a dead or stopped member, or left pending from before a restart, by stream kind.', labelNames: ['kind'], registry });
+    this.#durableDead = new TallyCounter({ name: 'agentd_durable_dead_lettered_total', help: 'Durable entries moved to a dead-letter stream, by stream kind and reason (failed, unhandled, bad_envelope, redelivered, retention).', labelNames: ['kind', 'reason'], registry });
+    this.#durableTrimmed = new TallyCounter({ name: 'agentd_durable_trimmed_total', help: 'Durable entries trimmed (durable.maxLen) before they were acknowledged, by stream kind.', labelNames: ['kind'], registry });
+    this.#durableLatency = new TallyHistogram({
+      name: 'agentd_durable_ack_latency_seconds',
+      help: 'From XADD (the entry id\'s time) to acknowledgement, by stream kind; includes retries and waiting in Redis.',
+      labelNames: ['kind'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300],
+      registry,
+    });
     const gauge = (name: string, help: string, read: () => number): void => {
       new Gauge({
         name,
@@ -93,6 +111,8 @@ export class Metrics {
     gauge('agentd_event_loop_delay_seconds', 'Longest event-loop delay in the last heartbeat interval.', () => source.loopDelayMs() / 1000);
     gauge('agentd_subscription_confirmed', '1 while the event subscription is confirmed by a probe.', () => (source.subscriptionConfirmed() ? 1 : 0));
     gauge('agentd_ready', '1 while the daemon is ready.', () => (source.ready() ? 1 : 0));
+    gauge('agentd_durable_pending', 'Durable entries read by this agent and not yet acknowledged (running, waiting, or waiting for a retry).', () => this.#durableRead().inFlight);
+    gauge('agentd_durable_running', 'Durable entries whose handlers are running.', () => this.#durableRead().running);
     new Gauge({
       name: 'agentd_redis_connected',
       help: '1 while the connection is ready, by connection (command, subscriber).',
@@ -204,5 +224,26 @@ export class Metrics {
 
   expiryNotification(): void {
     this.#expiryNotifications.inc('');
+  }
+
+  durableSource(read: () => { inFlight: number; running: number }): void {
+    this.#durableRead = read;
+  }
+
+  durableAcked(kind: string, latencySeconds: number): void {
+    this.#durableAcked.inc(kind);
+    this.#durableLatency.observe(latencySeconds, kind);
+  }
+
+  durableRedelivered(kind: string): void {
+    this.#durableRedelivered.inc(kind);
+  }
+
+  durableDeadLettered(kind: string, reason: string): void {
+    this.#durableDead.inc(kind, reason);
+  }
+
+  durableTrimmed(kind: string, count: number): void {
+    this.#durableTrimmed.inc(kind, undefined, undefined, count);
   }
 }

@@ -2,6 +2,7 @@ import type { Redis } from 'ioredis';
 import type { Abortable, Binding } from '../bus/dispatcher.ts';
 import type { AgentMemory } from '../memory/memory.ts';
 import type { AgentEvent } from '../bus/envelope.ts';
+import type { DurableApi } from '../durable/durable.ts';
 import { AgentdError, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { guardRedis } from './guarded-redis.ts';
@@ -15,6 +16,8 @@ export interface PluginHostDeps {
   readonly publish: (type: string, data: unknown) => Promise<number>;
   readonly memory: AgentMemory;
   readonly timeoutMs: number;
+  /** send / request / submit (durable messages). */
+  readonly durable: DurableApi;
 }
 
 interface Entry {
@@ -45,6 +48,9 @@ class CallContext implements PluginContext<PluginOptions>, Abortable {
   readonly publish: (type: string, data: unknown) => Promise<number>;
   readonly options: PluginOptions;
   readonly memory: AgentMemory;
+  readonly send: DurableApi['send'];
+  readonly request: DurableApi['request'];
+  readonly submit: DurableApi['submit'];
   #controller: AbortController | undefined;
   #abortedWith: { reason: unknown } | undefined;
 
@@ -55,6 +61,9 @@ class CallContext implements PluginContext<PluginOptions>, Abortable {
     this.publish = base.publish;
     this.options = base.options;
     this.memory = base.memory;
+    this.send = base.send;
+    this.request = base.request;
+    this.submit = base.submit;
   }
 
   get signal(): AbortSignal {
@@ -102,6 +111,10 @@ export class PluginHost {
         signal: this.#lifetime.signal,
         options: loaded.options,
         memory: deps.memory,
+        send: (agentId: string, type: string, data: unknown) => deps.durable.send(agentId, type, data),
+        request: <T>(agentId: string, type: string, data: unknown, options?: Parameters<DurableApi['request']>[3]) =>
+          deps.durable.request<T>(agentId, type, data, options),
+        submit: (type: string, data: unknown, options?: Parameters<DurableApi['submit']>[2]) => deps.durable.submit(type, data, options),
       }),
     }));
   }

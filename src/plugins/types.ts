@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { AgentEvent } from '../bus/envelope.ts';
 import type { AgentMemory } from '../memory/memory.ts';
+import type { RequestOptions, SubmitOptions } from '../durable/durable.ts';
 import type { Logger } from '../log.ts';
 
 export type PluginOptions = Readonly<Record<string, unknown>>;
@@ -33,12 +34,27 @@ export interface PluginContext<Options extends object = PluginOptions> {
   readonly options: Options;
   /** This agent's short-term memory: conversation window, LLM cache, rate limits, task status, topics, preferences. */
   readonly memory: AgentMemory;
+  /**
+   * Durable, directed: appends `{event, data, id, source, ts, den}` to
+   * `inbox:<agentId>`; that agent's handlers for `type` get it at least once,
+   * even if it is offline now (docs/durable.md). Resolves with the envelope id.
+   */
+  send(agentId: string, type: string, data: unknown): Promise<string>;
+  /**
+   * Sends to `agentId`'s inbox and resolves with what its handler for `type`
+   * returns; rejects with a RequestError whose `reason` is timeout,
+   * handler_failed, dead_lettered, agent_down or no_such_agent.
+   */
+  request<T = unknown>(agentId: string, type: string, data: unknown, options?: RequestOptions): Promise<T>;
+  /** Shared work: appends to `den:<den>:tasks` (default: this den); exactly one live member handles it. Resolves with the envelope id. */
+  submit(type: string, data: unknown, options?: SubmitOptions): Promise<string>;
 }
 
+/** A handler's return value is the reply to a request (ctx.request); for other events it is ignored. */
 export type EventHandler<Options extends object = PluginOptions> = (
   event: AgentEvent,
   ctx: PluginContext<Options>,
-) => Promise<void> | void;
+) => Promise<unknown> | unknown;
 
 /** A plugin module's default export. */
 export interface Plugin<Options extends object = PluginOptions> {

@@ -66,3 +66,31 @@ export const memoryKeys = {
   /** SCAN pattern for every key of one agent, with glob characters in the id escaped. */
   allOf: (agentId: string): string => `agent:${agentId.replace(/[*?[\]\\]/g, '\\$&')}:*`,
 };
+
+/**
+ * Durable messages (Redis Streams, contract.md "Durable messages"): outside
+ * the `agent:<id>:` prefix on purpose, so the seed's clear_agent_memory
+ * never deletes pending work. Each stream's doorbell channel has the same name.
+ */
+export const DURABLE_GROUP = 'agentd';
+export const ENVELOPE_FIELD = 'envelope';
+
+export function inboxKey(agentId: string): string {
+  return `inbox:${agentId}`;
+}
+
+export function denTasksKey(den: string): string {
+  return `den:${den}:tasks`;
+}
+
+/** The dead-letter stream of an inbox or task stream: inbox:<id>:dead, den:<den>:dead. */
+export function deadLetterKey(stream: string): string {
+  return stream.startsWith('inbox:') ? `${stream}:dead` : stream.replace(/:tasks$/, ':dead');
+}
+
+/** The stream a dead-letter stream belongs to (the inverse of deadLetterKey), or undefined. */
+export function streamOfDeadLetter(dead: string): string | undefined {
+  if (/^inbox:[^:]+:dead$/.test(dead)) return dead.slice(0, -':dead'.length);
+  if (/^den:[^:]+:dead$/.test(dead)) return dead.replace(/:dead$/, ':tasks');
+  return undefined;
+}

@@ -16,7 +16,7 @@ import type { Redis } from 'ioredis';
 import type { AgentdConfig } from '../config/schema.ts';
 import { AgentdError, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey, heartbeatKeyspacePattern } from './keys.ts';
+import { DURABLE_GROUP, REGISTRY_KEY, deadLetterKey, denMembersKey, denTasksKey, eventChannel, heartbeatKey, heartbeatKeyspacePattern, inboxKey } from './keys.ts';
 
 /** A command the daemon sends, with the keys/channels of one example call, and the feature that needs it. */
 export interface NeededCommand {
@@ -109,6 +109,29 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
     add('watch', `PUBLISH ${eventChannel('agent_down')} (in the reap script)`, 'PUBLISH', eventChannel('agent_down'), '{}');
     if (config.watch.dens[0] === '*') add('watch', `HVALS ${REGISTRY_KEY}`, 'HVALS', REGISTRY_KEY);
   }
+  if (config.durable.enabled) {
+    // This agent's inbox and its den's tasks: read through the group, acknowledged, claimed, dead-lettered.
+    const inbox = inboxKey(id);
+    const tasks = denTasksKey(den);
+    const peerInbox = inboxKey(SAMPLE_PEER);
+    for (const stream of [inbox, tasks]) {
+      add('durable', `XGROUP CREATE ${stream}`, 'XGROUP', 'CREATE', stream, DURABLE_GROUP, '0', 'MKSTREAM');
+      add('durable', `XREADGROUP ${stream}`, 'XREADGROUP', 'GROUP', DURABLE_GROUP, id, 'COUNT', '1', 'STREAMS', stream, '>');
+      add('durable', `XACK ${stream}`, 'XACK', stream, DURABLE_GROUP, '0-1');
+      add('durable', `XCLAIM ${stream}`, 'XCLAIM', stream, DURABLE_GROUP, id, '0', '0-1', 'JUSTID');
+      add('durable', `XAUTOCLAIM ${stream}`, 'XAUTOCLAIM', stream, DURABLE_GROUP, id, '0', '0-0', 'COUNT', '1');
+      add('durable', `XPENDING ${stream}`, 'XPENDING', stream, DURABLE_GROUP);
+      add('durable', `XRANGE ${stream}`, 'XRANGE', stream, '-', '+', 'COUNT', '1');
+      add('durable', `XADD ${deadLetterKey(stream)}`, 'XADD', deadLetterKey(stream), '*', 'envelope', '{}');
+      add('durable', `SUBSCRIBE ${stream}`, 'SUBSCRIBE', stream);
+    }
+    // Sending and replying: append to another agent's inbox (a script: XADD, then the doorbell).
+    add('durable', `XADD ${peerInbox}`, 'XADD', peerInbox, '*', 'envelope', '{}');
+    add('durable', `PUBLISH ${peerInbox}`, 'PUBLISH', peerInbox, '0-1');
+    add('durable', `EVALSHA (keys ${peerInbox})`, 'EVALSHA', ANY_SHA, '1', peerInbox);
+    add('durable', `EVALSHA (keys ${inbox}, ${deadLetterKey(inbox)}, ${heartbeatKey(id)})`, 'EVALSHA', ANY_SHA, '3', inbox, deadLetterKey(inbox), heartbeatKey(id));
+    add('durable', `HGET ${REGISTRY_KEY}`, 'HGET', REGISTRY_KEY, SAMPLE_PEER);
+  }
   if (config.http.port !== 0) add('metrics', `SCARD ${denKey}`, 'SCARD', denKey);
   return out;
 }
@@ -117,6 +140,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
 export const DAEMON_COMMANDS: ReadonlySet<string> = new Set([
   'multi', 'exec', 'discard', 'ping', 'info', 'select', 'set', 'sadd', 'hset', 'srem', 'del', 'publish', 'psubscribe', 'punsubscribe',
   'subscribe', 'unsubscribe', 'evalsha', 'eval', 'smembers', 'sismember', 'exists', 'hget', 'hvals', 'scard', 'pexpire',
+  'xgroup', 'xreadgroup', 'xack', 'xclaim', 'xautoclaim', 'xpending', 'xrange', 'xadd',
 ]);
 
 /**
@@ -128,8 +152,9 @@ export const DAEMON_COMMANDS: ReadonlySet<string> = new Set([
 export function aclRule(config: AgentdConfig, user = 'agentd'): string {
   const commands = new Set<string>(['+multi', '+exec', '+discard', '+ping', '+client|setname', '+quit']);
   for (const c of neededCommands(config, 'agentd:probe:x:y')) commands.add(`+${(c.args[0] ?? '').toLowerCase()}`);
-  const channels = [...new Set([...config.events.patterns, eventChannel('*'), 'agentd:probe:*', ...(expiryChannelOf(config) ? [expiryChannelOf(config) as string] : [])])];
-  const keys = [heartbeatKey('*'), denMembersKey('*'), REGISTRY_KEY];
+  const durable = config.durable.enabled ? [inboxKey('*'), denTasksKey('*')] : [];
+  const channels = [...new Set([...config.events.patterns, eventChannel('*'), 'agentd:probe:*', ...(expiryChannelOf(config) ? [expiryChannelOf(config) as string] : []), ...durable])];
+  const keys = [heartbeatKey('*'), denMembersKey('*'), REGISTRY_KEY, ...durable, ...(config.durable.enabled ? [deadLetterKey(denTasksKey('*'))] : [])];
   return [`ACL SETUSER ${user} on >PASSWORD resetkeys resetchannels -@all`, ...commands, ...keys.map((k) => `~${k}`), ...channels.map((c) => `&${c}`)].join(' ');
 }
 

@@ -16,6 +16,9 @@ const SCRIPTS = {
   agentdRateLimit: 'rate-limit-1.lua',
   agentdAppendMessage: 'append-message-1.lua',
   agentdDenStatus: 'den-status-2.lua',
+  agentdAppendEntry: 'append-entry-1.lua',
+  agentdRefreshClaims: 'refresh-claims-1.lua',
+  agentdExpireInbox: 'expire-inbox-3.lua',
 } as const;
 
 type ScriptName = keyof typeof SCRIPTS;
@@ -49,6 +52,9 @@ interface ScriptCommands {
   agentdRateLimit(key: string, windowSeconds: number): Promise<[number, number]>;
   agentdAppendMessage(key: string, message: string, keep: number, ttlSeconds: number): Promise<number>;
   agentdDenStatus(den: string, registry: string, ...args: Array<string | number>): Promise<[number, number, ...string[]]>;
+  agentdAppendEntry(key: string, maxLen: number, ...fields: string[]): Promise<string>;
+  agentdRefreshClaims(key: string, group: string, consumer: string, ...ids: string[]): Promise<string[]>;
+  agentdExpireInbox(inbox: string, dead: string, heartbeat: string, group: string, maxLen: number, error: string): Promise<number>;
 }
 
 const sources = new Map<ScriptName, string>();

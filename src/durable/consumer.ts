@@ -1,0 +1,584 @@
+import PQueue from 'p-queue';
+import type { Redis } from 'ioredis';
+import type { Binding, HandlerOutcome } from '../bus/dispatcher.ts';
+import { parseEnvelope, type AgentEvent, type Delivery, type StreamKind } from '../bus/envelope.ts';
+import { describeError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { DURABLE_GROUP, deadLetterKey, inboxKey } from '../redis/keys.ts';
+import { withScripts } from '../redis/scripts.ts';
+import { appendEntry, ensureGroup, entryTime, isNoGroup, parseEntries, pendingEntries, readGroup, type PendingInfo, type StreamEntry } from './streams.ts';
+
+/** What the consumer reports, for metrics and tests. */
+export interface ConsumerHooks {
+  acked?(kind: StreamKind, latencySeconds: number): void;
+  redelivered?(kind: StreamKind): void;
+  deadLettered?(kind: StreamKind, reason: DeadLetterReason): void;
+  trimmed?(kind: StreamKind, count: number): void;
+  handlerDone?(plugin: string, event: string, seconds: number, outcome: HandlerOutcome): void;
+}
+
+export type DeadLetterReason = 'failed' | 'unhandled' | 'bad_envelope' | 'redelivered' | 'retention';
+
+/** A reply envelope's error, on the wire (contract.md "Request/reply envelope fields"). */
+export interface ReplyError {
+  readonly code: 'handler_failed' | 'dead_lettered';
+  readonly message: string;
+}
+
+export interface ConsumerOptions {
+  readonly redis: Redis;
+  /** This agent: the consumer name in every group. */
+  readonly agent: { readonly id: string; readonly den: string };
+  readonly log: Logger;
+  readonly attempts: number;
+  readonly backoffMs: number;
+  readonly backoffMaxMs: number;
+  readonly concurrency: number;
+  readonly maxLen: number;
+  readonly handlerTimeoutMs: number;
+  readonly maxBytes: number;
+  readonly orphanAfterMs: number;
+  /** Makes a reply envelope (JSON) for a request that finished; the consumer appends it to inbox:<replyTo>. */
+  readonly makeReply: (inReplyTo: string, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }) => string;
+  /** Gets a reply that arrived in the inbox; returns false when no request waits for it. */
+  readonly onReply: (raw: Record<string, unknown>) => boolean;
+  readonly hooks?: ConsumerHooks;
+}
+
+interface Stream {
+  readonly key: string;
+  readonly kind: StreamKind;
+  /** Entries read and not yet acknowledged here (running, waiting, backing off, or being acked), by id. */
+  readonly inflight: Map<string, InFlight>;
+}
+
+interface InFlight {
+  readonly stream: Stream;
+  readonly id: string;
+  attempt: number;
+  retryTimer: NodeJS.Timeout | undefined;
+  contexts: Array<{ abort(reason: unknown): void }>;
+}
+
+type Result = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly error: string };
+
+interface Watched {
+  readonly startedAt: number;
+  readonly ctx: { abort(reason: unknown): void };
+  settle(outcome: HandlerOutcome, result: Result): void;
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof (value as { then?: unknown }).then === 'function';
+}
+
+class HandlerTimeout extends Error {
+  override readonly name = 'TimeoutError';
+}
+
+const HISTORY_PAGE = 200;
+const SHUTDOWN = new Error('daemon shutting down');
+
+
+/**
+ * Reads this agent's inbox and its den's task stream through the `agentd`
+ * consumer group and hands each entry to the handlers of its type.
+ *
+ * Bounds: at most `concurrency` entries run at once and at most as many more
+ * wait in the p-queue; the stream is read again only when the waiting part
+ * has room (`onSizeLessThan`), so a slow handler holds entries back in Redis
+ * instead of dropping them. Entries are acknowledged only after every handler
+ * succeeded, or when they are dead-lettered. Reads never block (no BLOCK):
+ * the command connection is shared with the heartbeat.
+ */
+export class DurableConsumer {
+  readonly #o: ConsumerOptions;
+  readonly #streams: readonly Stream[];
+  readonly #queue: PQueue;
+  readonly #acks = new Map<Stream, string[]>();
+  #ackScheduled = false;
+  #byType = new Map<string, readonly Binding[]>();
+  #wildcard: readonly Binding[] = [];
+  #pumping = false;
+  #again = false;
+  #historyWanted = true;
+  #stopped = true;
+  #lastReadError: string | undefined;
+  readonly #watched = new Set<Watched>();
+  #watchTimer: NodeJS.Timeout | undefined;
+  /** Counts, for stats and tests. */
+  readonly counts = { handled: 0, acked: 0, failedAttempts: 0, redelivered: 0, deadLettered: 0, trimmed: 0, lateReplies: 0 };
+
+  constructor(options: ConsumerOptions) {
+    this.#o = options;
+    this.#streams = [
+      { key: inboxKey(options.agent.id), kind: 'inbox', inflight: new Map() },
+      { key: `den:${options.agent.den}:tasks`, kind: 'tasks', inflight: new Map() },
+    ];
+    this.#queue = new PQueue({ concurrency: options.concurrency });
+  }
+
+  /** The doorbell channels to subscribe to: one per stream, named like the stream. */
+  get channels(): string[] {
+    return this.#streams.map((s) => s.key);
+  }
+
+  get inFlight(): number {
+    return this.#streams.reduce((n, s) => n + s.inflight.size, 0);
+  }
+
+  get running(): number {
+    return this.#queue.pending;
+  }
+
+  setBindings(bindings: readonly Binding[]): void {
+    this.#wildcard = bindings.filter((b) => b.on === '*');
+    const byType = new Map<string, Binding[]>();
+    for (const b of bindings) {
+      if (b.on === '*') continue;
+      byType.set(b.on, [...(byType.get(b.on) ?? []), b]);
+    }
+    this.#byType = new Map([...byType].map(([t, list]) => [t, [...list, ...this.#wildcard]]));
+  }
+
+  async start(): Promise<void> {
+    this.#stopped = false;
+    try {
+      for (const s of this.#streams) await ensureGroup(this.#o.redis, s.key);
+    } catch (err) {
+      // Redis dropped right now: a read that finds no group creates it (NOGROUP below).
+      this.#o.log.warn({ err: describeError(err) }, 'could not create the durable stream groups yet; retrying at the next poll');
+    }
+    this.#historyWanted = true;
+    void this.pump();
+  }
+
+  /** A doorbell rang (or the poll timer fired): read what is new; `pending` also re-reads entries handed to us. */
+  ring(payload?: string): void {
+    if (payload === 'pending') this.#historyWanted = true;
+    void this.pump();
+  }
+
+  /** The poll tick: new entries, our own pending ones, orphans, and acks that failed before. */
+  poll(): void {
+    this.#historyWanted = true;
+    if (this.#acks.size > 0) this.#scheduleAcks();
+    void this.pump();
+  }
+
+  async pump(): Promise<void> {
+    if (this.#stopped) return;
+    if (this.#pumping) {
+      this.#again = true;
+      return;
+    }
+    this.#pumping = true;
+    try {
+      do {
+        this.#again = false;
+        if (this.#historyWanted) {
+          this.#historyWanted = false;
+          for (const s of this.#streams) await this.#readHistory(s);
+        }
+        for (const s of this.#streams) await this.#readNew(s);
+      } while (this.#again && !this.#stopped);
+    } catch (err) {
+      if (isNoGroup(err)) {
+        // Redis lost the group (restart without persistence): make it again and read on the next tick.
+        this.#o.log.warn({ err: describeError(err) }, 'durable stream group missing; creating it again');
+        for (const s of this.#streams) await ensureGroup(this.#o.redis, s.key).catch(() => undefined);
+        this.#historyWanted = true;
+      } else {
+        // Connection errors come and go with Redis; anything else (an ACL refusal, a wrong type) is said once.
+        const message = describeError(err);
+        const quiet = this.#o.redis.status !== 'ready' || message === this.#lastReadError;
+        this.#lastReadError = message;
+        this.#o.log[quiet ? 'debug' : 'warn']({ err: message }, 'durable read failed; retrying at the next poll');
+      }
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  async #readNew(s: Stream): Promise<void> {
+    for (;;) {
+      if (this.#stopped) return;
+      // Read again once nothing waits: batches of at least `concurrency` entries (few round trips),
+      // and never more than 2 x concurrency entries out of Redis (running + waiting).
+      await this.#queue.onSizeLessThan(1);
+      if (this.#stopped) return;
+      const count = 2 * this.#o.concurrency - this.#queue.size - this.#queue.pending;
+      const entries = await readGroup(this.#o.redis, s.key, this.#o.agent.id, count, '>');
+      for (const e of entries) this.#accept(s, e, 1);
+      if (entries.length < count) return;
+    }
+  }
+
+  /** Our own pending entries that nothing here works on: left from before a restart, or handed to us. */
+  async #readHistory(s: Stream): Promise<void> {
+    let start = '-';
+    for (let page = 0; page < 1_000 && !this.#stopped; page++) {
+      const rows = await pendingEntries(this.#o.redis, s.key, start, HISTORY_PAGE, this.#o.agent.id);
+      const free = rows.filter((r) => !s.inflight.has(r.id));
+      if (free.length > 0) await this.takeOver(s.key, free);
+      if (rows.length < HISTORY_PAGE) return;
+      start = `(${rows[rows.length - 1]!.id}`;
+    }
+  }
+
+  /**
+   * Claims pending entries for this agent (min-idle 0) and handles them; the
+   * attempt is one more than the deliveries Redis counted. Used for our own
+   * leftovers, for entries of a dead member, and for orphans.
+   */
+  async takeOver(streamKey: string, rows: readonly PendingInfo[]): Promise<number> {
+    const s = this.#streams.find((x) => x.key === streamKey);
+    if (!s || rows.length === 0) return 0;
+    const ids = rows.map((r) => r.id).filter((id) => !s.inflight.has(id));
+    if (ids.length === 0) return 0;
+    if (this.#stopped) {
+      // Not reading (yet, or any more): take them without a delivery; our pending list is read at start.
+      await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...ids, 'JUSTID');
+      return ids.length;
+    }
+    const entries = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...ids));
+    const byId = new Map(rows.map((r) => [r.id, r.deliveries]));
+    const got = new Set(entries.map((e) => e.id));
+    const gone = ids.filter((id) => !got.has(id));
+    if (gone.length > 0) await this.#trimmedIfMissing(s, gone, 'claim');
+    for (const e of entries) {
+      const attempt = (byId.get(e.id) ?? 1) + 1;
+      this.counts.redelivered++;
+      this.#o.hooks?.redelivered?.(s.kind);
+      this.#accept(s, e, attempt);
+    }
+    return entries.length;
+  }
+
+  /** Orphans: den tasks pending longer than orphanAfter without a refreshed claim (their member stopped without a reap). */
+  async claimOrphans(): Promise<void> {
+    const s = this.#streams[1]!;
+    const reply = (await this.#o.redis.xautoclaim(s.key, DURABLE_GROUP, this.#o.agent.id, this.#o.orphanAfterMs, '0-0', 'COUNT', 100, 'JUSTID')) as unknown[];
+    const ids = Array.isArray(reply?.[1]) ? (reply[1] as unknown[]).filter((x): x is string => typeof x === 'string') : [];
+    // Redis 7: the third element lists pending ids whose entries were trimmed away.
+    const deleted = Array.isArray(reply?.[2]) ? (reply[2] as unknown[]).filter((x): x is string => typeof x === 'string') : [];
+    if (deleted.length > 0) this.#trimmed(s, deleted, 'autoclaim');
+    if (ids.length === 0) return;
+    this.#o.log.warn({ stream: s.key, count: ids.length, orphanAfterMs: this.#o.orphanAfterMs }, 'took over durable tasks whose claim was not refreshed');
+    const rows: PendingInfo[] = [];
+    for (const id of ids) rows.push(...(await pendingEntries(this.#o.redis, s.key, id, 1)));
+    await this.takeOver(s.key, rows);
+  }
+
+  /** Resets the idle time of every entry we still work on, so nobody takes it as an orphan. */
+  async refreshClaims(): Promise<void> {
+    for (const s of this.#streams) {
+      const ids = [...s.inflight.keys()];
+      if (ids.length === 0) continue;
+      const lost = await withScripts(this.#o.redis).agentdRefreshClaims(s.key, DURABLE_GROUP, this.#o.agent.id, ...ids);
+      if (lost.length > 0) this.#o.log.warn({ stream: s.key, ids: lost.slice(0, 10), count: lost.length }, 'durable entries still running here are no longer ours (taken over or trimmed)');
+    }
+  }
+
+  #accept(s: Stream, e: StreamEntry, attempt: number): void {
+    if (s.inflight.has(e.id)) return;
+    const f: InFlight = { stream: s, id: e.id, attempt, retryTimer: undefined, contexts: [] };
+    s.inflight.set(e.id, f);
+    // Replies skip the queue: a handler awaiting ctx.request holds a slot, so a reply
+    // queued behind it could wait for its own requester to time out.
+    if (s.kind === 'inbox' && e.envelope !== undefined && e.envelope.includes('"inReplyTo"') && this.#replyNow(f, e.envelope)) return;
+    void this.#queue.add(() => this.#handle(f, e)).catch((err: unknown) => {
+      this.#o.log.error({ err: describeError(err), stream: s.key, id: e.id }, 'durable entry handling failed unexpectedly');
+    });
+  }
+
+  /** A reply (`event: "reply"` with `inReplyTo`) goes to the waiting request and is acknowledged; false for anything else. */
+  #replyNow(f: InFlight, envelope: string): boolean {
+    const parsed = parseEnvelope(f.stream.key, envelope, this.#o.maxBytes);
+    if (!parsed.ok || parsed.event.event !== 'reply') return false; // a bad one is dead-lettered by #handle
+    const r = JSON.parse(envelope) as Record<string, unknown>;
+    if (typeof r['inReplyTo'] !== 'string') return false;
+    // The checked, frozen data rather than the raw parse.
+    r['data'] = parsed.event.data;
+    if (!this.#o.onReply(r)) {
+      this.counts.lateReplies++;
+      this.#o.log.debug({ inReplyTo: r['inReplyTo'].slice(0, 100) }, 'reply for no waiting request (timed out, or the requester restarted)');
+    }
+    this.#ack(f);
+    return true;
+  }
+
+  async #handle(f: InFlight, e: StreamEntry): Promise<void> {
+    const s = f.stream;
+    if (this.#stopped) {
+      s.inflight.delete(f.id); // stays pending: handed over, or read again on return
+      return;
+    }
+    if (f.attempt > this.#o.attempts) {
+      await this.#deadLetter(f, e, `delivered ${f.attempt - 1} times without being acknowledged (its handlers' agents died or stopped)`, 'redelivered', f.attempt - 1);
+      return;
+    }
+    if (e.envelope === undefined) {
+      await this.#deadLetter(f, e, 'entry has no envelope field', 'bad_envelope', f.attempt);
+      return;
+    }
+    const parsed = parseEnvelope(s.key, e.envelope, this.#o.maxBytes);
+    if (!parsed.ok) {
+      await this.#deadLetter(f, e, `bad envelope: ${parsed.reason}`, 'bad_envelope', f.attempt);
+      return;
+    }
+    // Request/reply fields ride in the envelope next to event and data.
+    let raw: Record<string, unknown> | undefined;
+    if (e.envelope.includes('"replyTo"') || e.envelope.includes('"inReplyTo"')) raw = JSON.parse(e.envelope) as Record<string, unknown>;
+    if (s.kind === 'inbox' && parsed.event.event === 'reply' && raw && typeof raw['inReplyTo'] === 'string') {
+      if (!this.#o.onReply(raw)) {
+        this.counts.lateReplies++;
+        this.#o.log.debug({ inReplyTo: raw['inReplyTo'] }, 'reply for no waiting request (timed out, or the requester restarted)');
+      }
+      this.#ack(f);
+      return;
+    }
+    const replyTo = raw && typeof raw['replyTo'] === 'string' && typeof raw['id'] === 'string' ? { to: raw['replyTo'], id: raw['id'] } : undefined;
+    const type = parsed.event.event;
+    const bindings = this.#byType.get(type) ?? this.#wildcard;
+    if (bindings.length === 0) {
+      await this.#deadLetter(f, e, `no handler for event type ${JSON.stringify(type.slice(0, 100))}`, 'unhandled', f.attempt, replyTo);
+      return;
+    }
+    const delivery: Delivery = { stream: s.key, kind: s.kind, id: e.id, attempt: f.attempt, maxAttempts: this.#o.attempts };
+    const event: AgentEvent = Object.freeze({ ...parsed.event, delivery });
+    const result = await this.#run(f, event, bindings);
+    this.counts.handled++;
+    if (this.#stopped && !result.ok) return; // aborted by shutdown: stays pending
+    if (result.ok) {
+      if (replyTo) await this.#reply(replyTo, { ok: true, data: result.value === undefined ? null : result.value });
+      this.#ack(f);
+      return;
+    }
+    this.counts.failedAttempts++;
+    if (f.attempt < this.#o.attempts) {
+      const wait = Math.min(this.#o.backoffMaxMs, this.#o.backoffMs * 2 ** (f.attempt - 1));
+      this.#o.log.warn({ stream: s.key, id: e.id, event: type, attempt: f.attempt, of: this.#o.attempts, retryInMs: wait, err: result.error }, 'durable handler failed; will retry');
+      f.retryTimer = setTimeout(() => void this.#retry(f), wait);
+      f.retryTimer.unref();
+      return;
+    }
+    await this.#deadLetter(f, e, result.error, 'failed', f.attempt, replyTo);
+  }
+
+  async #retry(f: InFlight): Promise<void> {
+    f.retryTimer = undefined;
+    if (this.#stopped) return;
+    const s = f.stream;
+    try {
+      // XCLAIM without JUSTID: Redis counts the delivery, so the attempt survives a crash.
+      const [entry] = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, f.id));
+      if (!entry) {
+        s.inflight.delete(f.id);
+        await this.#trimmedIfMissing(s, [f.id], 'retry');
+        return;
+      }
+      f.attempt++;
+      void this.#queue.add(() => this.#handle(f, entry));
+    } catch (err) {
+      this.#o.log.debug({ err: describeError(err), id: f.id }, 'durable retry could not claim its entry; trying again');
+      f.retryTimer = setTimeout(() => void this.#retry(f), Math.min(this.#o.backoffMaxMs, 1_000));
+      f.retryTimer.unref();
+    }
+  }
+
+  /** Runs every handler of the type; ok only when all succeed. The reply value is the first defined return value. */
+  #run(f: InFlight, event: AgentEvent, bindings: readonly Binding[]): Result | Promise<Result> {
+    if (bindings.length === 1) {
+      const only = this.#call(f, event, bindings[0]!);
+      return isThenable(only) ? only.then((r) => this.#combine(f, [r])) : this.#combine(f, [only]);
+    }
+    return Promise.all(bindings.map((b) => this.#call(f, event, b))).then((results) => this.#combine(f, results));
+  }
+
+  #combine(f: InFlight, results: readonly Result[]): Result {
+    f.contexts = [];
+    let value: unknown;
+    for (const r of results) {
+      if (!r.ok) return r;
+      if (value === undefined) value = r.value;
+    }
+    return { ok: true, value };
+  }
+
+  /**
+   * One handler call. A synchronous handler settles without a promise; an
+   * asynchronous one is watched by one shared timer for its time limit, not
+   * a timer per call.
+   */
+  #call(f: InFlight, event: AgentEvent, b: Binding): Result | Promise<Result> {
+    const ctx = b.context();
+    f.contexts.push(ctx);
+    const t0 = performance.now();
+    let value: unknown;
+    try {
+      value = b.handler(event, ctx as never);
+    } catch (err) {
+      return this.#finish(b, event, t0, 'error', { ok: false, error: `${b.plugin}: ${describeError(err)}` });
+    }
+    if (!isThenable(value)) return this.#finish(b, event, t0, 'ok', { ok: true, value });
+    return new Promise<Result>((resolve) => {
+      const call: Watched = {
+        startedAt: t0,
+        ctx,
+        settle: (outcome, result) => {
+          if (!this.#watched.delete(call)) return;
+          resolve(this.#finish(b, event, t0, outcome, result));
+        },
+      };
+      this.#watched.add(call);
+      this.#watchTimeouts();
+      value.then(
+        (v) => call.settle('ok', { ok: true, value: v }),
+        (err: unknown) => call.settle(this.#stopped ? 'aborted' : 'error', { ok: false, error: `${b.plugin}: ${describeError(err)}` }),
+      );
+    });
+  }
+
+  #finish(b: Binding, event: AgentEvent, t0: number, outcome: HandlerOutcome, result: Result): Result {
+    this.#o.hooks?.handlerDone?.(b.plugin, event.event, (performance.now() - t0) / 1000, outcome);
+    return result;
+  }
+
+  #watchTimeouts(): void {
+    if (this.#watchTimer) return;
+    const limit = this.#o.handlerTimeoutMs;
+    this.#watchTimer = setInterval(() => {
+      const now = performance.now();
+      for (const call of this.#watched) {
+        if (now - call.startedAt < limit) continue;
+        const err = new HandlerTimeout(`handler exceeded ${limit} ms`);
+        call.ctx.abort(err);
+        call.settle('timeout', { ok: false, error: describeError(err) });
+      }
+      if (this.#watched.size === 0) {
+        clearInterval(this.#watchTimer);
+        this.#watchTimer = undefined;
+      }
+    }, Math.min(1_000, Math.max(5, Math.floor(limit / 10))));
+    this.#watchTimer.unref();
+  }
+
+  async #reply(to: { to: string; id: string }, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }): Promise<void> {
+    try {
+      await appendEntry(this.#o.redis, inboxKey(to.to), this.#o.makeReply(to.id, outcome), this.#o.maxLen);
+    } catch (err) {
+      // The request entry is still acknowledged: its requester times out rather than getting the work done twice.
+      this.#o.log.warn({ replyTo: to.to, inReplyTo: to.id, err: describeError(err) }, 'could not send a reply');
+    }
+  }
+
+  async #deadLetter(f: InFlight, e: StreamEntry, error: string, reason: DeadLetterReason, attempts: number, replyTo?: { to: string; id: string }): Promise<void> {
+    const s = f.stream;
+    const dead = deadLetterKey(s.key);
+    try {
+      await this.#o.redis
+        .multi()
+        .xadd(dead, 'MAXLEN', '~', this.#o.maxLen, '*', 'envelope', e.envelope ?? '', 'error', error, 'attempts', String(attempts), 'source_id', e.id)
+        .xack(s.key, DURABLE_GROUP, e.id)
+        .exec();
+    } catch (err) {
+      // Still pending: read again at the next poll, and dead-lettered then.
+      s.inflight.delete(f.id);
+      this.#o.log.warn({ stream: s.key, id: e.id, err: describeError(err) }, 'could not dead-letter a durable entry yet');
+      return;
+    }
+    s.inflight.delete(f.id);
+    this.counts.deadLettered++;
+    this.#o.hooks?.deadLettered?.(s.kind, reason);
+    this.#o.log.error({ code: 'AGENTD_ERR_DEAD_LETTERED', stream: s.key, dead, id: e.id, attempts, reason, err: error }, 'durable entry moved to its dead-letter stream');
+    if (replyTo) await this.#reply(replyTo, { ok: false, error: { code: reason === 'failed' ? 'handler_failed' : 'dead_lettered', message: error } });
+  }
+
+  /**
+   * XCLAIM returns nothing for an id that is no longer pending: trimmed away,
+   * or acknowledged meanwhile (an XPENDING listed it just before our own XACK
+   * landed). Only an entry that no longer exists counts as trimmed.
+   */
+  async #trimmedIfMissing(s: Stream, ids: readonly string[], via: string): Promise<void> {
+    const missing: string[] = [];
+    for (const id of ids) if (parseEntries(await this.#o.redis.xrange(s.key, id, id)).length === 0) missing.push(id);
+    if (missing.length > 0) this.#trimmed(s, missing, via);
+  }
+
+  #trimmed(s: Stream, ids: readonly string[], via: string): void {
+    this.counts.trimmed += ids.length;
+    this.#o.hooks?.trimmed?.(s.kind, ids.length);
+    this.#o.log.error(
+      { code: 'AGENTD_ERR_TRIMMED', stream: s.key, count: ids.length, ids: ids.slice(0, 10), via, maxLen: this.#o.maxLen },
+      'durable entries were trimmed from their stream before they were acknowledged (stream over durable.maxLen)',
+    );
+    // Deleted entries stay in the group's pending list until acknowledged.
+    void this.#o.redis.xack(s.key, DURABLE_GROUP, ...ids).catch(() => undefined);
+  }
+
+  /** Acknowledges in batches: all the acks of one turn of the event loop go out as one XACK per stream. */
+  #ack(f: InFlight): void {
+    this.counts.acked++;
+    this.#o.hooks?.acked?.(f.stream.kind, Math.max(0, Date.now() - entryTime(f.id)) / 1000);
+    let list = this.#acks.get(f.stream);
+    if (!list) this.#acks.set(f.stream, (list = []));
+    list.push(f.id);
+    this.#scheduleAcks();
+  }
+
+  #scheduleAcks(): void {
+    if (this.#ackScheduled) return;
+    this.#ackScheduled = true;
+    setImmediate(() => void this.#flushAcks());
+  }
+
+  async #flushAcks(): Promise<void> {
+    this.#ackScheduled = false;
+    const batches = [...this.#acks];
+    this.#acks.clear();
+    await Promise.all(
+      batches.map(async ([s, ids]) => {
+        try {
+          await this.#o.redis.xack(s.key, DURABLE_GROUP, ...ids);
+          for (const id of ids) s.inflight.delete(id);
+        } catch (err) {
+          // Kept in flight (so not handled again) and retried at the next poll.
+          const list = this.#acks.get(s) ?? [];
+          this.#acks.set(s, [...list, ...ids]);
+          this.#o.log.debug({ stream: s.key, count: ids.length, err: describeError(err) }, 'XACK failed; retrying at the next poll');
+        }
+      }),
+    );
+  }
+
+  /**
+   * Stops reading. Waiting entries are left pending (handed over or read
+   * again later); running ones get up to `drainMs`, then their signal aborts.
+   */
+  async stop(drainMs: number): Promise<{ drained: boolean }> {
+    this.#stopped = true;
+    this.#queue.clear();
+    for (const s of this.#streams) for (const f of s.inflight.values()) clearTimeout(f.retryTimer);
+    let timer: NodeJS.Timeout | undefined;
+    const drained = await Promise.race([
+      this.#queue.onIdle().then(() => true),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), drainMs))),
+    ]);
+    clearTimeout(timer);
+    if (!drained) {
+      for (const s of this.#streams) for (const f of s.inflight.values()) for (const c of f.contexts) c.abort(SHUTDOWN);
+      for (const call of this.#watched) call.settle('aborted', { ok: false, error: describeError(SHUTDOWN) });
+    }
+    clearInterval(this.#watchTimer);
+    this.#watchTimer = undefined;
+    await this.#flushAcks();
+    return { drained };
+  }
+
+  /** Our pending den tasks, for a graceful hand-over at stop. */
+  async ownPendingTasks(): Promise<{ key: string; rows: PendingInfo[] }> {
+    const s = this.#streams[1]!;
+    return { key: s.key, rows: await pendingEntries(this.#o.redis, s.key, '-', 10_000, this.#o.agent.id) };
+  }
+}
