@@ -106,12 +106,14 @@ describe('fault 22: the least-privilege ACL user', () => {
 
   // One permission taken away at a time: [word dropped from the rule, what the line must name].
   const removals: Array<[string, RegExp]> = [
-    ['+publish', /commands .*\bPUBLISH \[presence, events, watch\]/],
-    ['+evalsha', /commands .*\bEVALSHA \[presence, watch\]/],
+    ['+publish', /commands .*\bPUBLISH \[presence, events, watch, durable\]/],
+    ['+evalsha', /commands .*\bEVALSHA \[presence, watch, durable\]/],
+    ['+xreadgroup', /commands .*\bXREADGROUP \[durable\]/],
+    ['~inbox:*', /the keys of .*XGROUP CREATE inbox:[^ ]* \[durable\]/],
     ['+eval', /commands .*\bEVAL \[presence, watch\]/],
     ['+info', /commands .*\bINFO \[connection\]/],
     ['+psubscribe', /commands .*\bPSUBSCRIBE \[events, watch.notifications\]/],
-    ['+subscribe', /commands .*\bSUBSCRIBE \[events\]/],
+    ['+subscribe', /commands .*\bSUBSCRIBE \[events, durable\]/],
     ['+pexpire', /commands .*\bPEXPIRE \[presence\]/],
     ['+sismember', /commands .*\bSISMEMBER \[watch\]/],
     ['+multi', /commands .*\bMULTI\b/],
