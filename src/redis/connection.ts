@@ -198,6 +198,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     let downSince: number | undefined = Date.now();
     let wasReady = false;
     let lastReconnectLog = 0;
+    let reconnectLogged = false;
     const emit = (change: ConnectionStateChange): void => {
       this.emit('state', change);
     };
@@ -244,6 +245,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       const downMs = downSince === undefined ? 0 : Date.now() - downSince;
       downSince = undefined;
       loggedErrors.clear();
+      reconnectLogged = false;
       this.#log.info({ conn: role, ...(wasReady ? { downMs } : {}) }, wasReady ? 'redis connection ready again' : 'redis connection ready');
       emit(wasReady ? { role, state: 'ready', downMs } : { role, state: 'ready' });
       wasReady = true;
@@ -258,9 +260,13 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       if (this.#closing) return;
       const attempt = (client as unknown as { retryAttempts?: number }).retryAttempts;
       // One line when reconnecting starts, then one every 30 s: an outage must not flood the log.
+      // (ioredis counts attempts from 1 again after every cut attempt, so "first" is "first since ready".)
       const now = Date.now();
-      const level = attempt === 1 || now - lastReconnectLog >= 30_000 ? 'info' : 'debug';
-      if (level === 'info') lastReconnectLog = now;
+      const level = !reconnectLogged || now - lastReconnectLog >= 30_000 ? 'info' : 'debug';
+      if (level === 'info') {
+        lastReconnectLog = now;
+        reconnectLogged = true;
+      }
       this.#log[level]({ conn: role, delayMs, attempt, downMs: downSince === undefined ? 0 : now - downSince, ...(lastError ? { err: lastError } : {}) }, 'redis reconnecting');
       emit({ role, state: 'reconnecting', delayMs, ...(attempt !== undefined ? { attempt } : {}), ...(lastError ? { error: lastError } : {}) });
     });
