@@ -60,16 +60,18 @@ function checkCommand(name: string, args: readonly unknown[], plugin: string): v
  * a command costs one Map lookup more than on the client itself.
  */
 export function guardRedis(target: Redis, plugin: string): Redis {
-  return guard(target, plugin) as Redis;
+  return guard(target, plugin, undefined) as Redis;
 }
 
-function guard(target: object, plugin: string): object {
+/** `root` is the client's view, for a MULTI or pipeline of it: its `.redis` is the view, not the client. */
+function guard(target: object, plugin: string, root: { readonly client: object; readonly view: object } | undefined): object {
   const cache = new Map<PropertyKey, unknown>();
   const proxy: object = new Proxy(target, {
     get(t, prop) {
       const hit = cache.get(prop);
       if (hit !== undefined) return hit;
       const value: unknown = Reflect.get(t, prop, t);
+      if (root !== undefined && value === root.client) return root.view;
       if (typeof value !== 'function') return value;
       const fn = value as (...args: unknown[]) => unknown;
       let wrapped: (...args: unknown[]) => unknown;
@@ -88,7 +90,7 @@ function guard(target: object, plugin: string): object {
           return fn.apply(t, args);
         };
       } else if (prop === 'multi' || prop === 'pipeline') {
-        wrapped = (...args) => guard(fn.apply(t, args) as object, plugin);
+        wrapped = (...args) => guard(fn.apply(t, args) as object, plugin, root ?? { client: t, view: proxy });
       } else {
         wrapped = (...args) => {
           const out = fn.apply(t, args);

@@ -101,6 +101,9 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     );
     this.command = createClient(commandOptions);
     this.subscriber = createClient(redisOptions(config, 'subscriber'));
+    // ioredis reads its options on every command and reconnect (keyPrefix, db, retryStrategy…):
+    // frozen, so code that reaches them (a plugin, through ctx.redis.options) cannot redirect our writes.
+    for (const client of [this.command, this.subscriber]) Object.freeze(client.options);
     this.#watch(this.command, 'command');
     this.#watch(this.subscriber, 'subscriber');
     this.#log.info({ target: redactUrl(config.redis.url), tls: commandOptions.tls !== undefined }, 'redis target');
@@ -159,6 +162,13 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     });
     client.on('end', () => {
       emit({ role, state: 'closed' });
+      if (this.#closing) return;
+      // Only close() ends our clients (the retry strategy never gives up): something else quit
+      // this one, a plugin around the guarded ctx.redis, say. It stays the daemon's: connect again.
+      this.#log.error({ conn: role }, 'redis connection was closed by something other than agentd (a plugin?); connecting again');
+      setTimeout(() => {
+        if (!this.#closing && client.status === 'end') client.connect().catch(() => undefined);
+      }, reconnectDelay(1, 1_000)).unref();
     });
   }
 
