@@ -527,6 +527,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     await step('leave', () => this.#presence.leave());
     await step('disconnect', () => this.#connections.close());
     await step('http', async () => this.#http?.close());
+    this.#intake.flushLog();
     this.#setState('closed');
     const result: CloseResult = drain.drained ? { drained: true, errors } : { drained: false, left: { waiting: drain.waiting, running: drain.running }, errors };
     this.log.info({ drained: result.drained, stats: this.stats() }, 'agentd stopped');
