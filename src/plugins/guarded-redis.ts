@@ -24,6 +24,8 @@ const REFUSED = new Set([
   'reset',
   'shutdown',
   'removeAllListeners',
+  // Its events are the connection's state ('end', 'close', 'error', 'ready'): only ioredis raises them.
+  'emit',
 ]);
 /** CLIENT subcommands that change this connection (or kill others). */
 const REFUSED_CLIENT = new Set(['kill', 'setname', 'reply', 'tracking', 'pause', 'no-evict', 'no-touch']);
