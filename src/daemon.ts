@@ -325,7 +325,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   }
 
   async #loadAllPlugins(): Promise<LoadedPlugin[]> {
-    const fromConfig = await loadPlugins(this.config.plugins);
+    const fromConfig = await loadPlugins(this.config.plugins, this.config.lifecycle.setupTimeoutMs);
     const inline = this.#inline.map((p, i): LoadedPlugin => {
       const wrapped = typeof p === 'object' && p !== null && 'plugin' in p;
       const plugin = wrapped ? p.plugin : p;
