@@ -27,9 +27,22 @@ const REFUSED = new Set([
   // Its events are the connection's state ('end', 'close', 'error', 'ready'): only ioredis raises them.
   'emit',
 ]);
+/**
+ * Blocking commands: the connection (and every heartbeat behind it) waits
+ * until they return; with a timeout of 0, for ever, so the agent's heartbeat
+ * expires while it is alive. XREAD and XREADGROUP only with BLOCK.
+ */
+const BLOCKING = new Set(['blpop', 'brpop', 'brpoplpush', 'blmove', 'blmpop', 'bzpopmin', 'bzpopmax', 'bzmpop', 'wait', 'waitaof']);
+const BLOCKING_WITH_OPTION = new Set(['xread', 'xreadgroup']);
 /** CLIENT subcommands that change this connection (or kill others). */
 const REFUSED_CLIENT = new Set(['kill', 'setname', 'reply', 'tracking', 'pause', 'no-evict', 'no-touch']);
 const GENERIC = new Set(['call', 'callBuffer', 'sendCommand']);
+
+/** A method that may block the connection: blpop, blpopBuffer, xread… */
+function isBlocking(prop: string): boolean {
+  const name = prop.replace(/Buffer$/, '').toLowerCase();
+  return BLOCKING.has(name) || BLOCKING_WITH_OPTION.has(name);
+}
 
 function refusal(what: string, plugin: string): Error {
   return new Error(
@@ -47,7 +60,10 @@ function commandName(value: unknown): string {
 }
 
 function checkCommand(name: string, args: readonly unknown[], plugin: string): void {
-  if (REFUSED.has(name)) throw refusal(`${name}()`, plugin);
+  if (REFUSED.has(name) || BLOCKING.has(name)) throw refusal(`${name}()`, plugin);
+  if (BLOCKING_WITH_OPTION.has(name) && args.some((a) => (typeof a === 'string' || Buffer.isBuffer(a)) && a.toString().toLowerCase() === 'block')) {
+    throw refusal(`${name}('BLOCK', …)`, plugin);
+  }
   if (name === 'client') {
     const sub = commandName(args[0]);
     if (REFUSED_CLIENT.has(sub)) throw refusal(`client('${sub}')`, plugin);
@@ -86,9 +102,10 @@ function guard(target: object, plugin: string, root: { readonly client: object; 
           checkCommand(commandName(args[0]), args.slice(1), plugin);
           return fn.apply(t, args);
         };
-      } else if (prop === 'client') {
+      } else if (prop === 'client' || (typeof prop === 'string' && isBlocking(prop))) {
+        const name = typeof prop === 'string' ? prop.replace(/Buffer$/, '').toLowerCase() : 'client';
         wrapped = (...args) => {
-          checkCommand('client', args, plugin);
+          checkCommand(name, args, plugin);
           return fn.apply(t, args);
         };
       } else if (prop === 'multi' || prop === 'pipeline') {

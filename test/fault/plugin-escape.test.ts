@@ -3,7 +3,9 @@
  * ctx.redis view: it sets `ctx.redis.options.keyPrefix` (which moved every
  * presence write under the prefix: the agent stayed ready while its peer
  * reported it down), or quits the real client through a pipeline's `.redis`
- * or `this` in a listener (a zombie: /readyz 503 for ever, reported down).
+ * or `this` in a listener (a zombie: /readyz 503 for ever, reported down); or
+ * it runs BLPOP on it, as a queue worker would (the connection waited behind
+ * it for ever: no beat, degraded, reported down).
  * Pass: the connection stays the daemon's or comes back, the heartbeat stays,
  * /readyz is 200, and the watching peer reports nobody down.
  */
@@ -50,6 +52,7 @@ describe('plugin escapes around the guarded ctx.redis', () => {
 
   for (const [type, data] of [
     ['options', null],
+    ['blocking', null],
     ['escape-quit', 'pipeline'],
     ['escape-quit', 'listener'],
   ] as const) {
@@ -60,7 +63,7 @@ describe('plugin escapes around the guarded ctx.redis', () => {
       try {
         await d.waitForLog(hasMsg('agentd ready'), 15_000);
         await c.publish(keys.channel(type), seedMessage(type, data));
-        await d.waitForLog(hasMsg(/^misbehaves: (set options|options refused|quit around)/), 5_000);
+        await d.waitForLog(hasMsg(/^misbehaves: (set options|options refused|quit around|tried blocking)/), 5_000);
         // Long enough for the old heartbeat key to expire and the peer to sweep twice.
         await sleep((TTL_S + 2 * SWEEP_S) * 1000 + 500);
         await waitFor('/readyz 200', async () => (await httpGet(port, '/readyz')).status === 200, (INTERVAL_S * 2 + 3) * 1000);
@@ -68,6 +71,10 @@ describe('plugin escapes around the guarded ctx.redis', () => {
         expect(await c.keys('misbehaves:*'), 'keys under the plugin prefix').toEqual([]);
         expect(downs.filter((m) => (m.json?.["data"] as { agent?: string } | undefined)?.agent === id), 'agent_down for the live agent').toEqual([]);
         if (type === 'options') expect(d.logs.some(hasMsg('misbehaves: options refused')), 'the assignment throws').toBe(true);
+        if (type === 'blocking') {
+          const tried = d.logs.find(hasMsg('misbehaves: tried blocking commands'));
+          expect((tried?.['refused'] as Array<{ what: string }>).map((r) => r.what), 'refused').toEqual(['blpop', 'call', 'xread', 'pipeline']);
+        }
         if (data === 'listener') expect(d.logs.some(hasMsg(/closed by something other than agentd/)), 'the quit was noticed').toBe(true);
         expect(isAlive(d)).toBe(true);
         expectNoFatal(d);
