@@ -69,6 +69,8 @@ export interface PeerWatcherOptions {
 
 /** Distinct agents an expiry check waits for at most (notifications can be spoofed; the sweep is the backstop). */
 const MAX_PENDING_EXPIRIES = 1_000;
+/** Longer ids in a notification are ignored (agentd's own are at most 128 characters; the sweep sees every id). */
+const MAX_NOTIFIED_ID_LENGTH = 1_024;
 
 function parseRecord(raw: string | null | undefined): Partial<RegistryRecord> {
   if (!raw) return {};
@@ -184,6 +186,8 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   onExpired(key: string): void {
     const id = agentOfHeartbeatKey(key);
     if (id === undefined || id === this.#o.agent.id || this.#stopped) return;
+    // A channel name can be 512 MB: a huge "id" would only go back to Redis in the HMGET.
+    if (id.length > MAX_NOTIFIED_ID_LENGTH) return;
     // Past the bound, the sweep finds whoever really died.
     if (this.#pendingExpiry.size >= MAX_PENDING_EXPIRIES && !this.#pendingExpiry.has(id)) return;
     this.#pendingExpiry.add(id);

@@ -78,4 +78,19 @@ describe('spoofed keyspace expiry notifications', () => {
     expect(isAlive(watcher)).toBe(true);
     expectNoFatal(watcher);
   });
+
+  it('spoofed expiries of huge agent ids are not sent back to Redis', async () => {
+    const port = await freePort();
+    const watcher = spawn(uniqueId('watch'), { AGENTD_HTTP_PORT: String(port) });
+    await watcher.waitForLog(hasMsg('agentd ready'), 15_000);
+    const before = await scrape(port);
+    const stats = async (): Promise<number> => Number(/^cmdstat_hmget:calls=(\d+)/m.exec(await c.info('commandstats'))?.[1] ?? 0);
+    const hmgetBefore = await stats();
+    const p = c.pipeline();
+    for (let i = 0; i < 200; i++) p.publish(`__keyspace@0__:${keys.heartbeat(`${i}-${'x'.repeat(100_000)}`)}`, 'expired');
+    await p.exec();
+    await waitFor('every spoof counted', async () => metric(await scrape(port), 'agentd_expiry_notifications_total') - metric(before, 'agentd_expiry_notifications_total') >= 200, 15_000);
+    // 200 × 100 KB ids would have gone back to Redis in HMGETs (20 MB, once per watching daemon).
+    expect((await stats()) - hmgetBefore, 'HMGET calls').toBe(0);
+  });
 });
