@@ -137,6 +137,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#dispatcher = new Dispatcher({
       concurrency: config.queue.concurrency,
       maxWaiting: config.queue.max,
+      maxWaitingBytes: config.queue.maxBytes,
       overflow: config.queue.overflow,
       handlerTimeoutMs: config.queue.handlerTimeoutMs,
       log: this.log.child({ component: 'dispatch' }),

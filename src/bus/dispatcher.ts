@@ -46,6 +46,8 @@ export interface DispatcherEvents {
 export interface DispatcherOptions {
   readonly concurrency: number;
   readonly maxWaiting: number;
+  /** Message bytes of the waiting events (queue.maxBytes), counted once per event; unbounded when absent. */
+  readonly maxWaitingBytes?: number;
   readonly overflow: OverflowPolicy;
   readonly handlerTimeoutMs: number;
   readonly log: Logger;
@@ -77,6 +79,8 @@ export interface DrainResult {
 interface Call {
   readonly binding: Binding;
   readonly event: AgentEvent;
+  /** The event's message size, on its first call only (the calls of one event share it). */
+  readonly bytes: number;
 }
 
 /** A worker: runs waiting calls one after another until none is left. */
@@ -151,6 +155,8 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   readonly #byType = new Map<string, readonly Binding[]>();
   #wildcard: readonly Binding[] = [];
   readonly #waiting = new Fifo<Call>();
+  /** Sum of `bytes` over the waiting calls. */
+  #waitingBytes = 0;
   readonly #workers = new Set<Worker>();
   /** Workers running a call (the others are about to take one, or about to end). */
   #busy = 0;
@@ -201,8 +207,18 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     return this.#busy;
   }
 
-  /** Queues the event's handler calls; says whether it was queued, dropped or had no handler. */
-  dispatch(event: AgentEvent): 'queued' | 'dropped' | 'unhandled' {
+  /** The next waiting call, its bytes released. */
+  #take(): Call | undefined {
+    const call = this.#waiting.shift();
+    if (call !== undefined) this.#waitingBytes -= call.bytes;
+    return call;
+  }
+
+  /**
+   * Queues the event's handler calls; says whether it was queued, dropped or
+   * had no handler. `bytes`: the message's size, for queue.maxBytes.
+   */
+  dispatch(event: AgentEvent, bytes = 0): 'queued' | 'dropped' | 'unhandled' {
     const bindings = this.#byType.get(event.event) ?? this.#wildcard;
     if (bindings.length === 0) {
       this.counts.unhandled++;
@@ -213,19 +229,25 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       this.#drop('shutdown', event, need);
       return 'dropped';
     }
+    const maxBytes = this.#options.maxWaitingBytes ?? Infinity;
     const room = this.#options.maxWaiting - this.#waiting.length;
-    if (need > room) {
-      if (this.#options.overflow === 'drop-newest' || need > this.#options.maxWaiting) {
+    if (need > room || this.#waitingBytes + bytes > maxBytes) {
+      if (this.#options.overflow === 'drop-newest' || need > this.#options.maxWaiting || bytes > maxBytes) {
         this.#drop('queue_full', event, need);
         return 'dropped';
       }
-      for (let i = room; i < need; i++) {
-        const victim = this.#waiting.shift();
+      while (this.#waiting.length > 0 && (this.#options.maxWaiting - this.#waiting.length < need || this.#waitingBytes + bytes > maxBytes)) {
+        const victim = this.#take();
         if (victim) this.#drop('evicted', victim.event, 1);
       }
     }
     this.counts.dispatched++;
-    for (const binding of bindings) this.#waiting.push({ binding, event });
+    this.#waitingBytes += bytes;
+    let first = true;
+    for (const binding of bindings) {
+      this.#waiting.push({ binding, event, bytes: first ? bytes : 0 });
+      first = false;
+    }
     // Start workers after the current burst: ioredis hands over a whole socket read synchronously.
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
@@ -253,7 +275,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
           await this.#stepAside();
           burst = 0;
         }
-        const call = this.#waiting.shift();
+        const call = this.#take();
         if (call === undefined) return;
         w.call = call;
         this.#busy++;
@@ -500,6 +522,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     this.stopAccepting();
     this.counts.dropped.shutdown += this.#waiting.length;
     this.#waiting.clear();
+    this.#waitingBytes = 0;
     for (const w of this.#workers) {
       w.context?.abort(SHUTDOWN);
       w.release?.({ outcome: 'aborted', error: SHUTDOWN });

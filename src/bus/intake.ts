@@ -29,7 +29,7 @@ export interface IntakeOptions {
   readonly probeChannel: string;
   readonly maxBytes: number;
   readonly maxDepth: number;
-  readonly dispatcher: { dispatch(event: AgentEvent): 'queued' | 'dropped' | 'unhandled' };
+  readonly dispatcher: { dispatch(event: AgentEvent, bytes: number): 'queued' | 'dropped' | 'unhandled' };
   readonly metrics: IntakeMetrics;
   readonly log: Logger;
   /** Told of every message dropped here (the daemon emits it as `eventDropped`). */
@@ -101,7 +101,7 @@ export class Intake {
       }
       // From here the dispatcher counts the message (dispatched, unhandled or dropped).
       countedAs = 'dispatch';
-      const outcome = this.#o.dispatcher.dispatch(event);
+      const outcome = this.#o.dispatcher.dispatch(event, payload.length);
       if (outcome === 'queued') metrics.dispatched(event.event);
       else if (outcome === 'unhandled') metrics.unhandled();
     } catch (err) {
