@@ -148,6 +148,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#dispatcher = new Dispatcher({
       concurrency: config.queue.concurrency,
       maxWaiting: config.queue.max,
+      maxWaitingBytes: config.queue.maxBytes,
       overflow: config.queue.overflow,
       handlerTimeoutMs: config.queue.handlerTimeoutMs,
       log: this.log.child({ component: 'dispatch' }),
@@ -405,7 +406,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   }
 
   async #loadAllPlugins(): Promise<LoadedPlugin[]> {
-    const fromConfig = await loadPlugins(this.config.plugins);
+    const fromConfig = await loadPlugins(this.config.plugins, this.config.lifecycle.setupTimeoutMs);
     const inline = this.#inline.map((p, i): LoadedPlugin => {
       const wrapped = typeof p === 'object' && p !== null && 'plugin' in p;
       const plugin = wrapped ? p.plugin : p;
@@ -627,6 +628,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     await step('leave', () => this.#presence.leave());
     await step('disconnect', () => this.#connections.close());
     await step('http', async () => this.#http?.close());
+    this.#intake.flushLog();
     this.#setState('closed');
     const result: CloseResult = drain.drained ? { drained: true, errors } : { drained: false, left: { waiting: drain.waiting, running: drain.running }, errors };
     this.log.info({ drained: result.drained, stats: this.stats() }, 'agentd stopped');

@@ -46,6 +46,8 @@ export interface DispatcherEvents {
 export interface DispatcherOptions {
   readonly concurrency: number;
   readonly maxWaiting: number;
+  /** Message bytes of the waiting events (queue.maxBytes), counted once per event; unbounded when absent. */
+  readonly maxWaitingBytes?: number;
   readonly overflow: OverflowPolicy;
   readonly handlerTimeoutMs: number;
   readonly log: Logger;
@@ -77,6 +79,8 @@ export interface DrainResult {
 interface Call {
   readonly binding: Binding;
   readonly event: AgentEvent;
+  /** The event's message size, on its first call only (the calls of one event share it). */
+  readonly bytes: number;
 }
 
 /** A worker: runs waiting calls one after another until none is left. */
@@ -93,6 +97,14 @@ type Settled = { readonly outcome: 'ok' } | { readonly outcome: 'error' | 'timeo
 const OK: Settled = { outcome: 'ok' };
 const SHUTDOWN = new Error('daemon shutting down');
 const DROP_LOG_EVERY_MS = 5_000;
+/**
+ * Failed and timed-out calls logged one by one per DROP_LOG_EVERY_MS; past
+ * that, one summary line at the end of the window. A plugin that fails on
+ * every event must not turn a flood of events into a flood of log lines.
+ */
+const FAIL_LOG_BURST = 20;
+/** Distinct (plugin, event, outcome) rows a summary line keeps; the rest are summed as one. */
+const FAIL_SUMMARY_ROWS = 50;
 /** Synchronous handler calls a worker runs before it lets the event loop read sockets again. */
 const SYNC_BURST = 64;
 /**
@@ -143,6 +155,8 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   readonly #byType = new Map<string, readonly Binding[]>();
   #wildcard: readonly Binding[] = [];
   readonly #waiting = new Fifo<Call>();
+  /** Sum of `bytes` over the waiting calls. */
+  #waitingBytes = 0;
   readonly #workers = new Set<Worker>();
   /** Workers running a call (the others are about to take one, or about to end). */
   #busy = 0;
@@ -157,6 +171,11 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   /** Drops since the last log line, per reason (see #drop). */
   readonly #pendingDrops = new Map<DropReason, { dropped: number; event: string }>();
   #dropTimer: NodeJS.Timeout | undefined;
+  /** Failure lines written in the current window, and failures counted but not logged (see #logFailure). */
+  #failLogged = 0;
+  readonly #failSuppressed = new Map<string, { plugin: string; event: string; outcome: string; calls: number; lastErr: string }>();
+  #failOther = 0;
+  #failTimer: NodeJS.Timeout | undefined;
 
   constructor(options: DispatcherOptions) {
     super();
@@ -188,8 +207,18 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     return this.#busy;
   }
 
-  /** Queues the event's handler calls; says whether it was queued, dropped or had no handler. */
-  dispatch(event: AgentEvent): 'queued' | 'dropped' | 'unhandled' {
+  /** The next waiting call, its bytes released. */
+  #take(): Call | undefined {
+    const call = this.#waiting.shift();
+    if (call !== undefined) this.#waitingBytes -= call.bytes;
+    return call;
+  }
+
+  /**
+   * Queues the event's handler calls; says whether it was queued, dropped or
+   * had no handler. `bytes`: the message's size, for queue.maxBytes.
+   */
+  dispatch(event: AgentEvent, bytes = 0): 'queued' | 'dropped' | 'unhandled' {
     const bindings = this.#byType.get(event.event) ?? this.#wildcard;
     if (bindings.length === 0) {
       this.counts.unhandled++;
@@ -200,19 +229,25 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       this.#drop('shutdown', event, need);
       return 'dropped';
     }
+    const maxBytes = this.#options.maxWaitingBytes ?? Infinity;
     const room = this.#options.maxWaiting - this.#waiting.length;
-    if (need > room) {
-      if (this.#options.overflow === 'drop-newest' || need > this.#options.maxWaiting) {
+    if (need > room || this.#waitingBytes + bytes > maxBytes) {
+      if (this.#options.overflow === 'drop-newest' || need > this.#options.maxWaiting || bytes > maxBytes) {
         this.#drop('queue_full', event, need);
         return 'dropped';
       }
-      for (let i = room; i < need; i++) {
-        const victim = this.#waiting.shift();
+      while (this.#waiting.length > 0 && (this.#options.maxWaiting - this.#waiting.length < need || this.#waitingBytes + bytes > maxBytes)) {
+        const victim = this.#take();
         if (victim) this.#drop('evicted', victim.event, 1);
       }
     }
     this.counts.dispatched++;
-    for (const binding of bindings) this.#waiting.push({ binding, event });
+    this.#waitingBytes += bytes;
+    let first = true;
+    for (const binding of bindings) {
+      this.#waiting.push({ binding, event, bytes: first ? bytes : 0 });
+      first = false;
+    }
     // Start workers after the current burst: ioredis hands over a whole socket read synchronously.
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
@@ -240,7 +275,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
           await this.#stepAside();
           burst = 0;
         }
-        const call = this.#waiting.shift();
+        const call = this.#take();
         if (call === undefined) return;
         w.call = call;
         this.#busy++;
@@ -364,17 +399,50 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       return;
     }
     const message = describeError(settled.error);
-    if (settled.outcome === 'timeout') {
-      this.counts.timedOut++;
-      this.#log.warn(
-        { code: 'AGENTD_ERR_HANDLER_TIMEOUT', plugin, event: type, timeoutMs: this.#options.handlerTimeoutMs },
-        'handler timed out; its signal was aborted and its slot freed',
-      );
-    } else {
-      this.counts.failed++;
-      this.#log.error({ code: 'AGENTD_ERR_HANDLER_FAILED', plugin, event: type, err: message }, 'handler failed');
-    }
+    if (settled.outcome === 'timeout') this.counts.timedOut++;
+    else this.counts.failed++;
+    this.#logFailure(plugin, type, settled.outcome, message);
     this.emit('handlerFailed', { plugin, event: type, reason: settled.outcome, error: message });
+  }
+
+  #logFailure(plugin: string, event: string, outcome: 'error' | 'timeout', err: string): void {
+    this.#failTimer ??= setTimeout(() => this.#flushFailLog(), DROP_LOG_EVERY_MS).unref();
+    if (this.#failLogged < FAIL_LOG_BURST) {
+      this.#failLogged++;
+      if (outcome === 'timeout') {
+        this.#log.warn(
+          { code: 'AGENTD_ERR_HANDLER_TIMEOUT', plugin, event, timeoutMs: this.#options.handlerTimeoutMs },
+          'handler timed out; its signal was aborted and its slot freed',
+        );
+      } else this.#log.error({ code: 'AGENTD_ERR_HANDLER_FAILED', plugin, event, err }, 'handler failed');
+      return;
+    }
+    const key = `${outcome}\u0000${plugin}\u0000${event}`;
+    const row = this.#failSuppressed.get(key);
+    if (row) {
+      row.calls++;
+      row.lastErr = err;
+    } else if (this.#failSuppressed.size < FAIL_SUMMARY_ROWS) this.#failSuppressed.set(key, { plugin, event, outcome, calls: 1, lastErr: err });
+    else this.#failOther++;
+  }
+
+  /** Ends the failure log window: one line (per outcome) for the failures counted but not logged in it. */
+  #flushFailLog(): void {
+    clearTimeout(this.#failTimer);
+    this.#failTimer = undefined;
+    this.#failLogged = 0;
+    const rows = [...this.#failSuppressed.values()];
+    const other = this.#failOther;
+    this.#failSuppressed.clear();
+    this.#failOther = 0;
+    for (const outcome of ['error', 'timeout'] as const) {
+      const suppressed = rows.filter((r) => r.outcome === outcome).map(({ outcome: _o, ...r }) => r);
+      const otherCalls = outcome === 'error' ? other : 0;
+      if (suppressed.length === 0 && otherCalls === 0) continue;
+      const fields = { code: outcome === 'error' ? 'AGENTD_ERR_HANDLER_FAILED' : 'AGENTD_ERR_HANDLER_TIMEOUT', suppressed, ...(otherCalls > 0 ? { otherCalls } : {}) };
+      if (outcome === 'error') this.#log.error(fields, 'more handler calls failed than are logged one by one');
+      else this.#log.warn(fields, 'more handler calls timed out than are logged one by one');
+    }
   }
 
   #drop(reason: DropReason, event: AgentEvent, calls: number): void {
@@ -434,6 +502,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     }
     if (this.#waiting.length === 0 && this.#workers.size === 0) {
       this.#flushDropLog();
+      this.#flushFailLog();
       return { drained: true, waiting: 0, running: [] };
     }
     const now = performance.now();
@@ -453,6 +522,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     this.stopAccepting();
     this.counts.dropped.shutdown += this.#waiting.length;
     this.#waiting.clear();
+    this.#waitingBytes = 0;
     for (const w of this.#workers) {
       w.context?.abort(SHUTDOWN);
       w.release?.({ outcome: 'aborted', error: SHUTDOWN });
@@ -460,5 +530,6 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     clearInterval(this.#timeoutTimer);
     this.#timeoutTimer = undefined;
     this.#flushDropLog();
+    this.#flushFailLog();
   }
 }

@@ -29,7 +29,7 @@ export interface IntakeOptions {
   readonly probeChannel: string;
   readonly maxBytes: number;
   readonly maxDepth: number;
-  readonly dispatcher: { dispatch(event: AgentEvent): 'queued' | 'dropped' | 'unhandled' };
+  readonly dispatcher: { dispatch(event: AgentEvent, bytes: number): 'queued' | 'dropped' | 'unhandled' };
   readonly metrics: IntakeMetrics;
   readonly log: Logger;
   /** Told of every message dropped here (the daemon emits it as `eventDropped`). */
@@ -48,6 +48,13 @@ export interface IntakeCounts {
 }
 
 const MAX_CHANNEL_IN_LOG = 200;
+/**
+ * Bad messages logged one by one per window; past that, one summary line at
+ * the end of the window. A publisher's flood must not become a log flood: one
+ * line per message cost more than the message and filled disks.
+ */
+const BAD_LOG_BURST = 20;
+const BAD_LOG_EVERY_MS = 5_000;
 
 /**
  * Every message from the subscribed patterns, from the socket to the handler
@@ -65,6 +72,10 @@ export class Intake {
   };
   readonly #o: IntakeOptions;
   #lastChannel: { readonly bytes: Buffer; readonly name: string } | undefined;
+  /** Bad messages logged in the current window, and those counted but not logged, by reason. */
+  #badLogged = 0;
+  readonly #badSuppressed = new Map<BadInputReason, number>();
+  #badTimer: NodeJS.Timeout | undefined;
 
   constructor(options: IntakeOptions) {
     this.#o = options;
@@ -97,7 +108,7 @@ export class Intake {
       }
       // From here the dispatcher counts the message (dispatched, unhandled or dropped).
       countedAs = 'dispatch';
-      const outcome = this.#o.dispatcher.dispatch(event);
+      const outcome = this.#o.dispatcher.dispatch(event, payload.length);
       if (outcome === 'queued') metrics.dispatched(event.event);
       else if (outcome === 'unhandled') metrics.unhandled();
     } catch (err) {
@@ -117,9 +128,29 @@ export class Intake {
   #bad(reason: BadInputReason, channel: string, bytes: number): void {
     this.counts.invalid[reason]++;
     this.#o.metrics.dropped(undefined, reason);
-    // Channel and reason only: the payload may be huge or hostile.
-    this.#o.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, bytes }, 'dropped a bad message');
+    this.#badTimer ??= setTimeout(() => this.flushLog(), BAD_LOG_EVERY_MS).unref();
+    if (this.#badLogged < BAD_LOG_BURST) {
+      this.#badLogged++;
+      // Channel and reason only: the payload may be huge or hostile.
+      this.#o.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, bytes }, 'dropped a bad message');
+    } else {
+      this.#badSuppressed.set(reason, (this.#badSuppressed.get(reason) ?? 0) + 1);
+    }
     this.#o.onDropped?.({ reason, channel, bytes });
+  }
+
+  /** Ends the log window: one line for the bad messages counted but not logged in it. */
+  flushLog(): void {
+    clearTimeout(this.#badTimer);
+    this.#badTimer = undefined;
+    this.#badLogged = 0;
+    if (this.#badSuppressed.size === 0) return;
+    const suppressed = Object.fromEntries(this.#badSuppressed);
+    this.#badSuppressed.clear();
+    this.#o.log.warn(
+      { code: 'AGENTD_ERR_BAD_EVENT', suppressed, burst: BAD_LOG_BURST, windowMs: BAD_LOG_EVERY_MS, totalInvalid: { ...this.counts.invalid } },
+      'dropped more bad messages than are logged one by one',
+    );
   }
 
   #failed(err: unknown, countedAs: string | undefined, channel: string | undefined, payload: Buffer): void {

@@ -168,7 +168,7 @@ export async function publishCommand(config: AgentdConfig, positionals: readonly
  * that cannot load fails here too, with exit 2.
  */
 export async function configCommand(config: AgentdConfig, io: Io): Promise<number> {
-  await loadPlugins(config.plugins);
+  await loadPlugins(config.plugins, config.lifecycle.setupTimeoutMs);
   io.stdout.write(`${JSON.stringify(redactConfig(config), null, 2)}\n`);
   return 0;
 }

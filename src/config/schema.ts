@@ -222,6 +222,13 @@ export const schema = {
       env: 'AGENTD_QUEUE_MAX',
       arg: 'queue-max',
     },
+    maxBytes: {
+      doc: 'Message bytes of the waiting events (each event counted once) before the overflow policy applies: bounds the memory a flood of large events can hold.',
+      format: 'positive-int',
+      default: 64 * 1024 * 1024,
+      env: 'AGENTD_QUEUE_MAX_BYTES',
+      arg: 'queue-max-bytes',
+    },
     overflow: {
       doc: 'What a full queue does with a new event: drop-newest (drop the new event) or drop-oldest (drop the longest-waiting calls).',
       format: OVERFLOW_POLICIES as unknown as string[],
@@ -464,6 +471,7 @@ export interface AgentdConfig {
   readonly queue: {
     readonly concurrency: number;
     readonly max: number;
+    readonly maxBytes: number;
     readonly overflow: OverflowPolicy;
     readonly handlerTimeoutMs: number;
   };

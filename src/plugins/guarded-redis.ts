@@ -24,10 +24,25 @@ const REFUSED = new Set([
   'reset',
   'shutdown',
   'removeAllListeners',
+  // Its events are the connection's state ('end', 'close', 'error', 'ready'): only ioredis raises them.
+  'emit',
 ]);
+/**
+ * Blocking commands: the connection (and every heartbeat behind it) waits
+ * until they return; with a timeout of 0, for ever, so the agent's heartbeat
+ * expires while it is alive. XREAD and XREADGROUP only with BLOCK.
+ */
+const BLOCKING = new Set(['blpop', 'brpop', 'brpoplpush', 'blmove', 'blmpop', 'bzpopmin', 'bzpopmax', 'bzmpop', 'wait', 'waitaof']);
+const BLOCKING_WITH_OPTION = new Set(['xread', 'xreadgroup']);
 /** CLIENT subcommands that change this connection (or kill others). */
 const REFUSED_CLIENT = new Set(['kill', 'setname', 'reply', 'tracking', 'pause', 'no-evict', 'no-touch']);
 const GENERIC = new Set(['call', 'callBuffer', 'sendCommand']);
+
+/** A method that may block the connection: blpop, blpopBuffer, xread… */
+function isBlocking(prop: string): boolean {
+  const name = prop.replace(/Buffer$/, '').toLowerCase();
+  return BLOCKING.has(name) || BLOCKING_WITH_OPTION.has(name);
+}
 
 function refusal(what: string, plugin: string): Error {
   return new Error(
@@ -45,7 +60,10 @@ function commandName(value: unknown): string {
 }
 
 function checkCommand(name: string, args: readonly unknown[], plugin: string): void {
-  if (REFUSED.has(name)) throw refusal(`${name}()`, plugin);
+  if (REFUSED.has(name) || BLOCKING.has(name)) throw refusal(`${name}()`, plugin);
+  if (BLOCKING_WITH_OPTION.has(name) && args.some((a) => (typeof a === 'string' || Buffer.isBuffer(a)) && a.toString().toLowerCase() === 'block')) {
+    throw refusal(`${name}('BLOCK', …)`, plugin);
+  }
   if (name === 'client') {
     const sub = commandName(args[0]);
     if (REFUSED_CLIENT.has(sub)) throw refusal(`client('${sub}')`, plugin);
@@ -60,16 +78,18 @@ function checkCommand(name: string, args: readonly unknown[], plugin: string): v
  * a command costs one Map lookup more than on the client itself.
  */
 export function guardRedis(target: Redis, plugin: string): Redis {
-  return guard(target, plugin) as Redis;
+  return guard(target, plugin, undefined) as Redis;
 }
 
-function guard(target: object, plugin: string): object {
+/** `root` is the client's view, for a MULTI or pipeline of it: its `.redis` is the view, not the client. */
+function guard(target: object, plugin: string, root: { readonly client: object; readonly view: object } | undefined): object {
   const cache = new Map<PropertyKey, unknown>();
   const proxy: object = new Proxy(target, {
     get(t, prop) {
       const hit = cache.get(prop);
       if (hit !== undefined) return hit;
       const value: unknown = Reflect.get(t, prop, t);
+      if (root !== undefined && value === root.client) return root.view;
       if (typeof value !== 'function') return value;
       const fn = value as (...args: unknown[]) => unknown;
       let wrapped: (...args: unknown[]) => unknown;
@@ -82,13 +102,14 @@ function guard(target: object, plugin: string): object {
           checkCommand(commandName(args[0]), args.slice(1), plugin);
           return fn.apply(t, args);
         };
-      } else if (prop === 'client') {
+      } else if (prop === 'client' || (typeof prop === 'string' && isBlocking(prop))) {
+        const name = typeof prop === 'string' ? prop.replace(/Buffer$/, '').toLowerCase() : 'client';
         wrapped = (...args) => {
-          checkCommand('client', args, plugin);
+          checkCommand(name, args, plugin);
           return fn.apply(t, args);
         };
       } else if (prop === 'multi' || prop === 'pipeline') {
-        wrapped = (...args) => guard(fn.apply(t, args) as object, plugin);
+        wrapped = (...args) => guard(fn.apply(t, args) as object, plugin, root ?? { client: t, view: proxy });
       } else {
         wrapped = (...args) => {
           const out = fn.apply(t, args);

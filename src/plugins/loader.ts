@@ -41,15 +41,37 @@ export function validatePlugin(value: unknown): asserts value is Plugin<PluginOp
   }
 }
 
-/** Imports each plugin module in order and checks its shape. */
-export async function loadPlugins(specs: readonly PluginSpec[]): Promise<LoadedPlugin[]> {
+/** A module still loading after `ms`: its top-level await has not settled. */
+class LoadTimeout extends Error {}
+
+function importWithin(module: string, ms: number | undefined): Promise<unknown> {
+  if (ms === undefined) return import(module);
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    import(module),
+    // Not unref'd: a top-level await that holds nothing open would otherwise let the event loop run dry.
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new LoadTimeout()), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Imports each plugin module in order and checks its shape. With `timeoutMs`
+ * (lifecycle.setupTimeoutMs), a module whose top-level code has not finished
+ * by then fails the load.
+ */
+export async function loadPlugins(specs: readonly PluginSpec[], timeoutMs?: number): Promise<LoadedPlugin[]> {
   const out: LoadedPlugin[] = [];
   for (const spec of specs) {
     const source = displaySpecifier(spec.module);
     let mod: { default?: unknown };
     try {
-      mod = (await import(spec.module)) as { default?: unknown };
+      mod = (await importWithin(spec.module, timeoutMs)) as { default?: unknown };
     } catch (err) {
+      if (err instanceof LoadTimeout) {
+        throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin ${source}: did not finish loading within ${timeoutMs} ms (lifecycle.setupTimeoutMs): a top-level await that never settles?`);
+      }
       // Node's "imported from <loader.ts>" names our file, not the operator's.
       const cause = describeError(err).replace(/ imported from \S+$/, '');
       const at = err instanceof SyntaxError ? syntaxErrorAt(spec.module) : undefined;

@@ -17,9 +17,9 @@ export interface PluginContext<Options extends object = PluginOptions> {
   /** A pino child logger carrying the plugin's name. */
   readonly log: Logger;
   /**
-   * The daemon's shared command connection. Do not call blocking commands
-   * (BLPOP, XREAD BLOCK…) or quit() on it: use `redis.duplicate()` for those
-   * and close the duplicate in `close`.
+   * The daemon's shared command connection. Blocking commands (BLPOP, XREAD
+   * BLOCK…), quit() and the others that would stall or close it are refused:
+   * use `redis.duplicate()` for those and close the duplicate in `close`.
    */
   readonly redis: Redis;
   /** Publishes `{event, data, id, source, ts, den}` on `agent:events:<type>`; resolves with the number of receivers. */

@@ -67,6 +67,11 @@ export interface PeerWatcherOptions {
   readonly massDeathHoldMs?: number;
 }
 
+/** Distinct agents an expiry check waits for at most (notifications can be spoofed; the sweep is the backstop). */
+const MAX_PENDING_EXPIRIES = 1_000;
+/** Longer ids in a notification are ignored (agentd's own are at most 128 characters; the sweep sees every id). */
+const MAX_NOTIFIED_ID_LENGTH = 1_024;
+
 function parseRecord(raw: string | null | undefined): Partial<RegistryRecord> {
   if (!raw) return {};
   try {
@@ -95,9 +100,14 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   /** Dens currently held by the mass-death brake, with the time the hold started. */
   readonly #held = new Map<string, number>();
   #unhealthyLogged = false;
-  /** Expired heartbeats waiting for the den check, by den (coalesced, so a burst costs one sweep per den). */
-  readonly #pendingExpiry = new Map<string, Set<string>>();
+  /**
+   * Agents whose heartbeat expiry was notified, waiting for one check (coalesced: a burst
+   * costs one registry read and one sweep per den). Anyone can PUBLISH on a keyspace
+   * channel, so a notification is only a hint: the set is bounded, one check runs at a time.
+   */
+  readonly #pendingExpiry = new Set<string>();
   #expiryTimer: NodeJS.Timeout | undefined;
+  #expiryChecking = false;
 
   constructor(options: PeerWatcherOptions) {
     super();
@@ -127,6 +137,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     this.#stopped = true;
     clearTimeout(this.#timer);
     clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
   }
 
   #schedule(ms: number): void {
@@ -175,40 +186,53 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   onExpired(key: string): void {
     const id = agentOfHeartbeatKey(key);
     if (id === undefined || id === this.#o.agent.id || this.#stopped) return;
-    void this.#fromExpiry(id);
+    // A channel name can be 512 MB: a huge "id" would only go back to Redis in the HMGET.
+    if (id.length > MAX_NOTIFIED_ID_LENGTH) return;
+    // Past the bound, the sweep finds whoever really died.
+    if (this.#pendingExpiry.size >= MAX_PENDING_EXPIRIES && !this.#pendingExpiry.has(id)) return;
+    this.#pendingExpiry.add(id);
+    this.#scheduleExpiryCheck();
   }
 
-  async #fromExpiry(id: string): Promise<void> {
-    try {
-      const record = parseRecord(await this.#o.redis.hget(REGISTRY_KEY, id));
-      // Without a registry record the den is unknown here; the sweep of its den will find it.
-      if (typeof record.den !== 'string' || !this.#watches(record.den)) return;
-      let pending = this.#pendingExpiry.get(record.den);
-      if (!pending) this.#pendingExpiry.set(record.den, (pending = new Set()));
-      pending.add(id);
-      // Coalesce a burst of expiries into one check per den, through the same brake as the sweep.
-      this.#expiryTimer ??= setTimeout(() => {
-        this.#expiryTimer = undefined;
-        void this.#reapExpired();
-      }, 10).unref();
-    } catch (err) {
-      this.#o.log.debug({ agent: id, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
-    }
+  #scheduleExpiryCheck(): void {
+    if (this.#expiryTimer !== undefined || this.#expiryChecking) return;
+    this.#expiryTimer = setTimeout(() => {
+      this.#expiryTimer = undefined;
+      void this.#reapExpired();
+    }, 10).unref();
   }
 
   async #reapExpired(): Promise<void> {
-    const batch = [...this.#pendingExpiry];
+    const ids = [...this.#pendingExpiry];
     this.#pendingExpiry.clear();
-    if (this.#stopped || !this.#healthy()) return;
-    for (const [den, ids] of batch) {
-      try {
-        const found = await sweepDen(this.#o.redis, den);
-        const missing = found.missing.filter((id) => id !== this.#o.agent.id);
-        if (this.#brake(den, found.members, missing.length)) continue;
-        for (const id of missing) if (ids.has(id)) await this.#reap(id, den, 'expiry');
-      } catch (err) {
-        this.#o.log.debug({ peerDen: den, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
+    if (ids.length === 0 || this.#stopped || !this.#healthy()) return;
+    this.#expiryChecking = true;
+    try {
+      // Without a registry record the den is unknown here; the sweep of its den will find it.
+      const records = await this.#o.redis.hmget(REGISTRY_KEY, ...ids);
+      const byDen = new Map<string, Set<string>>();
+      ids.forEach((id, i) => {
+        const den = parseRecord(records[i]).den;
+        if (typeof den !== 'string' || !this.#watches(den)) return;
+        let set = byDen.get(den);
+        if (!set) byDen.set(den, (set = new Set()));
+        set.add(id);
+      });
+      for (const [den, pending] of byDen) {
+        try {
+          const found = await sweepDen(this.#o.redis, den);
+          const missing = found.missing.filter((id) => id !== this.#o.agent.id);
+          if (this.#brake(den, found.members, missing.length)) continue;
+          for (const id of missing) if (pending.has(id)) await this.#reap(id, den, 'expiry');
+        } catch (err) {
+          this.#o.log.debug({ peerDen: den, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
+        }
       }
+    } catch (err) {
+      this.#o.log.debug({ agents: ids.length, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
+    } finally {
+      this.#expiryChecking = false;
+      if (this.#pendingExpiry.size > 0 && !this.#stopped) this.#scheduleExpiryCheck();
     }
   }
 

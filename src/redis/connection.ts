@@ -142,6 +142,9 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     );
     this.command = createClient(commandOptions);
     this.subscriber = createClient(redisOptions(config, 'subscriber'));
+    // ioredis reads its options on every command and reconnect (keyPrefix, db, retryStrategy…):
+    // frozen, so code that reaches them (a plugin, through ctx.redis.options) cannot redirect our writes.
+    for (const client of [this.command, this.subscriber]) Object.freeze(client.options);
     this.#watch(this.command, 'command');
     this.#watch(this.subscriber, 'subscriber');
     this.#observeReplies(this.command, 'command');
@@ -269,9 +272,25 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       }
       this.#log[level]({ conn: role, delayMs, attempt, downMs: downSince === undefined ? 0 : now - downSince, ...(lastError ? { err: lastError } : {}) }, 'redis reconnecting');
       emit({ role, state: 'reconnecting', delayMs, ...(attempt !== undefined ? { attempt } : {}), ...(lastError ? { error: lastError } : {}) });
+      // disconnect() called on the client in this very event (a plugin's listener gets the real
+      // client as `this`) clears the retry timer that is set just after it: the client then stays
+      // 'reconnecting' for ever. If no attempt started by the time the retry was due, start one.
+      const epoch = (client as unknown as { connectionEpoch?: number }).connectionEpoch;
+      setTimeout(() => {
+        if (this.#closing || client.status !== 'reconnecting' || (client as unknown as { connectionEpoch?: number }).connectionEpoch !== epoch) return;
+        this.#log.error({ conn: role }, 'redis connection was closed by something other than agentd (a plugin?); connecting again');
+        client.connect().catch(() => undefined);
+      }, delayMs + 1_000).unref();
     });
     client.on('end', () => {
       emit({ role, state: 'closed' });
+      if (this.#closing || client.status !== 'end') return;
+      // Only close() ends our clients (the retry strategy never gives up): something else quit
+      // this one, a plugin around the guarded ctx.redis, say. It stays the daemon's: connect again.
+      this.#log.error({ conn: role }, 'redis connection was closed by something other than agentd (a plugin?); connecting again');
+      setTimeout(() => {
+        if (!this.#closing && client.status === 'end') client.connect().catch(() => undefined);
+      }, reconnectDelay(1, 1_000)).unref();
     });
   }
 

@@ -34,7 +34,7 @@ describe('loadConfig', () => {
     expect(config.heartbeat).toEqual({ ttl: 60, interval: 20 });
     expect(config.events.patterns).toEqual(['agent:events:*']);
     expect(config.events.maxBytes).toBe(1024 * 1024);
-    expect(config.queue).toEqual({ concurrency: 16, max: 10_000, overflow: 'drop-newest', handlerTimeoutMs: 30_000 });
+    expect(config.queue).toEqual({ concurrency: 16, max: 10_000, maxBytes: 64 * 1024 * 1024, overflow: 'drop-newest', handlerTimeoutMs: 30_000 });
     expect(config.lifecycle.drainTimeoutMs).toBeLessThan(10_000);
     expect(config.log.level).toBe('info');
     expect(config.plugins).toEqual([]);
