@@ -59,6 +59,14 @@ export interface PeerWatcherOptions {
    * our own presence writes are failing — the watcher reaps nobody.
    */
   readonly healthy?: () => boolean;
+  /**
+   * How long, ms, our own beats have landed without a failure. The watcher
+   * reaps only once this reaches ttlMs: after a Redis outage, freeze or OOM a
+   * live peer needs up to one TTL of working Redis to beat again.
+   */
+  readonly steadyMs?: () => number;
+  /** Unix ms in Redis's clock (the `now` of a reap, compared with lastSeen, which agentd writes in Redis time). */
+  readonly now?: () => number;
   /** Mass-death brake: hold when at least this share of a den's members is dead at once... */
   readonly massDeathShare?: number;
   /** ...and at least this many (0 turns the brake off). */
@@ -204,8 +212,9 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
       try {
         const found = await sweepDen(this.#o.redis, den);
         const missing = found.missing.filter((id) => id !== this.#o.agent.id);
-        if (this.#brake(den, found.members, missing.length)) continue;
-        for (const id of missing) if (ids.has(id)) await this.#reap(id, den, 'expiry');
+        // Health again after the round trip: Redis may have been frozen while it was in flight.
+        if (!this.#healthy() || this.#brake(den, found.members, missing.length)) continue;
+        for (const id of missing) if (ids.has(id) && this.#healthy()) await this.#reap(id, den, 'expiry');
       } catch (err) {
         this.#o.log.debug({ peerDen: den, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
       }
@@ -218,7 +227,8 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     if (ok) {
       if (this.#unhealthyLogged) this.#o.log.info('own presence writes work again; reaping dead peers again');
       this.#unhealthyLogged = false;
-      return true;
+      // Probation: peers get one TTL of working Redis to beat again before anyone is reaped.
+      return (this.#o.steadyMs?.() ?? Infinity) >= (this.#o.ttlMs ?? 0);
     }
     if (!this.#unhealthyLogged) {
       this.#unhealthyLogged = true;
@@ -285,15 +295,15 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     let reaped = 0;
     try {
       const dens = await this.#densToSweep();
-      const healthy = this.#healthy();
       for (const den of dens) {
         const found = await sweepDen(this.#o.redis, den);
         members += found.members;
         // Our own beat will put us back.
         const dead = found.missing.filter((id) => id !== this.#o.agent.id);
         missing += dead.length;
-        if (!healthy || this.#brake(den, found.members, dead.length)) continue;
-        for (const id of dead) if (await this.#reap(id, den, 'sweep')) reaped++;
+        // Health checked after the round trip: a sweep sent just before Redis froze answers only after it resumes.
+        if (!this.#healthy() || this.#brake(den, found.members, dead.length)) continue;
+        for (const id of dead) if (this.#healthy() && (await this.#reap(id, den, 'sweep'))) reaped++;
       }
       const result = { dens: dens.length, members, missing, reaped, ms: performance.now() - t0 };
       this.emit('sweep', result);
@@ -307,7 +317,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   }
 
   async #reap(id: string, den: string, via: Detector): Promise<boolean> {
-    const now = Date.now();
+    const now = this.#o.now?.() ?? Date.now();
     const outcome = await reapAgent(this.#o.redis, { id, den, now, watcher: this.#o.agent, via, minAgeMs: this.#o.ttlMs ?? 0 });
     if (!outcome.reaped) {
       if (outcome.reason === 'fresh') this.#o.log.debug({ peer: id, peerDen: den }, 'heartbeat key gone but the registry says the peer beat recently: deleted, not expired; not a death');

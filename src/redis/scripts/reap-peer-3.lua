@@ -12,6 +12,9 @@
   Dead means both: the heartbeat key is gone, AND the registry record's
   lastSeen (when it has a finite one) is at least ARGV[9] ms old. A heartbeat
   key that was deleted (a memory clear) rather than expired is not a death.
+  agentd writes lastSeen in Redis time (its clock corrected by TIME) and
+  passes ARGV[2] in Redis time too, so skewed machine clocks do not count; a
+  lastSeen more than ARGV[9] ms in the future is a broken clock, not believed.
 
   The registry record is rewritten (status "down", downAt) only when the
   rewrite is lossless: cjson would turn [] into {}, cut numbers to 14 digits
@@ -84,7 +87,9 @@ if raw then
     -- The agent's own TTL when it states one and it is shorter: a short-TTL peer is reported on time.
     local ownTtl = record['heartbeatTtl']
     if finite(ownTtl) and ownTtl > 0 and ownTtl * 1000 < minAge then minAge = ownTtl * 1000 end
-    if lastSeen ~= cjson.null and now - lastSeen < minAge then
+    -- A lastSeen further in the future than minAge is a broken clock, not a sign of life: not believed
+    -- (else a dead agent whose clock ran ahead would never be reported).
+    if lastSeen ~= cjson.null and now - lastSeen < minAge and lastSeen - now <= minAge then
       return {0, 'fresh'}
     end
     local original = cjson.decode(raw)
