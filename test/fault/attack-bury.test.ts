@@ -134,6 +134,53 @@ describe('attacks on peer health (daemons as child processes)', () => {
     expectNoFatal(w.d);
   });
 
+  it('registry hash and a live agent\'s heartbeat key both gone (allkeys eviction, a careless operator): not buried', async () => {
+    const den = uniqueId('den');
+    const w = start(den, { AGENTD_WATCH_NOTIFICATIONS: 'off' });
+    const v = start(den, { AGENTD_WATCH: 'off' });
+    await Promise.all([ready(w.d), ready(v.d)]);
+    for (let i = 0; i < 3; i++) {
+      // The victim is paused for 1 s, inside its budget of ttl - interval = 1.5 s.
+      v.d.signal('SIGSTOP');
+      await c.multi().del(keys.registry).del(keys.heartbeat(v.id)).exec();
+      await sleep(1_000);
+      v.d.signal('SIGCONT');
+      await sleep(1_000);
+    }
+    await sleep(QUIET_MS);
+    expect(buried([w])).toEqual([]);
+    expect(await c.sismember(keys.den(den), v.id)).toBe(1);
+  });
+
+  it('held: FLUSHALL, the den set deleted, notifications turned off, forged expiry notifications, hostile records', async () => {
+    const den = uniqueId('den');
+    const xs = [start(den), start(den), start(den)];
+    await Promise.all(xs.map((x) => ready(x.d)));
+    await c.flushall();
+    await sleep(1_000);
+    await c.del(keys.den(den));
+    await sleep(1_000);
+    await c.config('SET', 'notify-keyspace-events', '');
+    for (const x of xs) await c.publish(`__keyspace@0__:${keys.heartbeat(x.id)}`, 'expired');
+    // Records a watcher must survive and still report: 10,000 deep, 1 MB, a JSON string, already "down".
+    const hostile = [`{"a":${'['.repeat(10_000)}${']'.repeat(10_000)}}`, JSON.stringify({ den, lastSeen: 1, big: 'x'.repeat(1 << 20) }), '"a string"', JSON.stringify({ den, status: 'down', lastSeen: 1 })];
+    const ghosts: string[] = [];
+    for (const rec of hostile) {
+      const id = uniqueId('ghost');
+      await c.sadd(keys.den(den), id);
+      await c.hset(keys.registry, id, rec);
+      ghosts.push(id);
+    }
+    await waitFor('every ghost reported', () => ghosts.every((g) => buried(xs).includes(g)), 10_000);
+    await sleep(QUIET_MS);
+    expect(buried(xs).sort()).toEqual([...ghosts].sort());
+    for (const x of xs) {
+      expect(isAlive(x.d)).toBe(true);
+      expectNoFatal(x.d);
+      expect(await c.sismember(keys.den(den), x.id)).toBe(1);
+    }
+  });
+
   for (const size of [2, 3]) {
     it(`Redis frozen (SIGSTOP) for longer than the TTL: nobody in a den of ${size} is buried`, async () => {
       const den = uniqueId('den');
