@@ -105,6 +105,12 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   #unhealthyLogged = false;
   /** Expired heartbeats waiting for the den check, by den (coalesced, so a burst costs one sweep per den). */
   readonly #pendingExpiry = new Map<string, Set<string>>();
+  /**
+   * When (performance.now()) this watcher first saw each dead-looking member's
+   * heartbeat missing, by `den\nid`: the second signal for members without a
+   * credible lastSeen (no record, or a registry deleted or evicted).
+   */
+  readonly #missingSince = new Map<string, number>();
   #expiryTimer: NodeJS.Timeout | undefined;
 
   constructor(options: PeerWatcherOptions) {
@@ -212,6 +218,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
       try {
         const found = await sweepDen(this.#o.redis, den);
         const missing = found.missing.filter((id) => id !== this.#o.agent.id);
+        this.#trackMissing(den, missing, false);
         // Health again after the round trip: Redis may have been frozen while it was in flight.
         if (!this.#healthy() || this.#brake(den, found.members, missing.length)) continue;
         for (const id of missing) if (ids.has(id) && this.#healthy()) await this.#reap(id, den, 'expiry');
@@ -275,6 +282,14 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     return since < 0 ? false : true;
   }
 
+  /** Notes when each member of `dead` was first seen missing; a full sweep of the den also forgets the others. */
+  #trackMissing(den: string, dead: readonly string[], complete: boolean): void {
+    const now = performance.now();
+    const keys = new Set(dead.map((id) => `${den}\n${id}`));
+    if (complete) for (const k of this.#missingSince.keys()) if (k.startsWith(`${den}\n`) && !keys.has(k)) this.#missingSince.delete(k);
+    for (const k of keys) if (!this.#missingSince.has(k)) this.#missingSince.set(k, now);
+  }
+
   async #densToSweep(): Promise<string[]> {
     if (!this.#allDens) return this.#o.dens.length === 0 ? [this.#o.agent.den] : [...this.#o.dens];
     const dens = new Set<string>([this.#o.agent.den]);
@@ -301,6 +316,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
         // Our own beat will put us back.
         const dead = found.missing.filter((id) => id !== this.#o.agent.id);
         missing += dead.length;
+        this.#trackMissing(den, dead, true);
         // Health checked after the round trip: a sweep sent just before Redis froze answers only after it resumes.
         if (!this.#healthy() || this.#brake(den, found.members, dead.length)) continue;
         for (const id of dead) if (this.#healthy() && (await this.#reap(id, den, 'sweep'))) reaped++;
@@ -318,7 +334,10 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
 
   async #reap(id: string, den: string, via: Detector): Promise<boolean> {
     const now = this.#o.now?.() ?? Date.now();
-    const outcome = await reapAgent(this.#o.redis, { id, den, now, watcher: this.#o.agent, via, minAgeMs: this.#o.ttlMs ?? 0 });
+    const since = this.#missingSince.get(`${den}\n${id}`);
+    const missingForMs = since === undefined ? 0 : performance.now() - since;
+    const outcome = await reapAgent(this.#o.redis, { id, den, now, watcher: this.#o.agent, via, minAgeMs: this.#o.ttlMs ?? 0, missingForMs });
+    if (outcome.reaped) this.#missingSince.delete(`${den}\n${id}`);
     if (!outcome.reaped) {
       if (outcome.reason === 'fresh') this.#o.log.debug({ peer: id, peerDen: den }, 'heartbeat key gone but the registry says the peer beat recently: deleted, not expired; not a death');
       return false;

@@ -35,6 +35,9 @@
     ARGV[8] channel to publish agent_down on
     ARGV[9] minimum age of the record's lastSeen, ms (the watcher's heartbeat TTL; the
             record's own heartbeatTtl, in seconds, when it is shorter)
+    ARGV[10] '1' when the watcher has itself seen the heartbeat key missing for at least
+            ARGV[9] ms: the second signal for a member without a credible lastSeen (no record,
+            a record that is not an object, a registry that was deleted or evicted); default '1'
 
   Output:
     {1, envelope, 'marked'|'kept'|'none'}  this caller reaped the agent and published envelope;
@@ -42,6 +45,7 @@
     {0, 'alive'}   the heartbeat key exists: nothing done
     {0, 'absent'}  not in the den (it left, or another watcher reaped it)
     {0, 'fresh'}   heartbeat key gone but lastSeen is recent: deleted, not expired; nothing done
+    {0, 'unsure'}  no credible lastSeen and ARGV[10] is not '1': not yet; nothing done
 ]]
 local id = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -76,6 +80,7 @@ local host = cjson.null
 local lastSeen = cjson.null
 local rewritten = nil
 local recordState = 'none'
+local credible = false
 local raw = redis.call('HGET', KEYS[3], id)
 if raw then
   recordState = 'kept'
@@ -89,8 +94,13 @@ if raw then
     if finite(ownTtl) and ownTtl > 0 and ownTtl * 1000 < minAge then minAge = ownTtl * 1000 end
     -- A lastSeen further in the future than minAge is a broken clock, not a sign of life: not believed
     -- (else a dead agent whose clock ran ahead would never be reported).
-    if lastSeen ~= cjson.null and now - lastSeen < minAge and lastSeen - now <= minAge then
-      return {0, 'fresh'}
+    if lastSeen ~= cjson.null and lastSeen - now > minAge then
+      credible = false
+    elseif lastSeen ~= cjson.null then
+      credible = true
+      if now - lastSeen < minAge then
+        return {0, 'fresh'}
+      end
     end
     local original = cjson.decode(raw)
     record['status'] = 'down'
@@ -107,6 +117,10 @@ if raw then
       end
     end
   end
+end
+
+if not credible and (ARGV[10] or '1') ~= '1' then
+  return {0, 'unsure'}
 end
 
 local data = { agent = id, den = ARGV[3], host = host, lastSeen = lastSeen, detectedBy = ARGV[4], via = ARGV[6] }
