@@ -182,6 +182,21 @@ describe('attacks on peer health (daemons as child processes)', () => {
     }
   });
 
+  it('held: kill -9 of 4 of 5 is reported, each exactly once, after at most watch.massDeathHold; a twin of a kill -9\'d agent may start', async () => {
+    const den = uniqueId('den');
+    const xs = Array.from({ length: 5 }, () => start(den, { AGENTD_WATCH_MASS_DEATH_HOLD: '2', AGENTD_WATCH_NOTIFICATIONS: 'off' }));
+    await Promise.all(xs.map((x) => ready(x.d)));
+    const dead = xs.slice(1);
+    for (const x of dead) x.d.signal('SIGKILL');
+    await waitFor('all four reported', () => dead.every((x) => buried([xs[0]!]).includes(x.id)), (TTL + 2 + 2 * SWEEP) * 1000 + 3_000);
+    await sleep(QUIET_MS);
+    expect(buried([xs[0]!]).sort()).toEqual(dead.map((x) => x.id).sort());
+    // The same id again, at once (same host, the old pid is gone): allowed, not refused.
+    const again = start(den, {}, dead[0]!.id);
+    await ready(again.d);
+    expect(isAlive(again.d)).toBe(true);
+  });
+
   for (const size of [2, 3]) {
     it(`Redis frozen (SIGSTOP) for longer than the TTL: nobody in a den of ${size} is buried`, async () => {
       const den = uniqueId('den');
