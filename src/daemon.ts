@@ -202,6 +202,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         log: this.log.child({ component: 'watcher' }),
         ttlMs: config.heartbeat.ttl * 1000,
         healthy: () => this.#presence.healthy,
+        steadyMs: () => this.#presence.steadyMs,
+        now: () => this.#presence.redisNow(),
         massDeathShare: config.watch.massDeathShare,
         massDeathMin: config.watch.massDeathMin,
         massDeathHoldMs: config.watch.massDeathHold * 1000,

@@ -103,6 +103,16 @@ export class Presence extends EventEmitter<PresenceEvents> {
   #failing = false;
   /** Unix ms of the last beat Redis acknowledged. */
   lastBeatAt = 0;
+  /** Unix ms (local clock) of the first beat of the current unbroken run of successful beats (0: failing). */
+  #okSince = 0;
+  /** A beat has failed since start: from then on the watcher waits for steadyMs to reach the TTL. */
+  #everFailed = false;
+  /**
+   * Redis's clock minus ours, ms, measured with TIME on every beat: lastSeen in
+   * the registry is written in Redis time, so a peer's skewed clock cannot make
+   * it look dead (or alive) to a watcher that compares it with Redis's TIME.
+   */
+  #clockOffset = 0;
   /** This daemon process's token in the registry record (a twin with the same agent id has another). */
   readonly instance = randomBytes(8).toString('hex');
   /** Unix ms when another live instance with this agent id was last seen (0: never). */
@@ -195,7 +205,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
             .hget(REGISTRY_KEY, agent.id)
             .set(heartbeatKey(agent.id), String(now), 'EX', ttlSeconds)
             .sadd(denMembersKey(agent.den), agent.id)
-            .hset(REGISTRY_KEY, agent.id, JSON.stringify(this.record('online', now)))
+            .hset(REGISTRY_KEY, agent.id, JSON.stringify(this.record('online', this.redisNow())))
+            .time()
             .exec(),
           this.#deadlineMs,
         );
@@ -204,14 +215,18 @@ export class Presence extends EventEmitter<PresenceEvents> {
       }
       const failed = replies?.find(([err]) => err !== null)?.[0];
       if (!replies || failed) throw failed ?? new Error('transaction aborted');
+      this.#measureClock(replies[4]?.[1]);
       this.#checkTwin(replies[0]?.[1]);
       this.lastBeatAt = now;
+      if (this.#okSince === 0) this.#okSince = now;
       result = { ok: true, rejoined: this.#joined && replies[2]?.[1] === 1 };
       if (this.#failing) {
         this.#failing = false;
         this.#o.log.info('heartbeat restored');
       }
     } catch (err) {
+      this.#okSince = 0;
+      this.#everFailed = true;
       const error = describeError(err);
       // Over maxmemory Redis refuses SET, SADD and HSET (and so the whole MULTI), but still runs
       // PEXPIRE: renew the key we have, so that a full Redis does not make us look dead.
@@ -248,13 +263,36 @@ export class Presence extends EventEmitter<PresenceEvents> {
     return !this.#failing && this.lastBeatAt > 0 && Date.now() - this.lastBeatAt <= 2 * this.#o.intervalMs + this.#deadlineMs;
   }
 
+  /**
+   * How long, ms, this agent's beats have been landing without a failure (0
+   * while unhealthy; infinite when no beat has failed since start). After a
+   * failure, peers may not have been able to beat either (a Redis outage,
+   * freeze or OOM hits everyone): the watcher waits for this to reach heartbeat.ttl.
+   */
+  get steadyMs(): number {
+    if (!this.healthy) return 0;
+    return this.#everFailed ? Date.now() - this.#okSince : Number.POSITIVE_INFINITY;
+  }
+
+  /** Unix ms by Redis's clock, as far as the last beat measured it. */
+  redisNow(): number {
+    return Date.now() + this.#clockOffset;
+  }
+
+  /** Redis's TIME reply ([seconds, microseconds]) against our clock when the reply arrived. */
+  #measureClock(reply: unknown): void {
+    if (!Array.isArray(reply) || reply.length !== 2) return;
+    const ms = Number(reply[0]) * 1000 + Math.floor(Number(reply[1]) / 1000);
+    if (Number.isFinite(ms) && ms > 0) this.#clockOffset = ms - Date.now();
+  }
+
   /** The record a beat replaced: a different instance token there means a twin wrote it since our last beat. */
   #checkTwin(previous: unknown): void {
     if (!this.#joined || typeof previous !== 'string') return;
     const rec = parseRecord(previous);
     if (typeof rec.instance !== 'string' || rec.instance === this.instance) return;
     // Written before we started (e.g. a Redis restored from an old snapshot): a predecessor, not a twin.
-    if (typeof rec.lastSeen !== 'number' || rec.lastSeen <= this.#startedAt) return;
+    if (typeof rec.lastSeen !== 'number' || rec.lastSeen <= this.#startedAt + this.#clockOffset) return;
     const twin: TwinInfo = { host: typeof rec.host === 'string' ? rec.host : null, pid: typeof rec.pid === 'number' ? rec.pid : null, instance: rec.instance };
     const first = this.#twin?.instance !== twin.instance || Date.now() - this.twinSeenAt > this.#o.ttlSeconds * 1000;
     this.twinSeenAt = Date.now();
@@ -278,7 +316,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
   async #refuseLiveTwin(): Promise<void> {
     const { redis, agent, host, pid } = this.#o;
     const read = async (): Promise<{ rec: Partial<RegistryRecord>; alive: boolean }> => {
-      const replies = await withDeadline(redis.multi().hget(REGISTRY_KEY, agent.id).exists(heartbeatKey(agent.id)).exec(), this.#deadlineMs);
+      const replies = await withDeadline(redis.multi().hget(REGISTRY_KEY, agent.id).exists(heartbeatKey(agent.id)).time().exec(), this.#deadlineMs);
+      this.#measureClock(replies?.[2]?.[1]);
       return { rec: parseRecord(replies?.[0]?.[1] as string | null), alive: replies?.[1]?.[1] === 1 };
     };
     const first = await read();
@@ -334,7 +373,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
         id: agent.id,
         den: agent.den,
         instance: this.instance,
-        record: JSON.stringify(this.record('offline', now)),
+        record: JSON.stringify(this.record('offline', this.redisNow())),
         envelope: JSON.stringify(makeEnvelope('agent_offline', data, agent, now)),
       }),
       this.#deadlineMs,

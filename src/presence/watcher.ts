@@ -59,6 +59,14 @@ export interface PeerWatcherOptions {
    * our own presence writes are failing — the watcher reaps nobody.
    */
   readonly healthy?: () => boolean;
+  /**
+   * How long, ms, our own beats have landed without a failure. The watcher
+   * reaps only once this reaches ttlMs: after a Redis outage, freeze or OOM a
+   * live peer needs up to one TTL of working Redis to beat again.
+   */
+  readonly steadyMs?: () => number;
+  /** Unix ms in Redis's clock (the `now` of a reap, compared with lastSeen, which agentd writes in Redis time). */
+  readonly now?: () => number;
   /** Mass-death brake: hold when at least this share of a den's members is dead at once... */
   readonly massDeathShare?: number;
   /** ...and at least this many (0 turns the brake off). */
@@ -106,6 +114,12 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
    * channel, so a notification is only a hint: the set is bounded, one check runs at a time.
    */
   readonly #pendingExpiry = new Set<string>();
+  /**
+   * When (performance.now()) this watcher first saw each dead-looking member's
+   * heartbeat missing, by `den\nid`: the second signal for members without a
+   * credible lastSeen (no record, or a registry deleted or evicted).
+   */
+  readonly #missingSince = new Map<string, number>();
   #expiryTimer: NodeJS.Timeout | undefined;
   #expiryChecking = false;
 
@@ -222,8 +236,10 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
         try {
           const found = await sweepDen(this.#o.redis, den);
           const missing = found.missing.filter((id) => id !== this.#o.agent.id);
-          if (this.#brake(den, found.members, missing.length)) continue;
-          for (const id of missing) if (pending.has(id)) await this.#reap(id, den, 'expiry');
+          this.#trackMissing(den, missing, false);
+          // Health again after the round trip: Redis may have been frozen while it was in flight.
+          if (!this.#healthy() || this.#brake(den, found.members, missing.length)) continue;
+          for (const id of missing) if (pending.has(id) && this.#healthy()) await this.#reap(id, den, 'expiry');
         } catch (err) {
           this.#o.log.debug({ peerDen: den, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
         }
@@ -242,7 +258,8 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     if (ok) {
       if (this.#unhealthyLogged) this.#o.log.info('own presence writes work again; reaping dead peers again');
       this.#unhealthyLogged = false;
-      return true;
+      // Probation: peers get one TTL of working Redis to beat again before anyone is reaped.
+      return (this.#o.steadyMs?.() ?? Infinity) >= (this.#o.ttlMs ?? 0);
     }
     if (!this.#unhealthyLogged) {
       this.#unhealthyLogged = true;
@@ -289,6 +306,14 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     return since < 0 ? false : true;
   }
 
+  /** Notes when each member of `dead` was first seen missing; a full sweep of the den also forgets the others. */
+  #trackMissing(den: string, dead: readonly string[], complete: boolean): void {
+    const now = performance.now();
+    const keys = new Set(dead.map((id) => `${den}\n${id}`));
+    if (complete) for (const k of this.#missingSince.keys()) if (k.startsWith(`${den}\n`) && !keys.has(k)) this.#missingSince.delete(k);
+    for (const k of keys) if (!this.#missingSince.has(k)) this.#missingSince.set(k, now);
+  }
+
   async #densToSweep(): Promise<string[]> {
     if (!this.#allDens) return this.#o.dens.length === 0 ? [this.#o.agent.den] : [...this.#o.dens];
     const dens = new Set<string>([this.#o.agent.den]);
@@ -309,15 +334,16 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     let reaped = 0;
     try {
       const dens = await this.#densToSweep();
-      const healthy = this.#healthy();
       for (const den of dens) {
         const found = await sweepDen(this.#o.redis, den);
         members += found.members;
         // Our own beat will put us back.
         const dead = found.missing.filter((id) => id !== this.#o.agent.id);
         missing += dead.length;
-        if (!healthy || this.#brake(den, found.members, dead.length)) continue;
-        for (const id of dead) if (await this.#reap(id, den, 'sweep')) reaped++;
+        this.#trackMissing(den, dead, true);
+        // Health checked after the round trip: a sweep sent just before Redis froze answers only after it resumes.
+        if (!this.#healthy() || this.#brake(den, found.members, dead.length)) continue;
+        for (const id of dead) if (this.#healthy() && (await this.#reap(id, den, 'sweep'))) reaped++;
       }
       const result = { dens: dens.length, members, missing, reaped, ms: performance.now() - t0 };
       this.emit('sweep', result);
@@ -331,8 +357,11 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   }
 
   async #reap(id: string, den: string, via: Detector): Promise<boolean> {
-    const now = Date.now();
-    const outcome = await reapAgent(this.#o.redis, { id, den, now, watcher: this.#o.agent, via, minAgeMs: this.#o.ttlMs ?? 0 });
+    const now = this.#o.now?.() ?? Date.now();
+    const since = this.#missingSince.get(`${den}\n${id}`);
+    const missingForMs = since === undefined ? 0 : performance.now() - since;
+    const outcome = await reapAgent(this.#o.redis, { id, den, now, watcher: this.#o.agent, via, minAgeMs: this.#o.ttlMs ?? 0, missingForMs });
+    if (outcome.reaped) this.#missingSince.delete(`${den}\n${id}`);
     if (!outcome.reaped) {
       if (outcome.reason === 'fresh') this.#o.log.debug({ peer: id, peerDen: den }, 'heartbeat key gone but the registry says the peer beat recently: deleted, not expired; not a death');
       return false;

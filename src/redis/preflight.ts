@@ -78,6 +78,8 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
   add('presence', `HSET ${REGISTRY_KEY}`, 'HSET', REGISTRY_KEY, id, '{}');
   add('presence', `SREM ${denKey}`, 'SREM', denKey, id);
   add('presence', `DEL ${hb}`, 'DEL', hb);
+  // Every beat reads Redis's clock: lastSeen is written in it, so peers' clocks do not matter.
+  add('presence', 'TIME', 'TIME');
   // Under OOM the beat falls back to renewing the heartbeat's TTL alone.
   add('presence', `PEXPIRE ${hb}`, 'PEXPIRE', hb, '1000');
   // The leave script (only our own instance's record): EVALSHA first, EVAL after a restart.
@@ -140,7 +142,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
 export const DAEMON_COMMANDS: ReadonlySet<string> = new Set([
   'multi', 'exec', 'discard', 'ping', 'info', 'select', 'set', 'sadd', 'hset', 'srem', 'del', 'publish', 'psubscribe', 'punsubscribe',
   'subscribe', 'unsubscribe', 'evalsha', 'eval', 'smembers', 'sismember', 'exists', 'hget', 'hvals', 'scard', 'pexpire',
-  'xgroup', 'xreadgroup', 'xack', 'xclaim', 'xautoclaim', 'xpending', 'xrange', 'xadd',
+  'time', 'xgroup', 'xreadgroup', 'xack', 'xclaim', 'xautoclaim', 'xpending', 'xrange', 'xadd',
 ]);
 
 /**

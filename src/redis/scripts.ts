@@ -37,6 +37,7 @@ interface ScriptCommands {
     eventId: string,
     channel: string,
     minAgeMs: number,
+    seenMissingLongEnough: string,
   ): Promise<[number, string, string?]>;
   agentdLeaveAgent(
     heartbeat: string,
@@ -95,7 +96,7 @@ export async function rateLimitHit(redis: Redis, key: string, windowSeconds: num
 
 export type ReapOutcome =
   | { readonly reaped: true; readonly envelope: string; readonly record: 'marked' | 'kept' | 'none' }
-  | { readonly reaped: false; readonly reason: 'alive' | 'absent' | 'fresh' };
+  | { readonly reaped: false; readonly reason: 'alive' | 'absent' | 'fresh' | 'unsure' };
 
 export interface ReapRequest {
   readonly id: string;
@@ -108,6 +109,12 @@ export interface ReapRequest {
    * deleted heartbeat key is not a death. The watcher passes the heartbeat TTL; default 0.
    */
   readonly minAgeMs?: number;
+  /**
+   * How long (ms) the caller has itself seen the heartbeat key missing. A
+   * member without a credible lastSeen is reaped only once this reaches
+   * minAgeMs (default: no such requirement).
+   */
+  readonly missingForMs?: number;
 }
 
 /**
@@ -129,9 +136,10 @@ export async function reapAgent(redis: Redis, r: ReapRequest): Promise<ReapOutco
     randomUUID(),
     eventChannel('agent_down'),
     Math.max(0, Math.round(r.minAgeMs ?? 0)),
+    r.missingForMs === undefined || r.missingForMs >= (r.minAgeMs ?? 0) ? '1' : '0',
   );
   if (won === 1) return { reaped: true, envelope: detail, record: record === 'marked' || record === 'kept' ? record : 'none' };
-  return { reaped: false, reason: detail === 'alive' || detail === 'fresh' ? detail : 'absent' };
+  return { reaped: false, reason: detail === 'alive' || detail === 'fresh' || detail === 'unsure' ? detail : 'absent' };
 }
 
 export type LeaveOutcome = { readonly left: true } | { readonly left: false; readonly owner: string };

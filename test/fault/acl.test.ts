@@ -115,6 +115,7 @@ describe('fault 22: the least-privilege ACL user', () => {
     ['+psubscribe', /commands .*\bPSUBSCRIBE \[events, watch.notifications\]/],
     ['+subscribe', /commands .*\bSUBSCRIBE \[events, durable\]/],
     ['+pexpire', /commands .*\bPEXPIRE \[presence\]/],
+    ['+time', /commands .*\bTIME \[presence\]/],
     ['+sismember', /commands .*\bSISMEMBER \[watch\]/],
     ['+multi', /commands .*\bMULTI\b/],
     ['+exec', /commands .*\bEXEC\b/],

@@ -116,9 +116,12 @@ describe('peer watcher', () => {
     await suite.cmd.config('SET', 'notify-keyspace-events', '');
     const den = uid('den');
     const seen = await downs();
-    const w = await started(makeDaemon(suite.redis.url, { agent: { den }, watch: { sweepInterval: 0.2, notifications: 'listen' } }));
+    const w = await started(makeDaemon(suite.redis.url, { agent: { den }, heartbeat: { ttl: 2, interval: 0.5 }, watch: { sweepInterval: 0.2, notifications: 'listen' } }));
     const id = await ghost(den, { heartbeatPx: 200, record: false });
-    await until(() => seen.length === 1, 'agent_down via sweep', 3_000);
+    const t0 = Date.now();
+    // No record, so no lastSeen: the watcher must itself see the key missing for a TTL first.
+    await until(() => seen.length === 1, 'agent_down via sweep', 2_000 + 2 * 200 + 2_000);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(2_000);
     expect(seen[0]!.message.data).toEqual({ agent: id, den, host: null, lastSeen: null, detectedBy: w.config.agent.id, via: 'sweep' });
   });
 

@@ -12,6 +12,9 @@
   Dead means both: the heartbeat key is gone, AND the registry record's
   lastSeen (when it has a finite one) is at least ARGV[9] ms old. A heartbeat
   key that was deleted (a memory clear) rather than expired is not a death.
+  agentd writes lastSeen in Redis time (its clock corrected by TIME) and
+  passes ARGV[2] in Redis time too, so skewed machine clocks do not count; a
+  lastSeen more than ARGV[9] ms in the future is a broken clock, not believed.
 
   The registry record is rewritten (status "down", downAt) only when the
   rewrite is lossless: cjson would turn [] into {}, cut numbers to 14 digits
@@ -32,6 +35,9 @@
     ARGV[8] channel to publish agent_down on
     ARGV[9] minimum age of the record's lastSeen, ms (the watcher's heartbeat TTL; the
             record's own heartbeatTtl, in seconds, when it is shorter)
+    ARGV[10] '1' when the watcher has itself seen the heartbeat key missing for at least
+            ARGV[9] ms: the second signal for a member without a credible lastSeen (no record,
+            a record that is not an object, a registry that was deleted or evicted); default '1'
 
   Output:
     {1, envelope, 'marked'|'kept'|'none'}  this caller reaped the agent and published envelope;
@@ -39,6 +45,7 @@
     {0, 'alive'}   the heartbeat key exists: nothing done
     {0, 'absent'}  not in the den (it left, or another watcher reaped it)
     {0, 'fresh'}   heartbeat key gone but lastSeen is recent: deleted, not expired; nothing done
+    {0, 'unsure'}  no credible lastSeen and ARGV[10] is not '1': not yet; nothing done
 ]]
 local id = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -73,6 +80,7 @@ local host = cjson.null
 local lastSeen = cjson.null
 local rewritten = nil
 local recordState = 'none'
+local credible = false
 local raw = redis.call('HGET', KEYS[3], id)
 if raw then
   recordState = 'kept'
@@ -84,8 +92,15 @@ if raw then
     -- The agent's own TTL when it states one and it is shorter: a short-TTL peer is reported on time.
     local ownTtl = record['heartbeatTtl']
     if finite(ownTtl) and ownTtl > 0 and ownTtl * 1000 < minAge then minAge = ownTtl * 1000 end
-    if lastSeen ~= cjson.null and now - lastSeen < minAge then
-      return {0, 'fresh'}
+    -- A lastSeen further in the future than minAge is a broken clock, not a sign of life: not believed
+    -- (else a dead agent whose clock ran ahead would never be reported).
+    if lastSeen ~= cjson.null and lastSeen - now > minAge then
+      credible = false
+    elseif lastSeen ~= cjson.null then
+      credible = true
+      if now - lastSeen < minAge then
+        return {0, 'fresh'}
+      end
     end
     local original = cjson.decode(raw)
     record['status'] = 'down'
@@ -102,6 +117,10 @@ if raw then
       end
     end
   end
+end
+
+if not credible and (ARGV[10] or '1') ~= '1' then
+  return {0, 'unsure'}
 end
 
 local data = { agent = id, den = ARGV[3], host = host, lastSeen = lastSeen, detectedBy = ARGV[4], via = ARGV[6] }
