@@ -181,6 +181,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         log: this.log.child({ component: 'watcher' }),
         ttlMs: config.heartbeat.ttl * 1000,
         healthy: () => this.#presence.healthy,
+        recoveredAt: () => this.#presence.recoveredAt,
         massDeathShare: config.watch.massDeathShare,
         massDeathMin: config.watch.massDeathMin,
         massDeathHoldMs: config.watch.massDeathHold * 1000,

@@ -103,6 +103,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
   #failing = false;
   /** Unix ms of the last beat Redis acknowledged. */
   lastBeatAt = 0;
+  /** Unix ms of the first beat that landed after a failing or late stretch (0: none yet). */
+  recoveredAt = 0;
   /** This daemon process's token in the registry record (a twin with the same agent id has another). */
   readonly instance = randomBytes(8).toString('hex');
   /** Unix ms when another live instance with this agent id was last seen (0: never). */
@@ -205,6 +207,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       const failed = replies?.find(([err]) => err !== null)?.[0];
       if (!replies || failed) throw failed ?? new Error('transaction aborted');
       this.#checkTwin(replies[0]?.[1]);
+      if (this.#failing || (this.lastBeatAt > 0 && now - this.lastBeatAt > 2 * this.#o.intervalMs + this.#deadlineMs)) this.recoveredAt = now;
       this.lastBeatAt = now;
       result = { ok: true, rejoined: this.#joined && replies[2]?.[1] === 1 };
       if (this.#failing) {

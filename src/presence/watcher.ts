@@ -59,6 +59,13 @@ export interface PeerWatcherOptions {
    * our own presence writes are failing — the watcher reaps nobody.
    */
   readonly healthy?: () => boolean;
+  /**
+   * Unix ms when our own presence writes worked again after failing. For one
+   * `ttlMs` after it the watcher still reaps nobody: peers that shared the
+   * trouble (a busy, frozen or unreachable Redis expired every key at once)
+   * need their own next beat to come back.
+   */
+  readonly recoveredAt?: () => number;
   /** Mass-death brake: hold when at least this share of a den's members is dead at once... */
   readonly massDeathShare?: number;
   /** ...and at least this many (0 turns the brake off). */
@@ -95,6 +102,8 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   /** Dens currently held by the mass-death brake, with the time the hold started. */
   readonly #held = new Map<string, number>();
   #unhealthyLogged = false;
+  /** The recovery whose grace was logged. */
+  #graceLogged: number | undefined;
   /** Expired heartbeats waiting for the den check, by den (coalesced, so a burst costs one sweep per den). */
   readonly #pendingExpiry = new Map<string, Set<string>>();
   #expiryTimer: NodeJS.Timeout | undefined;
@@ -216,6 +225,15 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   #healthy(): boolean {
     const ok = this.#o.healthy?.() ?? true;
     if (ok) {
+      const graceMs = (this.#o.recoveredAt?.() ?? 0) + (this.#o.ttlMs ?? 0) - Date.now();
+      if (graceMs > 0) {
+        if (this.#graceLogged !== this.#o.recoveredAt?.()) {
+          this.#graceLogged = this.#o.recoveredAt?.();
+          this.#unhealthyLogged = false;
+          this.#o.log.info({ graceMs }, 'own presence writes work again; reaping dead peers again after one heartbeat.ttl, when peers that shared the trouble had their turn to beat');
+        }
+        return false;
+      }
       if (this.#unhealthyLogged) this.#o.log.info('own presence writes work again; reaping dead peers again');
       this.#unhealthyLogged = false;
       return true;

@@ -1,0 +1,91 @@
+/**
+ * Attacks on connection health and peer judgement from a misbehaving Redis,
+ * with real `agentd run` children and a real redis-server:
+ *   - a Redis busy (a long Lua script: BUSY to every command) for longer than
+ *     heartbeat.ttl: every heartbeat expires at once when it ends. A watcher
+ *     that shared the outage must not report a peer down before the peer had
+ *     its chance to beat again (it waits one TTL after its own recovery), and
+ *     still reports a real death after that.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../process/util.ts';
+import { expectSound } from './helpers.ts';
+
+const TTL_S = 6;
+/** Ends 2.5 s before the peer's fourth beat interval (4 × 2.9 s) after its last landed beat. */
+const BUSY_S = 4 * 2.9 - 2.5;
+
+describe('attacks: a misbehaving Redis', () => {
+  let redis: TestRedis;
+  let c: Redis;
+  const daemons: DaemonProcess[] = [];
+
+  beforeAll(async () => {
+    redis = await startRedis({ requireControl: true });
+    c = redis.client({ connectionName: 'attack-cmd' });
+  });
+  afterEach(async () => {
+    await Promise.all(daemons.splice(0).map((d) => d.stop()));
+  });
+  afterAll(async () => {
+    await redis?.stop();
+  });
+
+  function start(id: string, den: string, env: Record<string, string>): DaemonProcess {
+    const d = spawnAgentd(['run'], {
+      env: {
+        AGENTD_REDIS_URL: redis.url,
+        AGENTD_AGENT_ID: id,
+        AGENTD_DEN: den,
+        AGENTD_HEARTBEAT_TTL: String(TTL_S),
+        AGENTD_WATCH_NOTIFICATIONS: 'enable',
+        AGENTD_HTTP_PORT: '0',
+        ...env,
+      },
+    });
+    daemons.push(d);
+    return d;
+  }
+
+  it('Redis busy (Lua script) longer than the TTL: no live peer is reported down when it ends', { timeout: 90_000 }, async () => {
+    const den = uniqueId('busyden');
+    // The watcher beats and sweeps often; its peer beats at the slowest interval the TTL allows.
+    const a = start(uniqueId('busya'), den, { AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_SWEEP_INTERVAL: '0.5' });
+    const bId = uniqueId('busyb');
+    const b = start(bId, den, { AGENTD_HEARTBEAT_INTERVAL: '2.9', AGENTD_SWEEP_INTERVAL: '5' });
+    await Promise.all([a.waitForLog(hasMsg('agentd ready'), 15_000), b.waitForLog(hasMsg('agentd ready'), 15_000)]);
+    const downs: string[] = [];
+    const sub = redis.client({ connectionName: 'attack-observer' });
+    sub.on('message', (_ch: string, m: string) => downs.push(m));
+    await sub.subscribe(keys.channel('agent_down'));
+    await c.config('SET', 'busy-reply-threshold', '100');
+
+    // Worst phase: the script starts right after a beat of the peer landed and ends 2.5 s before its
+    // next beat (B beats every 2.9 s), long after its key expired (TTL 6 s).
+    const lastSeen = async (): Promise<number> => Number((JSON.parse((await c.hget(keys.registry, bId)) ?? '{}') as { lastSeen?: number }).lastSeen);
+    const seen0 = await lastSeen();
+    await waitFor('a beat of the peer', async () => (await lastSeen()) > seen0, 5_000, 10);
+    const busyUs = Math.round((BUSY_S * 1000 - (Date.now() - (await lastSeen()))) * 1000);
+    // A busy script: every other client gets BUSY until it ends; the server's clock runs on.
+    const busy = redis.client({ connectionName: 'attack-busy', commandTimeout: (BUSY_S + 10) * 1000 });
+    const now = "local function now() local t = redis.call('TIME') return tonumber(t[1]) * 1000000 + tonumber(t[2]) end";
+    const script = `${now} local t = now() + ${busyUs} while now() < t do end return 1`;
+    const ran = busy.eval(script, 0);
+    await waitFor('beats fail with BUSY', () => a.logs.some(hasMsg(/heartbeat failed/)), 10_000);
+    expect(await ran).toBe(1);
+    // Every heartbeat key expired while the script ran; both agents beat again within their interval.
+    await waitFor('the peer beat again', async () => (await c.exists(keys.heartbeat(bId))) === 1, 10_000, 20);
+    await sleep(2_000);
+    expect(downs, 'agent_down for a live peer').toEqual([]);
+    expect(a.logs.filter(hasMsg('agent down: heartbeat expired'))).toEqual([]);
+    expect(a.logs.some(hasMsg(/^own presence writes work again; reaping dead peers again after one heartbeat.ttl/))).toBe(true);
+    // The grace ends: a real death after it is reported.
+    b.child.kill('SIGKILL');
+    await waitFor('the dead peer reported down', () => downs.some((m) => m.includes(bId)), (TTL_S + 5) * 1000);
+    expectSound(a, undefined);
+  });
+});
