@@ -6,14 +6,22 @@
  *     that shared the outage must not report a peer down before the peer had
  *     its chance to beat again (it waits one TTL after its own recovery), and
  *     still reports a real death after that.
+ *   - a path that resets both connections every 300 ms for 20 s (a flapping
+ *     NAT or link): the per-loss lines are damped once a connection flaps
+ *     (FLAP_LOSSES losses within FLAP_WINDOW_MS), no fd is leaked, the daemon
+ *     is ready after the path steadies and says so once per connection.
  */
+import { readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { freePort } from '../helpers/ports.ts';
+import { startProxy } from '../helpers/proxy.ts';
+import { FLAP_LOSSES, FLAP_WINDOW_MS } from '../../src/redis/connection.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { hasMsg, keys, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound } from './helpers.ts';
+import { expectSound, httpGet } from './helpers.ts';
 
 const TTL_S = 6;
 /** Ends 2.5 s before the peer's fourth beat interval (4 × 2.9 s) after its last landed beat. */
@@ -87,5 +95,36 @@ describe('attacks: a misbehaving Redis', () => {
     b.child.kill('SIGKILL');
     await waitFor('the dead peer reported down', () => downs.some((m) => m.includes(bId)), (TTL_S + 5) * 1000);
     expectSound(a, undefined);
+  });
+
+  it('connections reset every 300 ms for 20 s: per-loss lines damped, no fd leaked, ready once it steadies', { timeout: FLAP_WINDOW_MS + 60_000 }, async () => {
+    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    try {
+      const httpPort = await freePort();
+      const d = start(uniqueId('flap'), uniqueId('flapden'), { AGENTD_REDIS_URL: proxy.url(), AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_HTTP_PORT: String(httpPort) });
+      await d.waitForLog(hasMsg('agentd ready'), 15_000);
+      const pid = d.child.pid as number;
+      const fds = (): number => readdirSync(`/proc/${pid}/fd`).length;
+      const fd0 = fds();
+      const n0 = d.logs.length;
+      const until = Date.now() + 20_000;
+      while (Date.now() < until) {
+        for (const c of proxy.open()) c.drop();
+        await sleep(300);
+      }
+      const flapLines = d.logs.slice(n0).filter((l) => l['component'] === 'redis');
+      expect(proxy.connections.length, 'connections made while flapping').toBeGreaterThan(40);
+      // Per connection: every line of the losses before it counts as flapping (error, lost,
+      // reconnecting, ready again), the flapping line, a 30 s reconnecting reminder.
+      const bound = 2 * (4 * (FLAP_LOSSES - 1) + 2);
+      expect(flapLines.length, JSON.stringify(flapLines.map((l) => [l['conn'], l['msg']]))).toBeLessThanOrEqual(bound);
+      expect(flapLines.filter(hasMsg(/^redis connection flapping/)).length).toBe(2);
+      await waitFor('/readyz 200 after the path steadied', async () => (await httpGet(httpPort, '/readyz')).status === 200, 10_000);
+      expect(fds(), 'open fds after flapping').toBeLessThanOrEqual(fd0 + 2);
+      await waitFor('steady again on both connections', () => d.logs.filter(hasMsg(/^redis connection steady again/)).length === 2, FLAP_WINDOW_MS + 15_000);
+      expectSound(d, undefined);
+    } finally {
+      await proxy.close();
+    }
   });
 });
