@@ -214,6 +214,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     let flapLosses = 0;
     let lastFlapLog = 0;
     let steadyTimer: NodeJS.Timeout | undefined;
+    const flapErrors = new Set<string>();
     const emit = (change: ConnectionStateChange): void => {
       this.emit('state', change);
     };
@@ -224,7 +225,10 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       // The same error on every retry is one line, not one per attempt.
       if (!loggedErrors.has(lastError) && loggedErrors.size < 20) {
         loggedErrors.add(lastError);
-        this.#log[flapping ? 'debug' : 'warn']({ conn: role, err: lastError }, 'redis connection error');
+        // While flapping, an error not seen in this flapping episode is still a warn line.
+        const fresh = !flapErrors.has(lastError) && flapErrors.size < 20;
+        if (flapping && fresh) flapErrors.add(lastError);
+        this.#log[flapping && !fresh ? 'debug' : 'warn']({ conn: role, err: lastError }, 'redis connection error');
       }
     });
     // ioredis's connectTimeout ends at the TCP connect (TLS: the handshake); a server or proxy that
@@ -285,6 +289,8 @@ export class Connections extends EventEmitter<ConnectionEvents> {
         if (flapping) flapLosses++;
         if (!flapping && losses.length >= FLAP_LOSSES) {
           flapping = true;
+          flapErrors.clear();
+          if (lastError !== undefined) flapErrors.add(lastError);
           flapLosses = losses.length;
           lastFlapLog = now;
           this.#log.warn(

@@ -9,7 +9,8 @@
  *   - a path that resets both connections every 300 ms for 20 s (a flapping
  *     NAT or link): the per-loss lines are damped once a connection flaps
  *     (FLAP_LOSSES losses within FLAP_WINDOW_MS), no fd is leaked, the daemon
- *     is ready after the path steadies and says so once per connection.
+ *     is ready after the path steadies and says so once per connection; a
+ *     new kind of error while flapping is still a warn line.
  */
 import { readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -101,7 +102,7 @@ describe('attacks: a misbehaving Redis', () => {
     const proxy = await startProxy({ host: redis.host, port: redis.port });
     try {
       const httpPort = await freePort();
-      const d = start(uniqueId('flap'), uniqueId('flapden'), { AGENTD_REDIS_URL: proxy.url(), AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_HTTP_PORT: String(httpPort) });
+      const d = start(uniqueId('flap'), uniqueId('flapden'), { AGENTD_REDIS_URL: proxy.url(), AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_HTTP_PORT: String(httpPort), AGENTD_REDIS_CONNECT_TIMEOUT_MS: '1000' });
       await d.waitForLog(hasMsg('agentd ready'), 15_000);
       const pid = d.child.pid as number;
       const fds = (): number => readdirSync(`/proc/${pid}/fd`).length;
@@ -119,6 +120,11 @@ describe('attacks: a misbehaving Redis', () => {
       const bound = 2 * (4 * (FLAP_LOSSES - 1) + 2);
       expect(flapLines.length, JSON.stringify(flapLines.map((l) => [l['conn'], l['msg']]))).toBeLessThanOrEqual(bound);
       expect(flapLines.filter(hasMsg(/^redis connection flapping/)).length).toBe(2);
+      // A new kind of error while flapping is still said: a path that now accepts and never answers.
+      proxy.setMode({ kind: 'pause' });
+      for (const c of proxy.open()) c.drop();
+      await d.waitForLog((l) => hasMsg('redis connection error')(l) && l['level'] === 'warn' && /deadline/.test(String(l['err'])), 10_000);
+      proxy.setMode({ kind: 'pass' });
       await waitFor('/readyz 200 after the path steadied', async () => (await httpGet(httpPort, '/readyz')).status === 200, 10_000);
       expect(fds(), 'open fds after flapping').toBeLessThanOrEqual(fd0 + 2);
       await waitFor('steady again on both connections', () => d.logs.filter(hasMsg(/^redis connection steady again/)).length === 2, FLAP_WINDOW_MS + 15_000);
