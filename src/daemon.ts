@@ -434,7 +434,14 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       config: this.config,
       probeChannel: this.#probeChannel,
       log: this.log.child({ component: 'redis' }),
-      connect: () => createClient({ ...redisOptions(this.config, 'command'), connectionName: `agentd:${this.agent.id}:check`, retryStrategy: () => null }),
+      // Every answer of the check has a deadline, even with redis.commandTimeoutMs=0 (none on the command connection).
+      connect: () =>
+        createClient({
+          ...redisOptions(this.config, 'command'),
+          connectionName: `agentd:${this.agent.id}:check`,
+          retryStrategy: () => null,
+          commandTimeout: this.config.redis.commandTimeoutMs > 0 ? this.config.redis.commandTimeoutMs : this.config.redis.connectTimeoutMs,
+        }),
       signal,
     });
     signal.throwIfAborted();

@@ -11,6 +11,9 @@
  *     (FLAP_LOSSES losses within FLAP_WINDOW_MS), no fd is leaked, the daemon
  *     is ready after the path steadies and says so once per connection; a
  *     new kind of error while flapping is still a warn line.
+ *   - the server check's own connection answers nothing (replies lost) with
+ *     redis.commandTimeoutMs=0 (no command deadline): the check still ends
+ *     each attempt at connectTimeoutMs, says so once, and starts once healed.
  */
 import { readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -128,6 +131,24 @@ describe('attacks: a misbehaving Redis', () => {
       await waitFor('/readyz 200 after the path steadied', async () => (await httpGet(httpPort, '/readyz')).status === 200, 10_000);
       expect(fds(), 'open fds after flapping').toBeLessThanOrEqual(fd0 + 2);
       await waitFor('steady again on both connections', () => d.logs.filter(hasMsg(/^redis connection steady again/)).length === 2, FLAP_WINDOW_MS + 15_000);
+      expectSound(d, undefined);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('server check connection deaf with commandTimeoutMs=0: each attempt ends at connectTimeoutMs; starts once healed', { timeout: 60_000 }, async () => {
+    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    try {
+      const id = uniqueId('chk');
+      proxy.setRule((x) => (x.sent.includes(`agentd:${id}:check`) ? { kind: 'blackhole', direction: 'down' } : undefined));
+      const d = start(id, uniqueId('chkden'), { AGENTD_REDIS_URL: proxy.url(), AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_REDIS_COMMAND_TIMEOUT_MS: '0', AGENTD_REDIS_CONNECT_TIMEOUT_MS: '1000' });
+      const line = await d.waitForLog(hasMsg('redis server check failed; retrying with backoff'), 10_000);
+      expect(String(line['err'])).toMatch(/timed out|timeout|deadline/i);
+      await waitFor('a second check attempt', () => proxy.connections.filter((x) => x.sent.includes(`agentd:${id}:check`)).length >= 2, 10_000);
+      proxy.setRule(undefined);
+      await d.waitForLog(hasMsg('agentd ready'), 15_000);
+      expect(d.logs.filter(hasMsg('redis server check failed; retrying with backoff'))).toHaveLength(1);
       expectSound(d, undefined);
     } finally {
       await proxy.close();
