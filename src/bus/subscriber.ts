@@ -144,9 +144,26 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     try {
       while (!this.#stopped && subscriber.status === 'ready') {
         try {
-          await subscriber.psubscribe(...patterns, ...(this.#o.patternListeners?.keys() ?? []));
-          await subscriber.subscribe(probeChannel, ...(this.#o.channels?.keys() ?? []));
-          if (await this.#probe(command)) {
+          // Answered within the probe's deadlines, or the connection is deaf: recycled by the owner
+          // (with redis.commandTimeoutMs=0 nothing else would ever end the wait).
+          const subscribing = (async () => {
+            await subscriber.psubscribe(...patterns, ...(this.#o.patternListeners?.keys() ?? []));
+            await subscriber.subscribe(probeChannel, ...(this.#o.channels?.keys() ?? []));
+            return true;
+          })().catch((err: unknown) => {
+            log.debug({ err: describeError(err) }, 'subscription confirmation attempt failed');
+            return false;
+          });
+          let timer: NodeJS.Timeout | undefined;
+          const answered = await Promise.race([subscribing, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2 * this.#probeTimeoutMs)))]);
+          clearTimeout(timer);
+          if (answered === undefined) {
+            const reason = `SUBSCRIBE not answered within ${2 * this.#probeTimeoutMs} ms (2 × events.probeTimeoutMs): the subscriber connection is deaf`;
+            log.debug({ reason }, 'subscription confirmation attempt failed');
+            this.emit('deaf', { reason });
+            return;
+          }
+          if (answered && (await this.#probe(command))) {
             const gapMs = Date.now() - this.#lostAt;
             const again = this.#everConfirmed;
             this.#confirmed = true;

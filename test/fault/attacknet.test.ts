@@ -14,6 +14,9 @@
  *   - the server check's own connection answers nothing (replies lost) with
  *     redis.commandTimeoutMs=0 (no command deadline): the check still ends
  *     each attempt at connectTimeoutMs, says so once, and starts once healed.
+ *   - with redis.commandTimeoutMs=0, a subscriber found deaf reconnects onto
+ *     a path that answers PING but loses the SUBSCRIBE: once the path heals
+ *     it is ready again (the SUBSCRIBE wait has a deadline and recycles).
  */
 import { readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -149,6 +152,37 @@ describe('attacks: a misbehaving Redis', () => {
       proxy.setRule(undefined);
       await d.waitForLog(hasMsg('agentd ready'), 15_000);
       expect(d.logs.filter(hasMsg('redis server check failed; retrying with backoff'))).toHaveLength(1);
+      expectSound(d, undefined);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('commandTimeoutMs=0: a SUBSCRIBE lost on a fresh subscriber connection does not leave it not ready after healing', { timeout: 60_000 }, async () => {
+    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    try {
+      const id = uniqueId('subto');
+      const httpPort = await freePort();
+      const d = start(id, uniqueId('subtoden'), {
+        AGENTD_REDIS_URL: proxy.url(),
+        AGENTD_HEARTBEAT_INTERVAL: '1',
+        AGENTD_REDIS_COMMAND_TIMEOUT_MS: '0',
+        AGENTD_EVENT_PROBE_INTERVAL: '1',
+        AGENTD_EVENT_PROBE_TIMEOUT_MS: '500',
+        AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: '500',
+        AGENTD_HTTP_PORT: String(httpPort),
+      });
+      await d.waitForLog(hasMsg('agentd ready'), 15_000);
+      const isSub = (x: { sent: string }): boolean => x.sent.includes(`agentd:${id}:sub`);
+      const first = proxy.open().find(isSub);
+      // The subscriber goes deaf; its next connections answer the handshake, PING and PSUBSCRIBE, then lose the SUBSCRIBE.
+      const subscribes = (x: { sent: string }): number => (x.sent.match(/subscribe/gi) ?? []).length;
+      proxy.setRule((x) => (isSub(x) && (x === first || subscribes(x) >= 2) ? { kind: 'blackhole' } : undefined));
+      await d.waitForLog(hasMsg('agentd degraded'), 10_000);
+      await waitFor('a new subscriber connection swallowed its SUBSCRIBE', () => proxy.open().some((x) => isSub(x) && x !== first && subscribes(x) >= 2), 10_000);
+      await sleep(2_000);
+      proxy.setRule(undefined);
+      await waitFor('/readyz 200 after healing', async () => (await httpGet(httpPort, '/readyz')).status === 200, 10_000);
       expectSound(d, undefined);
     } finally {
       await proxy.close();
