@@ -36,6 +36,8 @@ export interface EventSubscriberOptions {
   readonly probeIntervalMs?: number;
   /** Ms a probe may take to come back before the subscription counts as lost. Default 2,000. */
   readonly probeTimeoutMs?: number;
+  /** True while the connection flaps: the lost / confirmed again lines go to debug. */
+  readonly quiet?: () => boolean;
   /** Called for every message on a subscribed pattern, straight from the socket. */
   readonly onMessage: (channel: Buffer, payload: Buffer) => void;
 }
@@ -94,7 +96,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
       this.#confirmed = false;
       this.#lostAt = Date.now();
       if (!this.#stopped) {
-        this.#o.log.warn('event subscription lost: events published until it is confirmed again are missed');
+        this.#o.log[this.#o.quiet?.() ? 'debug' : 'warn']('event subscription lost: events published until it is confirmed again are missed');
         this.emit('lost', { reason: 'event subscription lost' });
       }
     });
@@ -168,7 +170,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
             const again = this.#everConfirmed;
             this.#confirmed = true;
             this.#everConfirmed = true;
-            if (again) log.warn({ gapMs, patterns }, 'event subscription confirmed again; events published during the gap were missed');
+            if (again) log[this.#o.quiet?.() ? 'debug' : 'warn']({ gapMs, patterns }, 'event subscription confirmed again; events published during the gap were missed');
             else log.info({ patterns }, 'event subscription confirmed');
             this.emit('confirmed', { again, gapMs });
             this.#scheduleProbe();

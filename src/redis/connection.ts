@@ -122,6 +122,8 @@ const IGNORED_REFUSALS = new Set(['client', 'quit']);
 
 interface ConnectionEvents {
   state: (change: ConnectionStateChange) => void;
+  /** A flapping connection stayed up for a whole FLAP_WINDOW_MS. */
+  steady: (role: ConnectionRole) => void;
   refused: (refusal: Refusal) => void;
 }
 
@@ -138,6 +140,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
   readonly #connectTimeoutMs: number;
   readonly #minRecycleGapMs: number;
   readonly #lastRecycle: Record<ConnectionRole, number> = { command: 0, subscriber: 0 };
+  readonly #flapping: Record<ConnectionRole, boolean> = { command: false, subscriber: false };
   #closing = false;
 
   constructor(config: AgentdConfig, log: Logger) {
@@ -270,8 +273,10 @@ export class Connections extends EventEmitter<ConnectionEvents> {
         steadyTimer = setTimeout(() => {
           if (!flapping || downSince !== undefined || this.#closing) return;
           flapping = false;
+          this.#flapping[role] = false;
           losses.length = 0;
           this.#log.info({ conn: role, losses: flapLosses, steadyMs: FLAP_WINDOW_MS }, 'redis connection steady again: up for a whole flap window');
+          this.emit('steady', role);
         }, FLAP_WINDOW_MS);
         steadyTimer.unref();
       }
@@ -289,6 +294,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
         if (flapping) flapLosses++;
         if (!flapping && losses.length >= FLAP_LOSSES) {
           flapping = true;
+          this.#flapping[role] = true;
           flapErrors.clear();
           if (lastError !== undefined) flapErrors.add(lastError);
           flapLosses = losses.length;
@@ -368,6 +374,11 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       if (signal?.aborted) onAbort();
       else signal?.addEventListener('abort', onAbort, { once: true });
     });
+  }
+
+  /** Whether either connection is flapping (see FLAP_LOSSES): its owner may damp its own per-loss lines too. */
+  get flapping(): boolean {
+    return this.#flapping.command || this.#flapping.subscriber;
   }
 
   get ready(): boolean {
