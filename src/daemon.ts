@@ -238,6 +238,11 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       probeIntervalMs: config.events.probeInterval * 1000,
       probeTimeoutMs: config.events.probeTimeoutMs,
       onMessage: (channel, payload) => this.#intake.onMessage(channel, payload),
+      quiet: () => this.#connections.flapping,
+    });
+    // A flapping connection damps the per-loss lines (here too); its end says where the daemon is.
+    this.#connections.on('steady', () => {
+      if (!this.#connections.flapping && this.#state === 'ready') this.log.info({ afterFlapping: true }, 'agentd ready again');
     });
     this.#subscriber.on('lost', ({ reason }) => this.#degrade(reason));
     // Open but deaf (a half-open path): drop the socket so ioredis reconnects and we subscribe again.
@@ -332,7 +337,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#degradedBy = undefined;
     const again = this.#everReady;
     this.#everReady = true;
-    this.log.info(again ? 'agentd ready again' : 'agentd ready');
+    this.log[again && this.#connections.flapping ? 'debug' : 'info'](again ? 'agentd ready again' : 'agentd ready');
     this.emit('ready', { again });
   }
 
@@ -346,7 +351,9 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     if (this.#state !== 'ready') return;
     this.#degradedBy = reason;
     this.#setState('degraded');
-    this.log.warn({ reason }, 'agentd degraded');
+    // A connection loss while it flaps is damped (the 'redis connection flapping' line says it); any other reason is not.
+    const loss = /^(redis (command|subscriber) connection lost|event subscription lost)$/.test(reason);
+    this.log[loss && this.#connections.flapping ? 'debug' : 'warn']({ reason }, 'agentd degraded');
     this.emit('degraded', { reason });
   }
 
@@ -487,7 +494,14 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       config: this.config,
       probeChannel: this.#probeChannel,
       log: this.log.child({ component: 'redis' }),
-      connect: () => createClient({ ...redisOptions(this.config, 'command'), connectionName: `agentd:${this.agent.id}:check`, retryStrategy: () => null }),
+      // Every answer of the check has a deadline, even with redis.commandTimeoutMs=0 (none on the command connection).
+      connect: () =>
+        createClient({
+          ...redisOptions(this.config, 'command'),
+          connectionName: `agentd:${this.agent.id}:check`,
+          retryStrategy: () => null,
+          commandTimeout: this.config.redis.commandTimeoutMs > 0 ? this.config.redis.commandTimeoutMs : this.config.redis.connectTimeoutMs,
+        }),
       signal,
     });
     signal.throwIfAborted();

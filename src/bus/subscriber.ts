@@ -36,6 +36,8 @@ export interface EventSubscriberOptions {
   readonly probeIntervalMs?: number;
   /** Ms a probe may take to come back before the subscription counts as lost. Default 2,000. */
   readonly probeTimeoutMs?: number;
+  /** True while the connection flaps: the lost / confirmed again lines go to debug. */
+  readonly quiet?: () => boolean;
   /** Called for every message on a subscribed pattern, straight from the socket. */
   readonly onMessage: (channel: Buffer, payload: Buffer) => void;
 }
@@ -94,7 +96,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
       this.#confirmed = false;
       this.#lostAt = Date.now();
       if (!this.#stopped) {
-        this.#o.log.warn('event subscription lost: events published until it is confirmed again are missed');
+        this.#o.log[this.#o.quiet?.() ? 'debug' : 'warn']('event subscription lost: events published until it is confirmed again are missed');
         this.emit('lost', { reason: 'event subscription lost' });
       }
     });
@@ -144,14 +146,31 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     try {
       while (!this.#stopped && subscriber.status === 'ready') {
         try {
-          await subscriber.psubscribe(...patterns, ...(this.#o.patternListeners?.keys() ?? []));
-          await subscriber.subscribe(probeChannel, ...(this.#o.channels?.keys() ?? []));
-          if (await this.#probe(command)) {
+          // Answered within the probe's deadlines, or the connection is deaf: recycled by the owner
+          // (with redis.commandTimeoutMs=0 nothing else would ever end the wait).
+          const subscribing = (async () => {
+            await subscriber.psubscribe(...patterns, ...(this.#o.patternListeners?.keys() ?? []));
+            await subscriber.subscribe(probeChannel, ...(this.#o.channels?.keys() ?? []));
+            return true;
+          })().catch((err: unknown) => {
+            log.debug({ err: describeError(err) }, 'subscription confirmation attempt failed');
+            return false;
+          });
+          let timer: NodeJS.Timeout | undefined;
+          const answered = await Promise.race([subscribing, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2 * this.#probeTimeoutMs)))]);
+          clearTimeout(timer);
+          if (answered === undefined) {
+            const reason = `SUBSCRIBE not answered within ${2 * this.#probeTimeoutMs} ms (2 × events.probeTimeoutMs): the subscriber connection is deaf`;
+            log.debug({ reason }, 'subscription confirmation attempt failed');
+            this.emit('deaf', { reason });
+            return;
+          }
+          if (answered && (await this.#probe(command))) {
             const gapMs = Date.now() - this.#lostAt;
             const again = this.#everConfirmed;
             this.#confirmed = true;
             this.#everConfirmed = true;
-            if (again) log.warn({ gapMs, patterns }, 'event subscription confirmed again; events published during the gap were missed');
+            if (again) log[this.#o.quiet?.() ? 'debug' : 'warn']({ gapMs, patterns }, 'event subscription confirmed again; events published during the gap were missed');
             else log.info({ patterns }, 'event subscription confirmed');
             this.emit('confirmed', { again, gapMs });
             this.#scheduleProbe();

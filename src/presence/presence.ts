@@ -217,6 +217,12 @@ export class Presence extends EventEmitter<PresenceEvents> {
       if (!replies || failed) throw failed ?? new Error('transaction aborted');
       this.#measureClock(replies[4]?.[1]);
       this.#checkTwin(replies[0]?.[1]);
+      // A beat that lands long after the last one ends a stretch as a failure does: peers that
+      // shared the trouble (a busy or frozen Redis expired every key at once) need their turn to beat.
+      if (this.lastBeatAt > 0 && now - this.lastBeatAt > 2 * this.#o.intervalMs + this.#deadlineMs) {
+        this.#okSince = 0;
+        this.#everFailed = true;
+      }
       this.lastBeatAt = now;
       if (this.#okSince === 0) this.#okSince = now;
       result = { ok: true, rejoined: this.#joined && replies[2]?.[1] === 1 };

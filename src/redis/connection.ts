@@ -23,6 +23,15 @@ export interface ConnectionStateChange {
 /** Initial delay before the first TCP keepalive probe, in ms (Linux then probes every 75 s by default). */
 export const KEEPALIVE_MS = 10_000;
 
+/**
+ * A connection lost this many times within FLAP_WINDOW_MS is flapping: its
+ * per-loss lines (error, lost, reconnecting, ready again) go to debug, one
+ * warn line says so (again every window while it goes on), and one info
+ * line says when it has stayed up for a whole window.
+ */
+export const FLAP_LOSSES = 3;
+export const FLAP_WINDOW_MS = 60_000;
+
 /** Exponential backoff with equal jitter: half fixed, half random, so a fleet does not reconnect in step. */
 export function reconnectDelay(attempt: number, maxDelayMs: number, random: () => number = Math.random): number {
   const base = Math.min(maxDelayMs, 50 * 2 ** Math.min(attempt, 16));
@@ -113,6 +122,8 @@ const IGNORED_REFUSALS = new Set(['client', 'quit']);
 
 interface ConnectionEvents {
   state: (change: ConnectionStateChange) => void;
+  /** A flapping connection stayed up for a whole FLAP_WINDOW_MS. */
+  steady: (role: ConnectionRole) => void;
   refused: (refusal: Refusal) => void;
 }
 
@@ -129,6 +140,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
   readonly #connectTimeoutMs: number;
   readonly #minRecycleGapMs: number;
   readonly #lastRecycle: Record<ConnectionRole, number> = { command: 0, subscriber: 0 };
+  readonly #flapping: Record<ConnectionRole, boolean> = { command: false, subscriber: false };
   #closing = false;
 
   constructor(config: AgentdConfig, log: Logger) {
@@ -202,6 +214,14 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     let wasReady = false;
     let lastReconnectLog = 0;
     let reconnectLogged = false;
+    // Flap damping (FLAP_LOSSES within FLAP_WINDOW_MS): a path that drops every few hundred ms must
+    // not write four lines per drop.
+    const losses: number[] = [];
+    let flapping = false;
+    let flapLosses = 0;
+    let lastFlapLog = 0;
+    let steadyTimer: NodeJS.Timeout | undefined;
+    const flapErrors = new Set<string>();
     const emit = (change: ConnectionStateChange): void => {
       this.emit('state', change);
     };
@@ -212,7 +232,10 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       // The same error on every retry is one line, not one per attempt.
       if (!loggedErrors.has(lastError) && loggedErrors.size < 20) {
         loggedErrors.add(lastError);
-        this.#log.warn({ conn: role, err: lastError }, 'redis connection error');
+        // While flapping, an error not seen in this flapping episode is still a warn line.
+        const fresh = !flapErrors.has(lastError) && flapErrors.size < 20;
+        if (flapping && fresh) flapErrors.add(lastError);
+        this.#log[flapping && !fresh ? 'debug' : 'warn']({ conn: role, err: lastError }, 'redis connection error');
       }
     });
     // ioredis's connectTimeout ends at the TCP connect (TLS: the handshake); a server or proxy that
@@ -249,14 +272,47 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       downSince = undefined;
       loggedErrors.clear();
       reconnectLogged = false;
-      this.#log.info({ conn: role, ...(wasReady ? { downMs } : {}) }, wasReady ? 'redis connection ready again' : 'redis connection ready');
+      this.#log[flapping ? 'debug' : 'info']({ conn: role, ...(wasReady ? { downMs } : {}) }, wasReady ? 'redis connection ready again' : 'redis connection ready');
+      clearTimeout(steadyTimer);
+      if (flapping) {
+        steadyTimer = setTimeout(() => {
+          if (!flapping || downSince !== undefined || this.#closing) return;
+          flapping = false;
+          this.#flapping[role] = false;
+          losses.length = 0;
+          this.#log.info({ conn: role, losses: flapLosses, steadyMs: FLAP_WINDOW_MS }, 'redis connection steady again: up for a whole flap window');
+          this.emit('steady', role);
+        }, FLAP_WINDOW_MS);
+        steadyTimer.unref();
+      }
       emit(wasReady ? { role, state: 'ready', downMs } : { role, state: 'ready' });
       wasReady = true;
     };
     client.on('close', () => {
+      clearTimeout(steadyTimer);
       if (downSince === undefined) {
-        downSince = Date.now();
-        if (!this.#closing) this.#log.warn({ conn: role, ...(lastError ? { err: lastError } : {}) }, 'redis connection lost');
+        const now = Date.now();
+        downSince = now;
+        if (this.#closing) return;
+        losses.push(now);
+        while ((losses[0] ?? now) <= now - FLAP_WINDOW_MS) losses.shift();
+        if (flapping) flapLosses++;
+        if (!flapping && losses.length >= FLAP_LOSSES) {
+          flapping = true;
+          this.#flapping[role] = true;
+          flapErrors.clear();
+          if (lastError !== undefined) flapErrors.add(lastError);
+          flapLosses = losses.length;
+          lastFlapLog = now;
+          this.#log.warn(
+            { conn: role, losses: losses.length, windowMs: FLAP_WINDOW_MS, ...(lastError ? { err: lastError } : {}) },
+            'redis connection flapping: lost again and again; its lost, reconnecting and ready lines are logged at debug until it stays up for a whole window',
+          );
+        } else if (flapping && now - lastFlapLog >= FLAP_WINDOW_MS) {
+          lastFlapLog = now;
+          this.#log.warn({ conn: role, losses: flapLosses, windowMs: FLAP_WINDOW_MS, ...(lastError ? { err: lastError } : {}) }, 'redis connection still flapping');
+        }
+        this.#log[flapping ? 'debug' : 'warn']({ conn: role, ...(lastError ? { err: lastError } : {}) }, 'redis connection lost');
       }
     });
     client.on('reconnecting', (delayMs: number) => {
@@ -265,7 +321,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       // One line when reconnecting starts, then one every 30 s: an outage must not flood the log.
       // (ioredis counts attempts from 1 again after every cut attempt, so "first" is "first since ready".)
       const now = Date.now();
-      const level = !reconnectLogged || now - lastReconnectLog >= 30_000 ? 'info' : 'debug';
+      const level = (!reconnectLogged && !flapping) || now - lastReconnectLog >= 30_000 ? 'info' : 'debug';
       if (level === 'info') {
         lastReconnectLog = now;
         reconnectLogged = true;
@@ -343,6 +399,11 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       if (signal?.aborted) onAbort();
       else signal?.addEventListener('abort', onAbort, { once: true });
     });
+  }
+
+  /** Whether either connection is flapping (see FLAP_LOSSES): its owner may damp its own per-loss lines too. */
+  get flapping(): boolean {
+    return this.#flapping.command || this.#flapping.subscriber;
   }
 
   get ready(): boolean {
