@@ -13,7 +13,8 @@ import { PluginHost } from './plugins/host.ts';
 import type { AgentInfo, Plugin, PluginOptions } from './plugins/types.ts';
 import { Metrics } from './http/metrics.ts';
 import { startHttpEndpoint, type HttpEndpoint, type Readiness } from './http/server.ts';
-import { DenEventRing, StatusCollector } from './http/status.ts';
+import { DenEventRing, StatusCollector, type DurableStatus } from './http/status.ts';
+import { streamDepth } from './durable/streams.ts';
 import { AgentMemory } from './memory/memory.ts';
 import { MemoryMonitor } from './memory/monitor.ts';
 import { LoopMonitor } from './presence/loop-monitor.ts';
@@ -22,7 +23,7 @@ import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
 import { Durable } from './durable/durable.ts';
 import { Connections, createClient, redisOptions, type ConnectionStateChange } from './redis/connection.ts';
 import { DAEMON_COMMANDS, preflight } from './redis/preflight.ts';
-import { denMembersKey, heartbeatKeyspacePattern, probeChannel } from './redis/keys.ts';
+import { deadLetterKey, denMembersKey, denTasksKey, heartbeatKeyspacePattern, inboxKey, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
 
 export type DaemonState = 'idle' | 'starting' | 'ready' | 'degraded' | 'closing' | 'closed';
@@ -393,7 +394,21 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       stats: () => this.stats(),
       loopDelayMs: () => this.#loop.last.maxMs,
       redisMemory: () => this.#memoryMonitor.last,
+      ...(this.config.durable.enabled ? { durable: () => this.#durableStatus() } : {}),
     });
+  }
+
+  /** Depth of this agent's inbox and its den's tasks, with their dead letters, for the status page. */
+  async #durableStatus(): Promise<DurableStatus> {
+    const redis = this.#connections.command;
+    const inbox = inboxKey(this.agent.id);
+    const tasks = denTasksKey(this.agent.den);
+    const [i, t] = await Promise.all([streamDepth(redis, inbox, deadLetterKey(inbox)), streamDepth(redis, tasks, deadLetterKey(tasks))]);
+    return {
+      inbox: { length: i.length, pending: i.pending },
+      denTasks: { length: t.length, pending: t.pending },
+      deadLetters: { inbox: i.dead, denTasks: t.dead },
+    };
   }
 
   /** Whether the daemon is ready, and if not, why: /readyz serves this. */

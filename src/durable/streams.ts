@@ -120,3 +120,22 @@ export async function pendingEntries(redis: Redis, key: string, start: string, c
   }
   return out;
 }
+
+/** Length, pending (read, not acknowledged) and dead letters of one durable stream. */
+export interface StreamDepth {
+  readonly length: number;
+  readonly pending: number;
+  readonly dead: number;
+}
+
+/**
+ * One round trip, O(1) on the server: XLEN of the stream and of its dead
+ * letters, and the count from XPENDING's summary form (0 while the group
+ * does not exist yet).
+ */
+export async function streamDepth(redis: Redis, key: string, deadKey: string): Promise<StreamDepth> {
+  const replies = (await redis.multi().xlen(key).xpending(key, DURABLE_GROUP).xlen(deadKey).exec()) ?? [];
+  const [len, pending, dead] = replies.map(([err, value]) => (err ? undefined : value));
+  const count = Array.isArray(pending) ? Number(pending[0]) : 0;
+  return { length: Number(len ?? 0), pending: Number.isFinite(count) ? count : 0, dead: Number(dead ?? 0) };
+}

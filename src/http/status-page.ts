@@ -289,7 +289,7 @@ const BODY = String.raw`
   </section>
   <section aria-labelledby="h-durable" id="durable" data-slot="durable">
     <h2 id="h-durable">Durable inbox, den tasks and dead letters</h2>
-    <div id="durable-body" class="slot">Not reported by this daemon: the durable messages feature (inbox and den-task streams, dead letters) fills this in when it is part of the build.</div>
+    <div id="durable-body" class="slot">Not reported: durable messages are off on this daemon (durable.enabled=false), or Redis did not answer.</div>
   </section>
 </main>
 `;

@@ -142,7 +142,7 @@ export interface HandlerRow {
   readonly p99Le: number | null;
 }
 
-/** Depth of the durable inbox and den tasks; filled in by the durable messages feature when it is part of the build. */
+/** Depth of the durable inbox and den tasks, and their dead letters (null with durable.enabled=false). */
 export interface DurableStatus {
   readonly inbox?: { readonly length: number; readonly pending: number };
   readonly denTasks?: { readonly length: number; readonly pending: number };
@@ -176,7 +176,7 @@ export interface StatusSnapshot {
   readonly handlers: readonly HandlerRow[];
   readonly loop: { readonly lastMaxMs: number; readonly worstMs: number; readonly budgetMs: number };
   readonly redisMemory: { readonly usedBytes: number; readonly maxBytes: number; readonly warnRatio: number } | null;
-  /** null until the durable messages feature reports here. */
+  /** null with durable messages off, or when Redis did not answer. */
   readonly durable: DurableStatus | null;
 }
 
@@ -203,7 +203,7 @@ export interface StatusSource {
   };
   loopDelayMs(): number;
   redisMemory(): { readonly usedBytes: number; readonly maxBytes: number } | undefined;
-  /** Durable inbox / den-task depth and dead letters, once that feature exists. */
+  /** Durable inbox / den-task depth and dead letters (absent with durable.enabled=false). */
   durable?(): Promise<DurableStatus | undefined>;
 }
 

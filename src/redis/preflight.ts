@@ -135,6 +135,13 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
     add('durable', `HGET ${REGISTRY_KEY}`, 'HGET', REGISTRY_KEY, SAMPLE_PEER);
   }
   if (config.http.port !== 0) add('metrics', `SCARD ${denKey}`, 'SCARD', denKey);
+  if (config.http.port !== 0 && config.http.statusPage) {
+    // The den status page: one read-only script over the den set and the registry, heartbeats by GETRANGE.
+    add('statusPage', `EVALSHA (keys ${denKey}, ${REGISTRY_KEY})`, 'EVALSHA', ANY_SHA, '2', denKey, REGISTRY_KEY);
+    for (const c of ['SSCAN', 'HKEYS', 'HLEN', 'HSTRLEN']) add('statusPage', `${c} (in the status script)`, c, c.startsWith('S') ? denKey : REGISTRY_KEY, ...(c === 'SSCAN' ? ['0'] : c === 'HSTRLEN' ? [SAMPLE_PEER] : []));
+    add('statusPage', `GETRANGE ${heartbeatKey(SAMPLE_PEER)}`, 'GETRANGE', heartbeatKey(SAMPLE_PEER), '0', '16');
+    if (config.durable.enabled) add('statusPage', `XLEN ${inboxKey(id)}`, 'XLEN', inboxKey(id));
+  }
   return out;
 }
 
@@ -142,7 +149,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
 export const DAEMON_COMMANDS: ReadonlySet<string> = new Set([
   'multi', 'exec', 'discard', 'ping', 'info', 'select', 'set', 'sadd', 'hset', 'srem', 'del', 'publish', 'psubscribe', 'punsubscribe',
   'subscribe', 'unsubscribe', 'evalsha', 'eval', 'smembers', 'sismember', 'exists', 'hget', 'hvals', 'scard', 'pexpire',
-  'time', 'xgroup', 'xreadgroup', 'xack', 'xclaim', 'xautoclaim', 'xpending', 'xrange', 'xadd',
+  'sscan', 'hkeys', 'xlen', 'hlen', 'hstrlen', 'getrange', 'time', 'xgroup', 'xreadgroup', 'xack', 'xclaim', 'xautoclaim', 'xpending', 'xrange', 'xadd',
 ]);
 
 /**
