@@ -256,7 +256,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   #healthy(): boolean {
     const ok = this.#o.healthy?.() ?? true;
     if (ok) {
-      if (this.#unhealthyLogged) this.#o.log.info('own presence writes work again; reaping dead peers again');
+      if (this.#unhealthyLogged) this.#o.log.info({ afterMs: this.#o.ttlMs ?? 0 }, 'own presence writes work again; reaping dead peers again after one heartbeat.ttl of steady beats');
       this.#unhealthyLogged = false;
       // Probation: peers get one TTL of working Redis to beat again before anyone is reaped.
       return (this.#o.steadyMs?.() ?? Infinity) >= (this.#o.ttlMs ?? 0);
