@@ -103,7 +103,8 @@ export class DurableConsumer {
   #again = false;
   #historyWanted = true;
   #stopped = true;
-  #lastReadError: string | undefined;
+  /** The last read error of each stream, so that a lasting one is logged once. */
+  readonly #readErrors = new Map<string, string>();
   readonly #watched = new Set<Watched>();
   #watchTimer: NodeJS.Timeout | undefined;
   /** Counts, for stats and tests. */
@@ -143,11 +144,13 @@ export class DurableConsumer {
 
   async start(): Promise<void> {
     this.#stopped = false;
-    try {
-      for (const s of this.#streams) await ensureGroup(this.#o.redis, s.key);
-    } catch (err) {
-      // Redis dropped right now: a read that finds no group creates it (NOGROUP below).
-      this.#o.log.warn({ err: describeError(err) }, 'could not create the durable stream groups yet; retrying at the next poll');
+    for (const s of this.#streams) {
+      try {
+        await ensureGroup(this.#o.redis, s.key);
+      } catch (err) {
+        // Redis dropped right now, or a key of the wrong type: a read that finds no group creates it (NOGROUP below).
+        this.#o.log.warn({ stream: s.key, err: describeError(err) }, 'could not create a durable stream group yet; retrying at the next poll');
+      }
     }
     this.#historyWanted = true;
     void this.pump();
@@ -178,25 +181,37 @@ export class DurableConsumer {
         this.#again = false;
         if (this.#historyWanted) {
           this.#historyWanted = false;
-          for (const s of this.#streams) await this.#readHistory(s);
+          for (const s of this.#streams) await this.#guarded(s, () => this.#readHistory(s));
         }
-        for (const s of this.#streams) await this.#readNew(s);
+        for (const s of this.#streams) await this.#guarded(s, () => this.#readNew(s));
       } while (this.#again && !this.#stopped);
-    } catch (err) {
-      if (isNoGroup(err)) {
-        // Redis lost the group (restart without persistence): make it again and read on the next tick.
-        this.#o.log.warn({ err: describeError(err) }, 'durable stream group missing; creating it again');
-        for (const s of this.#streams) await ensureGroup(this.#o.redis, s.key).catch(() => undefined);
-        this.#historyWanted = true;
-      } else {
-        // Connection errors come and go with Redis; anything else (an ACL refusal, a wrong type) is said once.
-        const message = describeError(err);
-        const quiet = this.#o.redis.status !== 'ready' || message === this.#lastReadError;
-        this.#lastReadError = message;
-        this.#o.log[quiet ? 'debug' : 'warn']({ err: message }, 'durable read failed; retrying at the next poll');
-      }
     } finally {
       this.#pumping = false;
+    }
+  }
+
+  /**
+   * One stream's read, its failure kept to that stream: a broken inbox (a key
+   * of the wrong type, a lost group, an ACL refusal) must not stall the den's
+   * tasks, nor the other way round.
+   */
+  async #guarded(s: Stream, read: () => Promise<void>): Promise<void> {
+    try {
+      await read();
+      this.#readErrors.delete(s.key);
+    } catch (err) {
+      if (isNoGroup(err)) {
+        // Redis lost the group (restart without persistence, DEL, XGROUP DESTROY): make it again, read on the next tick.
+        this.#o.log.warn({ stream: s.key, err: describeError(err) }, 'durable stream group missing; creating it again');
+        await ensureGroup(this.#o.redis, s.key).catch(() => undefined);
+        this.#historyWanted = true;
+        return;
+      }
+      // Connection errors come and go with Redis; anything else (an ACL refusal, a wrong type) is said once per stream.
+      const message = describeError(err);
+      const quiet = this.#o.redis.status !== 'ready' || message === this.#readErrors.get(s.key);
+      this.#readErrors.set(s.key, message);
+      this.#o.log[quiet ? 'debug' : 'warn']({ stream: s.key, err: message }, 'durable read failed; retrying at the next poll');
     }
   }
 

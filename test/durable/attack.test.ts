@@ -1,0 +1,83 @@
+/**
+ * Attacks on durable messages with real processes: hostile keys and entries,
+ * careless handlers, a full Redis. Each test states the promise of
+ * docs/durable.md it holds the daemon to.
+ */
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Redis } from 'ioredis';
+import { afterEach, describe, expect, it } from 'vitest';
+import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { hasMsg, uniqueId, waitFor } from '../process/util.ts';
+
+const HOSTILE = fileURLToPath(new URL('../fixtures/plugins/durable-hostile.js', import.meta.url));
+const POLL = 0.2;
+
+type Line = Record<string, unknown> & { phase: string };
+
+function lines(file: string): Line[] {
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as Line);
+}
+
+const running: DaemonProcess[] = [];
+const servers: TestRedis[] = [];
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((d) => d.stop()));
+  await Promise.all(servers.splice(0).map((r) => r.stop()));
+});
+
+function recFile(): string {
+  return join(mkdtempSync(join(tmpdir(), 'durable-attack-')), 'rec.jsonl');
+}
+
+function agent(redis: TestRedis, id: string, den: string, file: string, extra: Record<string, string> = {}): DaemonProcess {
+  const d = spawnAgentd(['run'], {
+    env: {
+      AGENTD_REDIS_URL: redis.url,
+      AGENTD_AGENT_ID: id,
+      AGENTD_DEN: den,
+      AGENTD_PLUGINS: HOSTILE,
+      AGENTD_HEARTBEAT_TTL: '2',
+      AGENTD_HEARTBEAT_INTERVAL: '0.5',
+      AGENTD_SWEEP_INTERVAL: '0.5',
+      AGENTD_DURABLE_POLL_INTERVAL: String(POLL),
+      AGENTD_DURABLE_BACKOFF_MS: '50',
+      AGENTD_LOG_LEVEL: 'info',
+      DURABLE_RECORD_FILE: file,
+      ...extra,
+    },
+  });
+  running.push(d);
+  return d;
+}
+
+async function append(c: Redis, key: string, envelope: unknown): Promise<string> {
+  const id = (await c.xadd(key, '*', 'envelope', JSON.stringify(envelope))) as string;
+  await c.publish(key, id);
+  return id;
+}
+
+describe('durable attacks', () => {
+  it('a key of the wrong type at inbox:<id> does not stall the den tasks, and is not logged at every poll', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const c = redis.client();
+    const id = uniqueId('wt');
+    const den = uniqueId('den');
+    await c.set(`inbox:${id}`, 'not a stream');
+    const file = recFile();
+    const d = agent(redis, id, den, file);
+    await d.waitForLog(hasMsg('agentd ready'), 20_000);
+    for (let n = 0; n < 3; n++) await append(c, `den:${den}:tasks`, { event: 'job', data: { n } });
+    await waitFor('the three den tasks handled despite the broken inbox', () => lines(file).filter((l) => l.phase === 'done').length === 3, 5_000);
+    await sleep(POLL * 1000 * 10);
+    const warned = d.logs.filter((l) => l['level'] === 40 || l['level'] === 'warn').filter((l) => String(l['err'] ?? '').includes('WRONGTYPE'));
+    expect(warned.length).toBeGreaterThanOrEqual(1); // said, naming the problem
+    expect(warned.length).toBeLessThanOrEqual(2); // but not at every one of the ten polls
+  }, 40_000);
+});
