@@ -479,9 +479,30 @@ export class DurableConsumer {
     this.#watchTimer.unref();
   }
 
+  /**
+   * The reply's JSON. A return value that JSON cannot encode (a BigInt, a
+   * cycle) or whose reply would be over events.maxBytes (the requester would
+   * drop it unread) becomes a `handler_failed` reply that says so, rather than
+   * leaving the requester to time out.
+   */
+  #replyText(inReplyTo: string, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }): string {
+    let problem: string;
+    try {
+      const text = this.#o.makeReply(inReplyTo, outcome);
+      const bytes = Buffer.byteLength(text);
+      if (bytes <= this.#o.maxBytes) return text;
+      problem = `the reply is ${bytes} bytes, over events.maxBytes (${this.#o.maxBytes}): the requester would drop it`;
+    } catch (err) {
+      problem = `the handler's return value cannot be encoded as JSON: ${describeError(err)}`;
+    }
+    const message = outcome.ok ? problem : `${outcome.error.message.slice(0, 2_000)} (${problem})`;
+    this.#o.log.warn({ inReplyTo: inReplyTo.slice(0, 100), err: problem }, 'reply replaced by a handler_failed reply');
+    return this.#o.makeReply(inReplyTo, { ok: false, error: { code: outcome.ok ? 'handler_failed' : outcome.error.code, message } });
+  }
+
   async #reply(to: { to: string; id: string }, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }): Promise<void> {
     try {
-      await appendEntry(this.#o.redis, inboxKey(to.to), this.#o.makeReply(to.id, outcome), this.#o.maxLen);
+      await appendEntry(this.#o.redis, inboxKey(to.to), this.#replyText(to.id, outcome), this.#o.maxLen);
     } catch (err) {
       // The request entry is still acknowledged: its requester times out rather than getting the work done twice.
       this.#o.log.warn({ replyTo: to.to, inReplyTo: to.id, err: describeError(err) }, 'could not send a reply');

@@ -160,6 +160,8 @@ export class Durable implements DurableApi {
     const state = await targetState(this.#o.redis, agentId);
     if (state === 'unknown') throw new RequestError('no_such_agent', `request ${type} to ${agentId}: no such agent (no heartbeat, no registry record)`, agentId, id);
     if (state === 'down') throw new RequestError('agent_down', `request ${type} to ${agentId}: the agent is down or offline`, agentId, id);
+    // Aborted while the target was checked: an 'abort' listener added now would never fire.
+    options.signal?.throwIfAborted();
     const timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     return new Promise<T>((resolve, reject) => {
       const cleanup = (): void => {

@@ -80,4 +80,46 @@ describe('durable attacks', () => {
     expect(warned.length).toBeGreaterThanOrEqual(1); // said, naming the problem
     expect(warned.length).toBeLessThanOrEqual(2); // but not at every one of the ten polls
   }, 40_000);
+  it('a handler whose return value JSON cannot encode: the requester gets handler_failed, not a time-out', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const id = uniqueId('bi');
+    const d = agent(redis, id, uniqueId('den'), recFile());
+    await d.waitForLog(hasMsg('agentd ready'), 20_000);
+    const r = await runAgentd(['request', id, 'bigint', '{}', '--timeout', '8000', '--json'], { env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('cli') } });
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout.trim()) as { reason: string }).toMatchObject({ reason: 'handler_failed' });
+    expect(r.stderr).toMatch(/BigInt/);
+  }, 40_000);
+
+  it('a reply larger than events.maxBytes: the requester gets handler_failed, not a time-out', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const c = redis.client();
+    const den = uniqueId('den');
+    const file = recFile();
+    const small = { AGENTD_EVENT_MAX_BYTES: '20000' };
+    const [a, b] = [uniqueId('asker'), uniqueId('big')];
+    const da = agent(redis, a, den, file, small);
+    const db = agent(redis, b, den, file, small);
+    await Promise.all([da, db].map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    await append(c, `inbox:${a}`, { event: 'ask', data: { to: b, type: 'huge', data: { bytes: 30_000 }, timeoutMs: 8_000 } });
+    const got = await waitFor('the request settled', () => lines(file).find((l) => l.phase === 'asked'), 15_000);
+    expect(got).toMatchObject({ ok: false, reason: 'handler_failed' });
+    expect(String(got['message'])).toMatch(/maxBytes|too large/);
+  }, 40_000);
+
+  it('a request whose signal aborts while it checks the target rejects with the abort reason at once', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const c = redis.client();
+    const file = recFile();
+    const [a, b] = [uniqueId('asker'), uniqueId('target')];
+    const ds = [agent(redis, a, uniqueId('den'), file), agent(redis, b, uniqueId('den'), file)];
+    await Promise.all(ds.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    await append(c, `inbox:${a}`, { event: 'ask', data: { to: b, type: 'huge', abort: true, timeoutMs: 60_000 } });
+    // Well before the 60 s time-out; the bound is the test's own timeout.
+    const got = await waitFor('the aborted request settled', () => lines(file).find((l) => l.phase === 'asked'), 20_000);
+    expect(got).toMatchObject({ ok: false, reason: null, message: 'cancelled by the asker' });
+  }, 40_000);
 });
