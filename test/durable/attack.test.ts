@@ -122,4 +122,35 @@ describe('durable attacks', () => {
     const got = await waitFor('the aborted request settled', () => lines(file).find((l) => l.phase === 'asked'), 20_000);
     expect(got).toMatchObject({ ok: false, reason: null, message: 'cancelled by the asker' });
   }, 40_000);
+  it('Redis out of memory (noeviction): a send is refused with the OOM error, and a dead letter that cannot be written is not acknowledged', async () => {
+    const redis = await startRedis({ requireControl: true, args: ['--maxmemory-policy', 'noeviction'] });
+    servers.push(redis);
+    const c = redis.client();
+    const id = uniqueId('oom');
+    const file = recFile();
+    const d = agent(redis, id, uniqueId('den'), file, { AGENTD_DURABLE_ATTEMPTS: '2' });
+    await d.waitForLog(hasMsg('agentd ready'), 20_000);
+    const inbox = `inbox:${id}`;
+    const entry = await append(c, inbox, { event: 'fail', data: { ms: 1_500 } });
+    await waitFor('the first attempt failed', () => lines(file).filter((l) => l.phase === 'failing').length >= 2, 10_000);
+    await c.config('SET', 'maxmemory', '1'); // every denyoom command refused from now on
+    const cli = { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('cli') };
+    const before = await c.xlen(inbox);
+    const sent = await runAgentd(['send', id, 'job', '{"n":1}'], { env: cli });
+    expect(sent.code).not.toBe(0);
+    expect(sent.stderr).toMatch(/OOM/);
+    expect(await c.xlen(inbox)).toBe(before); // nothing half-written
+    await d.waitForLog(hasMsg('could not dead-letter a durable entry yet'), 10_000);
+    await sleep(POLL * 1000 * 5);
+    // Not dead-lettered, so not acknowledged either: still pending, nothing lost.
+    expect(await c.exists(`${inbox}:dead`)).toBe(0);
+    const pending = (await c.xpending(inbox, 'agentd', '-', '+', 10)) as Array<[string]>;
+    expect(pending.map((p) => p[0])).toEqual([entry]);
+    await c.config('SET', 'maxmemory', '0');
+    await waitFor('dead-lettered once Redis has room', async () => (await c.xlen(`${inbox}:dead`)) === 1, 10_000);
+    await waitFor('and acknowledged', async () => Number(((await c.xpending(inbox, 'agentd')) as [number])[0]) === 0, 5_000);
+    const [[, fields]] = (await c.xrange(`${inbox}:dead`, '-', '+')) as Array<[string, string[]]>;
+    expect(fields[fields.indexOf('source_id') + 1]).toBe(entry);
+    expect(d.child.exitCode).toBeNull();
+  }, 60_000);
 });
