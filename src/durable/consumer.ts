@@ -290,7 +290,14 @@ export class DurableConsumer {
     for (const s of this.#streams) {
       const ids = [...s.inflight.keys()];
       if (ids.length === 0) continue;
-      const lost = await withScripts(this.#o.redis).agentdRefreshClaims(s.key, DURABLE_GROUP, this.#o.agent.id, ...ids);
+      let lost: string[];
+      try {
+        lost = await withScripts(this.#o.redis).agentdRefreshClaims(s.key, DURABLE_GROUP, this.#o.agent.id, ...ids);
+      } catch (err) {
+        // One broken stream (deleted, a wrong type) must not leave the other's running entries looking orphaned.
+        this.#o.log.debug({ stream: s.key, err: describeError(err) }, 'could not refresh durable claims');
+        continue;
+      }
       if (lost.length > 0) this.#o.log.warn({ stream: s.key, ids: lost.slice(0, 10), count: lost.length }, 'durable entries still running here are no longer ours (taken over or trimmed)');
     }
   }

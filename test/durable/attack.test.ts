@@ -149,8 +149,33 @@ describe('durable attacks', () => {
     await c.config('SET', 'maxmemory', '0');
     await waitFor('dead-lettered once Redis has room', async () => (await c.xlen(`${inbox}:dead`)) === 1, 10_000);
     await waitFor('and acknowledged', async () => Number(((await c.xpending(inbox, 'agentd')) as [number])[0]) === 0, 5_000);
-    const [[, fields]] = (await c.xrange(`${inbox}:dead`, '-', '+')) as Array<[string, string[]]>;
+    const [, fields] = ((await c.xrange(`${inbox}:dead`, '-', '+')) as Array<[string, string[]]>)[0]!;
     expect(fields[fields.indexOf('source_id') + 1]).toBe(entry);
     expect(d.child.exitCode).toBeNull();
   }, 60_000);
+  it('an inbox broken under a running entry (operator DEL + SET) does not stop the orphan check of the den', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const c = redis.client();
+    const [id, den] = [uniqueId('ob'), uniqueId('den')];
+    const file = recFile();
+    const d = agent(redis, id, den, file, { AGENTD_DURABLE_ORPHAN_AFTER: '1', AGENTD_DURABLE_ATTEMPTS: '1000' });
+    await d.waitForLog(hasMsg('agentd ready'), 20_000);
+    // An inbox entry that keeps failing: in flight here for good.
+    await append(c, `inbox:${id}`, { event: 'fail', data: { ms: 100 } });
+    await waitFor('the inbox entry is running', () => lines(file).some((l) => l.phase === 'failing'), 5_000);
+    await c.del(`inbox:${id}`);
+    await c.set(`inbox:${id}`, 'an operator mistake');
+    // A task read by a consumer that died without a registry record (no reap, no hand-over): an orphan.
+    const tasks = `den:${den}:tasks`;
+    d.signal('SIGSTOP');
+    try {
+      await c.xadd(tasks, '*', 'envelope', JSON.stringify({ event: 'job', data: { n: 7 } }));
+      await c.xreadgroup('GROUP', 'agentd', 'ghost', 'COUNT', 1, 'STREAMS', tasks, '>');
+    } finally {
+      d.signal('SIGCONT');
+    }
+    // Taken by the orphan check after durable.orphanAfter (1 s) plus a poll or two.
+    await waitFor('the orphan handled', () => lines(file).some((l) => l.phase === 'done' && l['n'] === 7), 10_000);
+  }, 40_000);
 });
