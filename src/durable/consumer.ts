@@ -2,6 +2,7 @@ import PQueue from 'p-queue';
 import type { Redis } from 'ioredis';
 import type { Binding, HandlerOutcome } from '../bus/dispatcher.ts';
 import { parseEnvelope, type AgentEvent, type Delivery, type StreamKind } from '../bus/envelope.ts';
+import { ID_PATTERN } from '../config/schema.ts';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { DURABLE_GROUP, deadLetterKey, inboxKey } from '../redis/keys.ts';
@@ -360,7 +361,8 @@ export class DurableConsumer {
       this.#ack(f);
       return;
     }
-    const replyTo = raw && typeof raw['replyTo'] === 'string' && typeof raw['id'] === 'string' ? { to: raw['replyTo'], id: raw['id'] } : undefined;
+    // A replyTo that is no agent id (contract.md: 1-128 of [A-Za-z0-9._-]) gets no reply: a sender must not make us write to any key.
+    const replyTo = raw && typeof raw['replyTo'] === 'string' && ID_PATTERN.test(raw['replyTo']) && typeof raw['id'] === 'string' ? { to: raw['replyTo'], id: raw['id'] } : undefined;
     const type = parsed.event.event;
     const bindings = this.#byType.get(type) ?? this.#wildcard;
     if (bindings.length === 0) {

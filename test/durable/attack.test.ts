@@ -178,4 +178,39 @@ describe('durable attacks', () => {
     // Taken by the orphan check after durable.orphanAfter (1 s) plus a poll or two.
     await waitFor('the orphan handled', () => lines(file).some((l) => l.phase === 'done' && l['n'] === 7), 10_000);
   }, 40_000);
+  it('hostile entries: nothing crashes or stalls the daemon, every one is acknowledged, the bad ones are dead-lettered', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const c = redis.client();
+    const id = uniqueId('hx');
+    const file = recFile();
+    const d = agent(redis, id, uniqueId('den'), file, { AGENTD_EVENT_MAX_BYTES: '100000' });
+    await d.waitForLog(hasMsg('agentd ready'), 20_000);
+    const inbox = `inbox:${id}`;
+    const deep = '['.repeat(50_000) + ']'.repeat(50_000);
+    const bad: Array<string[]> = [
+      ['other', 'x'], // no envelope field
+      ['envelope'], // odd field count is refused by Redis: replaced below
+      ['envelope', 'null'], ['envelope', '[]'], ['envelope', '"str"'], ['envelope', '{"event":123}'], ['envelope', '{not json'],
+      ['envelope', `{"event":"job","data":${deep}}`], ['envelope', JSON.stringify({ event: 'job', data: 'x'.repeat(100_001) })],
+      ['envelope', Buffer.from([0xff, 0xfe, 0x00, 0x7b]).toString('latin1')],
+      ['x', 'y', 'envelope', JSON.stringify({ event: 'job', data: { n: 1 } }), 'z', 'w'], // extra fields: fine
+      ['envelope', JSON.stringify({ event: 'nobody', data: null, id: 'r1', replyTo: 'x'.repeat(5_000) })], // unhandled, odd replyTo
+      ['envelope', JSON.stringify({ event: 'reply', inReplyTo: 'nobody-waits', ok: false, error: 'a string' })],
+      ['envelope', JSON.stringify({ event: 'reply', inReplyTo: { x: 1 }, ok: true })],
+      ['envelope', JSON.stringify({ event: 'job', replyTo: 42, id: ['no'], data: { n: 2 } })],
+    ];
+    bad[1] = ['envelope', ''];
+    for (const fields of bad) await c.xadd(inbox, '*', ...fields);
+    for (let i = 0; i < 200; i++) await c.xadd(inbox, '*', 'envelope', JSON.stringify({ event: 'reply', inReplyTo: `flood-${i}`, ok: true, data: i }));
+    await append(c, inbox, { event: 'job', data: { n: 3 } });
+    await waitFor('the good jobs handled', () => new Set(lines(file).filter((l) => l.phase === 'done').map((l) => l['n'])).size === 3, 10_000);
+    await waitFor('everything acknowledged', async () => Number(((await c.xpending(inbox, 'agentd')) as [number])[0]) === 0, 10_000);
+    // no envelope, '', null, [], "str", event 123, not JSON, too deep, too large, binary, unhandled, reply with an object inReplyTo
+    expect(await c.xlen(`${inbox}:dead`)).toBe(12);
+    // No reply to a replyTo that is no agent id: no key made from it.
+    expect(await c.exists(`inbox:${'x'.repeat(5_000)}`)).toBe(0);
+    expect(d.child.exitCode).toBeNull();
+    expect(await c.exists(`agent:${id}:heartbeat`)).toBe(1);
+  }, 40_000);
 });
