@@ -14,6 +14,7 @@ import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { hasMsg, uniqueId, waitFor } from '../process/util.ts';
 
+const WORKER = fileURLToPath(new URL('../fixtures/plugins/durable-worker.js', import.meta.url));
 const HOSTILE = fileURLToPath(new URL('../fixtures/plugins/durable-hostile.js', import.meta.url));
 const POLL = 0.2;
 
@@ -213,4 +214,33 @@ describe('durable attacks', () => {
     expect(d.child.exitCode).toBeNull();
     expect(await c.exists(`agent:${id}:heartbeat`)).toBe(1);
   }, 40_000);
+  it('a den of 3, two kill -9ed while running tasks and the mass-death brake holding their reap: the survivor takes both tasks after orphanAfter', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const c = redis.client();
+    const den = uniqueId('den');
+    const file = recFile();
+    const brake = { AGENTD_WATCH_MASS_DEATH_MIN: '2', AGENTD_WATCH_MASS_DEATH_HOLD: '0', AGENTD_DURABLE_ORPHAN_AFTER: '3', AGENTD_PLUGINS: WORKER };
+    const ids = ['m1', 'm2', 'm3'].map((m) => uniqueId(m));
+    const members = ids.map((id) => agent(redis, id, den, file, brake));
+    await Promise.all(members.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    // Each long task runs on some member; go on until two different members each run one.
+    const started = new Map<string, number>();
+    for (let n = 0; n < 12 && started.size < 2; n++) {
+      await append(c, `den:${den}:tasks`, { event: 'job', data: { n, ms: 60_000 } });
+      const l = await waitFor(`task ${n} started`, () => lines(file).find((x) => x.phase === 'start' && x['n'] === n), 5_000);
+      if (!started.has(String(l['agent']))) started.set(String(l['agent']), n);
+    }
+    const victims = [...started.keys()].slice(0, 2);
+    const survivor = members[ids.findIndex((i) => !victims.includes(i))]!;
+    for (const v of victims) members[ids.indexOf(v)]!.signal('SIGKILL');
+    await survivor.waitForLog(hasMsg(/mass death: most of the den looks dead/), 10_000);
+    const survivorId = ids.find((i) => !victims.includes(i))!;
+    for (const v of victims) {
+      const n = started.get(v)!;
+      const again = await waitFor(`task ${n} restarted on the survivor`, () => lines(file).find((x) => x.phase === 'start' && x['n'] === n && x['agent'] === survivorId), 15_000);
+      expect(again['attempt']).toBe(2);
+    }
+    expect(survivor.logs.some(hasMsg('took over durable tasks whose claim was not refreshed'))).toBe(true);
+  }, 60_000);
 });
