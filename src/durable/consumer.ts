@@ -235,8 +235,14 @@ export class DurableConsumer {
     let start = '-';
     for (let page = 0; page < 1_000 && !this.#stopped; page++) {
       const rows = await pendingEntries(this.#o.redis, s.key, start, HISTORY_PAGE, this.#o.agent.id);
-      const free = rows.filter((r) => !s.inflight.has(r.id));
-      if (free.length > 0) await this.takeOver(s.key, free);
+      let free = rows.filter((r) => !s.inflight.has(r.id));
+      // As fast as handlers finish, like #readNew: a page may be far more than the queue holds.
+      while (free.length > 0 && !this.#stopped) {
+        await this.#queue.onSizeLessThan(1);
+        const room = this.#room();
+        await this.takeOver(s.key, free.slice(0, room));
+        free = free.slice(room);
+      }
       if (rows.length < HISTORY_PAGE) return;
       start = `(${rows[rows.length - 1]!.id}`;
     }
@@ -257,10 +263,21 @@ export class DurableConsumer {
       await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...ids, 'JUSTID');
       return ids.length;
     }
-    const entries = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...ids));
+    // Backpressure: read in only what the queue has room for. The rest becomes ours in Redis
+    // (JUSTID: no delivery counted) and #readHistory reads it in as handlers finish.
+    const room = this.#room();
+    const later = ids.slice(room);
+    if (later.length > 0) {
+      await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...later, 'JUSTID');
+      this.#historyWanted = true;
+      void this.pump();
+      if (room === 0) return later.length;
+    }
+    const now = later.length > 0 ? ids.slice(0, room) : ids;
+    const entries = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...now));
     const byId = new Map(rows.map((r) => [r.id, r.deliveries]));
     const got = new Set(entries.map((e) => e.id));
-    const gone = ids.filter((id) => !got.has(id));
+    const gone = now.filter((id) => !got.has(id));
     if (gone.length > 0) await this.#trimmedIfMissing(s, gone, 'claim');
     for (const e of entries) {
       const attempt = (byId.get(e.id) ?? 1) + 1;
@@ -268,7 +285,12 @@ export class DurableConsumer {
       this.#o.hooks?.redelivered?.(s.kind);
       this.#accept(s, e, attempt);
     }
-    return entries.length;
+    return entries.length + later.length;
+  }
+
+  /** Entries the queue can take now: never more than 2 x concurrency out of Redis (running + waiting). */
+  #room(): number {
+    return Math.max(0, 2 * this.#o.concurrency - this.#queue.size - this.#queue.pending);
   }
 
   /** Orphans: den tasks pending longer than orphanAfter without a refreshed claim (their member stopped without a reap). */

@@ -243,4 +243,29 @@ describe('durable attacks', () => {
     }
     expect(survivor.logs.some(hasMsg('took over durable tasks whose claim was not refreshed'))).toBe(true);
   }, 60_000);
+  it('a dead consumer that had read 300 tasks: the orphan check reads them in as handlers finish, never more than 2 x concurrency at once', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const c = redis.client();
+    const [id, den] = [uniqueId('bp'), uniqueId('den')];
+    const tasks = `den:${den}:tasks`;
+    await c.xgroup('CREATE', tasks, 'agentd', '0', 'MKSTREAM');
+    for (let n = 0; n < 300; n++) await c.xadd(tasks, '*', 'envelope', JSON.stringify({ event: 'job', data: { n, ms: 100 } }));
+    // A Python consumer that read everything and died, with no registry record: no reap, only the orphan check.
+    await c.xreadgroup('GROUP', 'agentd', 'ghost', 'COUNT', 1000, 'STREAMS', tasks, '>');
+    const file = recFile();
+    const d = agent(redis, id, den, file, { AGENTD_DURABLE_ORPHAN_AFTER: '1', AGENTD_DURABLE_CONCURRENCY: '2', AGENTD_PLUGINS: WORKER });
+    await d.waitForLog(hasMsg('agentd ready'), 20_000);
+    let most = 0;
+    const deadline = Date.now() + 6_000;
+    while (Date.now() < deadline) {
+      // Read into this daemon (a counted delivery: XCLAIM without JUSTID) and not yet done.
+      const rows = (await c.xpending(tasks, 'agentd', '-', '+', 1000, id)) as Array<[string, string, number, number]>;
+      most = Math.max(most, rows.filter((r) => Number(r[3]) >= 2).length);
+      await sleep(100);
+    }
+    expect(lines(file).filter((l) => l.phase === 'done').length).toBeGreaterThan(0);
+    // Running (2) + read ahead (2), plus what finished between its XACK and this XPENDING.
+    expect(most).toBeLessThanOrEqual(2 * 2 + 2);
+  }, 40_000);
 });
