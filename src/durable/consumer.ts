@@ -108,6 +108,8 @@ export class DurableConsumer {
   readonly #readErrors = new Map<string, string>();
   readonly #watched = new Set<Watched>();
   #watchTimer: NodeJS.Timeout | undefined;
+  /** Where the next orphan check goes on in the den's pending list ('0-0': from the start). */
+  #orphanCursor = '0-0';
   /** Counts, for stats and tests. */
   readonly counts = { handled: 0, acked: 0, failedAttempts: 0, redelivered: 0, deadLettered: 0, trimmed: 0, lateReplies: 0 };
 
@@ -296,7 +298,10 @@ export class DurableConsumer {
   /** Orphans: den tasks pending longer than orphanAfter without a refreshed claim (their member stopped without a reap). */
   async claimOrphans(): Promise<void> {
     const s = this.#streams[1]!;
-    const reply = (await this.#o.redis.xautoclaim(s.key, DURABLE_GROUP, this.#o.agent.id, this.#o.orphanAfterMs, '0-0', 'COUNT', 100, 'JUSTID')) as unknown[];
+    // XAUTOCLAIM looks at most 10 x COUNT pending entries per call: go on from where the last call stopped
+    // (its cursor), so an orphan behind a long list of live pending entries is found within a few ticks.
+    const reply = (await this.#o.redis.xautoclaim(s.key, DURABLE_GROUP, this.#o.agent.id, this.#o.orphanAfterMs, this.#orphanCursor, 'COUNT', 100, 'JUSTID')) as unknown[];
+    this.#orphanCursor = typeof reply?.[0] === 'string' && /^\d+-\d+$/.test(reply[0]) ? reply[0] : '0-0';
     const ids = Array.isArray(reply?.[1]) ? (reply[1] as unknown[]).filter((x): x is string => typeof x === 'string') : [];
     // Redis 7: the third element lists pending ids whose entries were trimmed away.
     const deleted = Array.isArray(reply?.[2]) ? (reply[2] as unknown[]).filter((x): x is string => typeof x === 'string') : [];

@@ -268,4 +268,36 @@ describe('durable attacks', () => {
     // Running (2) + read ahead (2), plus what finished between its XACK and this XPENDING.
     expect(most).toBeLessThanOrEqual(2 * 2 + 2);
   }, 40_000);
+  it('an orphan behind more than 1,000 live pending entries is still found (the orphan check pages through the whole list)', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const c = redis.client();
+    const [id, den] = [uniqueId('pg'), uniqueId('den')];
+    const tasks = `den:${den}:tasks`;
+    await c.xgroup('CREATE', tasks, 'agentd', '0', 'MKSTREAM');
+    const busy: string[] = [];
+    for (let n = 0; n < 1_500; n++) busy.push((await c.xadd(tasks, '*', 'envelope', JSON.stringify({ event: 'job', data: { n: -1 } }))) as string);
+    await c.xreadgroup('GROUP', 'agentd', 'busy', 'COUNT', 1_500, 'STREAMS', tasks, '>');
+    await c.xadd(tasks, '*', 'envelope', JSON.stringify({ event: 'job', data: { n: 7 } }));
+    await c.xreadgroup('GROUP', 'agentd', 'ghost', 'COUNT', 1, 'STREAMS', tasks, '>');
+    // 'busy' is a live consumer (a Python agent) working on all 1,500: it keeps refreshing its claims.
+    let refreshing = true;
+    const refresher = (async () => {
+      while (refreshing) {
+        await c.xclaim(tasks, 'agentd', 'busy', 0, ...busy, 'JUSTID');
+        await sleep(200);
+      }
+    })();
+    try {
+      const file = recFile();
+      // orphanAfter 2 s: ten times the refresher's period, so the busy entries never look orphaned.
+      const d = agent(redis, id, den, file, { AGENTD_DURABLE_ORPHAN_AFTER: '2', AGENTD_PLUGINS: WORKER });
+      await d.waitForLog(hasMsg('agentd ready'), 20_000);
+      await waitFor('the orphan handled', () => lines(file).some((l) => l.phase === 'done' && l['n'] === 7), 10_000);
+      expect(lines(file).some((l) => l['n'] === -1)).toBe(false); // nothing taken from the live consumer
+    } finally {
+      refreshing = false;
+      await refresher;
+    }
+  }, 40_000);
 });
