@@ -305,7 +305,7 @@ export class DurableConsumer {
     const ids = Array.isArray(reply?.[1]) ? (reply[1] as unknown[]).filter((x): x is string => typeof x === 'string') : [];
     // Redis 7: the third element lists pending ids whose entries were trimmed away.
     const deleted = Array.isArray(reply?.[2]) ? (reply[2] as unknown[]).filter((x): x is string => typeof x === 'string') : [];
-    if (deleted.length > 0) this.#trimmed(s, deleted, 'autoclaim');
+    if (deleted.length > 0) await this.#trimmed(s, deleted, 'autoclaim');
     if (ids.length === 0) return;
     this.#o.log.warn({ stream: s.key, count: ids.length, orphanAfterMs: this.#o.orphanAfterMs }, 'took over durable tasks whose claim was not refreshed');
     const rows: PendingInfo[] = [];
@@ -575,16 +575,22 @@ export class DurableConsumer {
   async #trimmedIfMissing(s: Stream, ids: readonly string[], via: string): Promise<void> {
     const missing: string[] = [];
     for (const id of ids) if (parseEntries(await this.#o.redis.xrange(s.key, id, id)).length === 0) missing.push(id);
-    if (missing.length > 0) this.#trimmed(s, missing, via);
+    if (missing.length > 0) await this.#trimmed(s, missing, via);
   }
 
-  #trimmed(s: Stream, ids: readonly string[], via: string): void {
+  async #trimmed(s: Stream, ids: readonly string[], via: string): Promise<void> {
+    // A stream under its cap was not trimmed by it: another writer's smaller MAXLEN, a deletion, or a
+    // Redis restart without persistence. Say which, so nobody raises durable.maxLen for nothing.
+    const length = await this.#o.redis.xlen(s.key).catch(() => -1);
+    const capped = length < 0 || length >= this.#o.maxLen;
+    this.#o.log.error(
+      { code: 'AGENTD_ERR_TRIMMED', stream: s.key, count: ids.length, ids: ids.slice(0, 10), via, maxLen: this.#o.maxLen, length },
+      capped
+        ? 'durable entries were trimmed from their stream before they were acknowledged (stream over durable.maxLen)'
+        : 'durable entries vanished from their stream before they were acknowledged (the stream is under durable.maxLen: cut by a smaller MAXLEN of another writer, deleted, or lost with a Redis restart without persistence)',
+    );
     this.counts.trimmed += ids.length;
     this.#o.hooks?.trimmed?.(s.kind, ids.length);
-    this.#o.log.error(
-      { code: 'AGENTD_ERR_TRIMMED', stream: s.key, count: ids.length, ids: ids.slice(0, 10), via, maxLen: this.#o.maxLen },
-      'durable entries were trimmed from their stream before they were acknowledged (stream over durable.maxLen)',
-    );
     // Deleted entries stay in the group's pending list until acknowledged.
     void this.#o.redis.xack(s.key, DURABLE_GROUP, ...ids).catch(() => undefined);
   }

@@ -300,4 +300,33 @@ describe('durable attacks', () => {
       await refresher;
     }
   }, 40_000);
+  it('Redis restarted without persistence under in-flight entries: groups recreated, new work handled, and the log quiet again', async () => {
+    const redis = await startRedis({ requireControl: true });
+    servers.push(redis);
+    const c = redis.client();
+    const [id, den] = [uniqueId('rs'), uniqueId('den')];
+    const file = recFile();
+    const d = agent(redis, id, den, file, { AGENTD_DURABLE_ATTEMPTS: '1000' });
+    await d.waitForLog(hasMsg('agentd ready'), 20_000);
+    await append(c, `inbox:${id}`, { event: 'fail', data: { ms: 50 } }); // retried for good: in flight
+    await append(c, `den:${den}:tasks`, { event: 'job', data: { n: 1, ms: 1_500 } });
+    await waitFor('both running', () => lines(file).some((l) => l.phase === 'failing') && lines(file).some((l) => l.phase === 'start'), 5_000);
+    await redis.kill('SIGKILL');
+    await sleep(300);
+    await redis.start();
+    const c2 = redis.client();
+    await waitFor('groups recreated', async () => (await c2.exists(`den:${den}:tasks`)) === 1 && (await c2.exists(`inbox:${id}`)) === 1, 10_000);
+    await append(c2, `den:${den}:tasks`, { event: 'job', data: { n: 2 } });
+    await waitFor('new work after the restart handled', () => lines(file).some((l) => l.phase === 'done' && l['n'] === 2), 10_000);
+    await sleep(1_000);
+    const mark = d.logs.length;
+    await sleep(POLL * 1000 * 10);
+    const loud = d.logs.slice(mark).filter((l) => Number(l['level']) >= 40 || l['level'] === 'warn' || l['level'] === 'error');
+    expect(loud.map((l) => l['msg'])).toEqual([]);
+    // The in-flight inbox entry was lost with Redis's memory: said so, not blamed on durable.maxLen.
+    const lost = d.logs.filter((l) => l['code'] === 'AGENTD_ERR_TRIMMED');
+    expect(lost.length).toBeGreaterThanOrEqual(1);
+    for (const l of lost) expect(String(l['msg'])).toMatch(/vanished .*restart without persistence/);
+    expect(d.child.exitCode).toBeNull();
+  }, 60_000);
 });
