@@ -59,6 +59,8 @@ interface InFlight {
   attempt: number;
   retryTimer: NodeJS.Timeout | undefined;
   contexts: Array<{ abort(reason: unknown): void }>;
+  /** The group says another consumer owns it now (a hand-over while we were frozen): never run or retried here again. */
+  lost?: boolean;
 }
 
 type Result = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly error: string };
@@ -326,6 +328,10 @@ export class DurableConsumer {
         this.#o.log.debug({ stream: s.key, err: describeError(err) }, 'could not refresh durable claims');
         continue;
       }
+      for (const id of lost) {
+        const f = s.inflight.get(id);
+        if (f) f.lost = true;
+      }
       if (lost.length > 0) this.#o.log.warn({ stream: s.key, ids: lost.slice(0, 10), count: lost.length }, 'durable entries still running here are no longer ours (taken over or trimmed)');
     }
   }
@@ -360,7 +366,7 @@ export class DurableConsumer {
 
   async #handle(f: InFlight, e: StreamEntry): Promise<void> {
     const s = f.stream;
-    if (this.#stopped) {
+    if (this.#stopped || f.lost) {
       s.inflight.delete(f.id); // stays pending: handed over, or read again on return
       return;
     }
@@ -422,6 +428,14 @@ export class DurableConsumer {
     if (this.#stopped) return;
     const s = f.stream;
     try {
+      // Still ours? A member that was frozen past its reap had its entries handed over meanwhile:
+      // a retry's XCLAIM would take the entry back from the member running it now.
+      const [row] = f.lost ? [] : await pendingEntries(this.#o.redis, s.key, f.id, 1);
+      if (f.lost || (row && row.id === f.id && row.consumer !== this.#o.agent.id)) {
+        s.inflight.delete(f.id);
+        this.#o.log.warn({ stream: s.key, id: f.id, attempt: f.attempt }, 'durable retry dropped: the entry was handed to another member meanwhile');
+        return;
+      }
       // XCLAIM without JUSTID: Redis counts the delivery, so the attempt survives a crash.
       const [entry] = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, f.id));
       if (!entry) {

@@ -233,6 +233,9 @@ describe('durable attacks', () => {
     }
     const victims = [...started.keys()].slice(0, 2);
     const survivor = members[ids.findIndex((i) => !victims.includes(i))]!;
+    // Both die at once as one sweep sees it: frozen, heartbeats gone in one MULTI, then killed.
+    for (const v of victims) members[ids.indexOf(v)]!.signal('SIGSTOP');
+    await c.multi().del(`agent:${victims[0]}:heartbeat`).del(`agent:${victims[1]}:heartbeat`).exec();
     for (const v of victims) members[ids.indexOf(v)]!.signal('SIGKILL');
     await survivor.waitForLog(hasMsg(/mass death: most of the den looks dead/), 10_000);
     const survivorId = ids.find((i) => !victims.includes(i))!;
@@ -328,5 +331,31 @@ describe('durable attacks', () => {
     expect(lost.length).toBeGreaterThanOrEqual(1);
     for (const l of lost) expect(String(l['msg'])).toMatch(/vanished .*restart without persistence/);
     expect(d.child.exitCode).toBeNull();
+  }, 60_000);
+  it('a member frozen (SIGSTOP) past its reap while backing off: after SIGCONT its retry does not take the task back from the member now running it', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const c = redis.client();
+    const den = uniqueId('den');
+    const file = recFile();
+    const slow = { AGENTD_DURABLE_BACKOFF_MS: '4000', AGENTD_DURABLE_BACKOFF_MAX_MS: '4000', AGENTD_PLUGINS: WORKER };
+    const ids = ['f1', 'f2'].map((m) => uniqueId(m));
+    const members = ids.map((id) => agent(redis, id, den, file, slow));
+    await Promise.all(members.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    // Attempt 1 fails after 3 s; attempt 2 succeeds after 3 s.
+    await append(c, `den:${den}:tasks`, { event: 'job', data: { n: 1, ms: 3_000, failUntil: 2 } });
+    const first = await waitFor('attempt 1 started', () => lines(file).find((l) => l.phase === 'start'), 5_000);
+    const frozen = members[ids.indexOf(String(first['agent']))]!;
+    await frozen.waitForLog(hasMsg('durable handler failed; will retry'), 10_000);
+    frozen.signal('SIGSTOP'); // 4 s of back-off ahead
+    try {
+      await waitFor('attempt 2 started on the other member (hand-over at the reap)', () => lines(file).find((l) => l.phase === 'start' && l['agent'] !== first['agent']), 10_000);
+    } finally {
+      frozen.signal('SIGCONT'); // its retry timer fires while the other member runs attempt 2
+    }
+    await waitFor('attempt 2 done', () => lines(file).find((l) => l.phase === 'done'), 10_000);
+    await sleep(2_000);
+    const starts = lines(file).filter((l) => l.phase === 'start');
+    expect(starts.map((l) => [l['agent'] === first['agent'] ? 'frozen' : 'other', l['attempt']])).toEqual([['frozen', 1], ['other', 2]]);
   }, 60_000);
 });
