@@ -358,4 +358,20 @@ describe('durable attacks', () => {
     const starts = lines(file).filter((l) => l.phase === 'start');
     expect(starts.map((l) => [l['agent'] === first['agent'] ? 'frozen' : 'other', l['attempt']])).toEqual([['frozen', 1], ['other', 2]]);
   }, 60_000);
+  it('1,000 concurrent requests, and a request to itself: every one answered with its own value, nothing left pending', async () => {
+    const redis = await startRedis();
+    servers.push(redis);
+    const c = redis.client();
+    const file = recFile();
+    const [a, b] = [uniqueId('fan'), uniqueId('tgt')];
+    const ds = [agent(redis, a, uniqueId('den'), file), agent(redis, b, uniqueId('den'), file)];
+    await Promise.all(ds.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    await append(c, `inbox:${a}`, { event: 'fanout', data: { to: b, n: 1_000, timeoutMs: 30_000 } });
+    await append(c, `inbox:${a}`, { event: 'ask', data: { to: a, type: 'huge', data: { bytes: 3 }, timeoutMs: 10_000 } });
+    const fanned = await waitFor('the fan-out settled', () => lines(file).find((l) => l.phase === 'fanned'), 40_000);
+    expect(fanned).toMatchObject({ ok: 1_000, failed: 0 });
+    const self = await waitFor('the request to itself settled', () => lines(file).find((l) => l.phase === 'asked'), 10_000);
+    expect(self).toMatchObject({ ok: true, size: 5 });
+    for (const id of [a, b]) await waitFor(`inbox:${id} all acknowledged`, async () => Number(((await c.xpending(`inbox:${id}`, 'agentd')) as [number])[0]) === 0, 5_000);
+  }, 90_000);
 });
