@@ -122,6 +122,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
       add('durable', `XAUTOCLAIM ${stream}`, 'XAUTOCLAIM', stream, DURABLE_GROUP, id, '0', '0-0', 'COUNT', '1');
       add('durable', `XPENDING ${stream}`, 'XPENDING', stream, DURABLE_GROUP);
       add('durable', `XRANGE ${stream}`, 'XRANGE', stream, '-', '+', 'COUNT', '1');
+      add('durable', `XLEN ${stream}`, 'XLEN', stream);
       add('durable', `XADD ${deadLetterKey(stream)}`, 'XADD', deadLetterKey(stream), '*', 'envelope', '{}');
       add('durable', `SUBSCRIBE ${stream}`, 'SUBSCRIBE', stream);
     }
@@ -140,7 +141,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
 export const DAEMON_COMMANDS: ReadonlySet<string> = new Set([
   'multi', 'exec', 'discard', 'ping', 'info', 'select', 'set', 'sadd', 'hset', 'srem', 'del', 'publish', 'psubscribe', 'punsubscribe',
   'subscribe', 'unsubscribe', 'evalsha', 'eval', 'smembers', 'sismember', 'exists', 'hget', 'hvals', 'scard', 'pexpire',
-  'xgroup', 'xreadgroup', 'xack', 'xclaim', 'xautoclaim', 'xpending', 'xrange', 'xadd',
+  'xgroup', 'xreadgroup', 'xack', 'xclaim', 'xautoclaim', 'xpending', 'xrange', 'xadd', 'xlen',
 ]);
 
 /**
