@@ -2,6 +2,7 @@ import PQueue from 'p-queue';
 import type { Redis } from 'ioredis';
 import type { Binding, HandlerOutcome } from '../bus/dispatcher.ts';
 import { parseEnvelope, type AgentEvent, type Delivery, type StreamKind } from '../bus/envelope.ts';
+import { ID_PATTERN } from '../config/schema.ts';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { DURABLE_GROUP, deadLetterKey, inboxKey } from '../redis/keys.ts';
@@ -58,6 +59,8 @@ interface InFlight {
   attempt: number;
   retryTimer: NodeJS.Timeout | undefined;
   contexts: Array<{ abort(reason: unknown): void }>;
+  /** The group says another consumer owns it now (a hand-over while we were frozen): never run or retried here again. */
+  lost?: boolean;
 }
 
 type Result = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly error: string };
@@ -103,9 +106,12 @@ export class DurableConsumer {
   #again = false;
   #historyWanted = true;
   #stopped = true;
-  #lastReadError: string | undefined;
+  /** The last read error of each stream, so that a lasting one is logged once. */
+  readonly #readErrors = new Map<string, string>();
   readonly #watched = new Set<Watched>();
   #watchTimer: NodeJS.Timeout | undefined;
+  /** Where the next orphan check goes on in the den's pending list ('0-0': from the start). */
+  #orphanCursor = '0-0';
   /** Counts, for stats and tests. */
   readonly counts = { handled: 0, acked: 0, failedAttempts: 0, redelivered: 0, deadLettered: 0, trimmed: 0, lateReplies: 0 };
 
@@ -143,11 +149,13 @@ export class DurableConsumer {
 
   async start(): Promise<void> {
     this.#stopped = false;
-    try {
-      for (const s of this.#streams) await ensureGroup(this.#o.redis, s.key);
-    } catch (err) {
-      // Redis dropped right now: a read that finds no group creates it (NOGROUP below).
-      this.#o.log.warn({ err: describeError(err) }, 'could not create the durable stream groups yet; retrying at the next poll');
+    for (const s of this.#streams) {
+      try {
+        await ensureGroup(this.#o.redis, s.key);
+      } catch (err) {
+        // Redis dropped right now, or a key of the wrong type: a read that finds no group creates it (NOGROUP below).
+        this.#o.log.warn({ stream: s.key, err: describeError(err) }, 'could not create a durable stream group yet; retrying at the next poll');
+      }
     }
     this.#historyWanted = true;
     void this.pump();
@@ -178,25 +186,37 @@ export class DurableConsumer {
         this.#again = false;
         if (this.#historyWanted) {
           this.#historyWanted = false;
-          for (const s of this.#streams) await this.#readHistory(s);
+          for (const s of this.#streams) await this.#guarded(s, () => this.#readHistory(s));
         }
-        for (const s of this.#streams) await this.#readNew(s);
+        for (const s of this.#streams) await this.#guarded(s, () => this.#readNew(s));
       } while (this.#again && !this.#stopped);
-    } catch (err) {
-      if (isNoGroup(err)) {
-        // Redis lost the group (restart without persistence): make it again and read on the next tick.
-        this.#o.log.warn({ err: describeError(err) }, 'durable stream group missing; creating it again');
-        for (const s of this.#streams) await ensureGroup(this.#o.redis, s.key).catch(() => undefined);
-        this.#historyWanted = true;
-      } else {
-        // Connection errors come and go with Redis; anything else (an ACL refusal, a wrong type) is said once.
-        const message = describeError(err);
-        const quiet = this.#o.redis.status !== 'ready' || message === this.#lastReadError;
-        this.#lastReadError = message;
-        this.#o.log[quiet ? 'debug' : 'warn']({ err: message }, 'durable read failed; retrying at the next poll');
-      }
     } finally {
       this.#pumping = false;
+    }
+  }
+
+  /**
+   * One stream's read, its failure kept to that stream: a broken inbox (a key
+   * of the wrong type, a lost group, an ACL refusal) must not stall the den's
+   * tasks, nor the other way round.
+   */
+  async #guarded(s: Stream, read: () => Promise<void>): Promise<void> {
+    try {
+      await read();
+      this.#readErrors.delete(s.key);
+    } catch (err) {
+      if (isNoGroup(err)) {
+        // Redis lost the group (restart without persistence, DEL, XGROUP DESTROY): make it again, read on the next tick.
+        this.#o.log.warn({ stream: s.key, err: describeError(err) }, 'durable stream group missing; creating it again');
+        await ensureGroup(this.#o.redis, s.key).catch(() => undefined);
+        this.#historyWanted = true;
+        return;
+      }
+      // Connection errors come and go with Redis; anything else (an ACL refusal, a wrong type) is said once per stream.
+      const message = describeError(err);
+      const quiet = this.#o.redis.status !== 'ready' || message === this.#readErrors.get(s.key);
+      this.#readErrors.set(s.key, message);
+      this.#o.log[quiet ? 'debug' : 'warn']({ stream: s.key, err: message }, 'durable read failed; retrying at the next poll');
     }
   }
 
@@ -219,8 +239,14 @@ export class DurableConsumer {
     let start = '-';
     for (let page = 0; page < 1_000 && !this.#stopped; page++) {
       const rows = await pendingEntries(this.#o.redis, s.key, start, HISTORY_PAGE, this.#o.agent.id);
-      const free = rows.filter((r) => !s.inflight.has(r.id));
-      if (free.length > 0) await this.takeOver(s.key, free);
+      let free = rows.filter((r) => !s.inflight.has(r.id));
+      // As fast as handlers finish, like #readNew: a page may be far more than the queue holds.
+      while (free.length > 0 && !this.#stopped) {
+        await this.#queue.onSizeLessThan(1);
+        const room = this.#room();
+        await this.takeOver(s.key, free.slice(0, room));
+        free = free.slice(room);
+      }
       if (rows.length < HISTORY_PAGE) return;
       start = `(${rows[rows.length - 1]!.id}`;
     }
@@ -241,10 +267,21 @@ export class DurableConsumer {
       await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...ids, 'JUSTID');
       return ids.length;
     }
-    const entries = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...ids));
+    // Backpressure: read in only what the queue has room for. The rest becomes ours in Redis
+    // (JUSTID: no delivery counted) and #readHistory reads it in as handlers finish.
+    const room = this.#room();
+    const later = ids.slice(room);
+    if (later.length > 0) {
+      await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...later, 'JUSTID');
+      this.#historyWanted = true;
+      void this.pump();
+      if (room === 0) return later.length;
+    }
+    const now = later.length > 0 ? ids.slice(0, room) : ids;
+    const entries = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, ...now));
     const byId = new Map(rows.map((r) => [r.id, r.deliveries]));
     const got = new Set(entries.map((e) => e.id));
-    const gone = ids.filter((id) => !got.has(id));
+    const gone = now.filter((id) => !got.has(id));
     if (gone.length > 0) await this.#trimmedIfMissing(s, gone, 'claim');
     for (const e of entries) {
       const attempt = (byId.get(e.id) ?? 1) + 1;
@@ -252,17 +289,25 @@ export class DurableConsumer {
       this.#o.hooks?.redelivered?.(s.kind);
       this.#accept(s, e, attempt);
     }
-    return entries.length;
+    return entries.length + later.length;
+  }
+
+  /** Entries the queue can take now: never more than 2 x concurrency out of Redis (running + waiting). */
+  #room(): number {
+    return Math.max(0, 2 * this.#o.concurrency - this.#queue.size - this.#queue.pending);
   }
 
   /** Orphans: den tasks pending longer than orphanAfter without a refreshed claim (their member stopped without a reap). */
   async claimOrphans(): Promise<void> {
     const s = this.#streams[1]!;
-    const reply = (await this.#o.redis.xautoclaim(s.key, DURABLE_GROUP, this.#o.agent.id, this.#o.orphanAfterMs, '0-0', 'COUNT', 100, 'JUSTID')) as unknown[];
+    // XAUTOCLAIM looks at most 10 x COUNT pending entries per call: go on from where the last call stopped
+    // (its cursor), so an orphan behind a long list of live pending entries is found within a few ticks.
+    const reply = (await this.#o.redis.xautoclaim(s.key, DURABLE_GROUP, this.#o.agent.id, this.#o.orphanAfterMs, this.#orphanCursor, 'COUNT', 100, 'JUSTID')) as unknown[];
+    this.#orphanCursor = typeof reply?.[0] === 'string' && /^\d+-\d+$/.test(reply[0]) ? reply[0] : '0-0';
     const ids = Array.isArray(reply?.[1]) ? (reply[1] as unknown[]).filter((x): x is string => typeof x === 'string') : [];
     // Redis 7: the third element lists pending ids whose entries were trimmed away.
     const deleted = Array.isArray(reply?.[2]) ? (reply[2] as unknown[]).filter((x): x is string => typeof x === 'string') : [];
-    if (deleted.length > 0) this.#trimmed(s, deleted, 'autoclaim');
+    if (deleted.length > 0) await this.#trimmed(s, deleted, 'autoclaim');
     if (ids.length === 0) return;
     this.#o.log.warn({ stream: s.key, count: ids.length, orphanAfterMs: this.#o.orphanAfterMs }, 'took over durable tasks whose claim was not refreshed');
     const rows: PendingInfo[] = [];
@@ -275,7 +320,18 @@ export class DurableConsumer {
     for (const s of this.#streams) {
       const ids = [...s.inflight.keys()];
       if (ids.length === 0) continue;
-      const lost = await withScripts(this.#o.redis).agentdRefreshClaims(s.key, DURABLE_GROUP, this.#o.agent.id, ...ids);
+      let lost: string[];
+      try {
+        lost = await withScripts(this.#o.redis).agentdRefreshClaims(s.key, DURABLE_GROUP, this.#o.agent.id, ...ids);
+      } catch (err) {
+        // One broken stream (deleted, a wrong type) must not leave the other's running entries looking orphaned.
+        this.#o.log.debug({ stream: s.key, err: describeError(err) }, 'could not refresh durable claims');
+        continue;
+      }
+      for (const id of lost) {
+        const f = s.inflight.get(id);
+        if (f) f.lost = true;
+      }
       if (lost.length > 0) this.#o.log.warn({ stream: s.key, ids: lost.slice(0, 10), count: lost.length }, 'durable entries still running here are no longer ours (taken over or trimmed)');
     }
   }
@@ -310,7 +366,7 @@ export class DurableConsumer {
 
   async #handle(f: InFlight, e: StreamEntry): Promise<void> {
     const s = f.stream;
-    if (this.#stopped) {
+    if (this.#stopped || f.lost) {
       s.inflight.delete(f.id); // stays pending: handed over, or read again on return
       return;
     }
@@ -338,7 +394,8 @@ export class DurableConsumer {
       this.#ack(f);
       return;
     }
-    const replyTo = raw && typeof raw['replyTo'] === 'string' && typeof raw['id'] === 'string' ? { to: raw['replyTo'], id: raw['id'] } : undefined;
+    // A replyTo that is no agent id (contract.md: 1-128 of [A-Za-z0-9._-]) gets no reply: a sender must not make us write to any key.
+    const replyTo = raw && typeof raw['replyTo'] === 'string' && ID_PATTERN.test(raw['replyTo']) && typeof raw['id'] === 'string' ? { to: raw['replyTo'], id: raw['id'] } : undefined;
     const type = parsed.event.event;
     const bindings = this.#byType.get(type) ?? this.#wildcard;
     if (bindings.length === 0) {
@@ -371,6 +428,14 @@ export class DurableConsumer {
     if (this.#stopped) return;
     const s = f.stream;
     try {
+      // Still ours? A member that was frozen past its reap had its entries handed over meanwhile:
+      // a retry's XCLAIM would take the entry back from the member running it now.
+      const [row] = f.lost ? [] : await pendingEntries(this.#o.redis, s.key, f.id, 1);
+      if (f.lost || (row && row.id === f.id && row.consumer !== this.#o.agent.id)) {
+        s.inflight.delete(f.id);
+        this.#o.log.warn({ stream: s.key, id: f.id, attempt: f.attempt }, 'durable retry dropped: the entry was handed to another member meanwhile');
+        return;
+      }
       // XCLAIM without JUSTID: Redis counts the delivery, so the attempt survives a crash.
       const [entry] = parseEntries(await this.#o.redis.xclaim(s.key, DURABLE_GROUP, this.#o.agent.id, 0, f.id));
       if (!entry) {
@@ -464,9 +529,30 @@ export class DurableConsumer {
     this.#watchTimer.unref();
   }
 
+  /**
+   * The reply's JSON. A return value that JSON cannot encode (a BigInt, a
+   * cycle) or whose reply would be over events.maxBytes (the requester would
+   * drop it unread) becomes a `handler_failed` reply that says so, rather than
+   * leaving the requester to time out.
+   */
+  #replyText(inReplyTo: string, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }): string {
+    let problem: string;
+    try {
+      const text = this.#o.makeReply(inReplyTo, outcome);
+      const bytes = Buffer.byteLength(text);
+      if (bytes <= this.#o.maxBytes) return text;
+      problem = `the reply is ${bytes} bytes, over events.maxBytes (${this.#o.maxBytes}): the requester would drop it`;
+    } catch (err) {
+      problem = `the handler's return value cannot be encoded as JSON: ${describeError(err)}`;
+    }
+    const message = outcome.ok ? problem : `${outcome.error.message.slice(0, 2_000)} (${problem})`;
+    this.#o.log.warn({ inReplyTo: inReplyTo.slice(0, 100), err: problem }, 'reply replaced by a handler_failed reply');
+    return this.#o.makeReply(inReplyTo, { ok: false, error: { code: outcome.ok ? 'handler_failed' : outcome.error.code, message } });
+  }
+
   async #reply(to: { to: string; id: string }, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }): Promise<void> {
     try {
-      await appendEntry(this.#o.redis, inboxKey(to.to), this.#o.makeReply(to.id, outcome), this.#o.maxLen);
+      await appendEntry(this.#o.redis, inboxKey(to.to), this.#replyText(to.id, outcome), this.#o.maxLen);
     } catch (err) {
       // The request entry is still acknowledged: its requester times out rather than getting the work done twice.
       this.#o.log.warn({ replyTo: to.to, inReplyTo: to.id, err: describeError(err) }, 'could not send a reply');
@@ -503,16 +589,22 @@ export class DurableConsumer {
   async #trimmedIfMissing(s: Stream, ids: readonly string[], via: string): Promise<void> {
     const missing: string[] = [];
     for (const id of ids) if (parseEntries(await this.#o.redis.xrange(s.key, id, id)).length === 0) missing.push(id);
-    if (missing.length > 0) this.#trimmed(s, missing, via);
+    if (missing.length > 0) await this.#trimmed(s, missing, via);
   }
 
-  #trimmed(s: Stream, ids: readonly string[], via: string): void {
+  async #trimmed(s: Stream, ids: readonly string[], via: string): Promise<void> {
+    // A stream under its cap was not trimmed by it: another writer's smaller MAXLEN, a deletion, or a
+    // Redis restart without persistence. Say which, so nobody raises durable.maxLen for nothing.
+    const length = await this.#o.redis.xlen(s.key).catch(() => -1);
+    const capped = length < 0 || length >= this.#o.maxLen;
+    this.#o.log.error(
+      { code: 'AGENTD_ERR_TRIMMED', stream: s.key, count: ids.length, ids: ids.slice(0, 10), via, maxLen: this.#o.maxLen, length },
+      capped
+        ? 'durable entries were trimmed from their stream before they were acknowledged (stream over durable.maxLen)'
+        : 'durable entries vanished from their stream before they were acknowledged (the stream is under durable.maxLen: cut by a smaller MAXLEN of another writer, deleted, or lost with a Redis restart without persistence)',
+    );
     this.counts.trimmed += ids.length;
     this.#o.hooks?.trimmed?.(s.kind, ids.length);
-    this.#o.log.error(
-      { code: 'AGENTD_ERR_TRIMMED', stream: s.key, count: ids.length, ids: ids.slice(0, 10), via, maxLen: this.#o.maxLen },
-      'durable entries were trimmed from their stream before they were acknowledged (stream over durable.maxLen)',
-    );
     // Deleted entries stay in the group's pending list until acknowledged.
     void this.#o.redis.xack(s.key, DURABLE_GROUP, ...ids).catch(() => undefined);
   }

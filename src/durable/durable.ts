@@ -125,12 +125,18 @@ export class Durable implements DurableApi {
 
   async #maintain(refresh: boolean, retention: boolean): Promise<void> {
     if (this.#o.redis.status !== 'ready') return;
-    try {
-      if (refresh) await this.consumer.refreshClaims();
-      await this.consumer.claimOrphans();
-      if (retention) await this.expireInboxes();
-    } catch (err) {
-      this.#o.log.debug({ err: describeError(err) }, 'durable maintenance failed; retrying at the next tick');
+    // Each step on its own: a failing one (a broken inbox, say) must not stop the orphan check or retention.
+    const steps: Array<[string, () => Promise<unknown>]> = [
+      ['refresh', () => (refresh ? this.consumer.refreshClaims() : Promise.resolve())],
+      ['orphans', () => this.consumer.claimOrphans()],
+      ['retention', () => (retention ? this.expireInboxes() : Promise.resolve())],
+    ];
+    for (const [step, run] of steps) {
+      try {
+        await run();
+      } catch (err) {
+        this.#o.log.debug({ step, err: describeError(err) }, 'durable maintenance failed; retrying at the next tick');
+      }
     }
   }
 
@@ -160,6 +166,8 @@ export class Durable implements DurableApi {
     const state = await targetState(this.#o.redis, agentId);
     if (state === 'unknown') throw new RequestError('no_such_agent', `request ${type} to ${agentId}: no such agent (no heartbeat, no registry record)`, agentId, id);
     if (state === 'down') throw new RequestError('agent_down', `request ${type} to ${agentId}: the agent is down or offline`, agentId, id);
+    // Aborted while the target was checked: an 'abort' listener added now would never fire.
+    options.signal?.throwIfAborted();
     const timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     return new Promise<T>((resolve, reject) => {
       const cleanup = (): void => {

@@ -124,6 +124,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
       add('durable', `XAUTOCLAIM ${stream}`, 'XAUTOCLAIM', stream, DURABLE_GROUP, id, '0', '0-0', 'COUNT', '1');
       add('durable', `XPENDING ${stream}`, 'XPENDING', stream, DURABLE_GROUP);
       add('durable', `XRANGE ${stream}`, 'XRANGE', stream, '-', '+', 'COUNT', '1');
+      add('durable', `XLEN ${stream}`, 'XLEN', stream);
       add('durable', `XADD ${deadLetterKey(stream)}`, 'XADD', deadLetterKey(stream), '*', 'envelope', '{}');
       add('durable', `SUBSCRIBE ${stream}`, 'SUBSCRIBE', stream);
     }
