@@ -39,6 +39,8 @@ export class Metrics {
   readonly #massDeathHolds: TallyCounter;
   readonly #duplicates: TallyCounter;
   readonly #expiryNotifications: TallyCounter;
+  readonly #untrusted: TallyCounter;
+  readonly #ghosts: TallyCounter;
   /** Dens that may appear as label values: ours and the ones we watch. */
   readonly #dens = new Set<string>();
 
@@ -50,7 +52,7 @@ export class Metrics {
     this.#dispatched = new TallyCounter({ name: 'agentd_events_dispatched_total', help: 'Events queued for their handlers, by event type.', labelNames: ['event'], registry });
     this.#dropped = new TallyCounter({
       name: 'agentd_events_dropped_total',
-      help: 'Events or handler calls dropped, by event type and reason (too_large, not_json, not_object, no_event, forbidden_key, too_deep, intake_error, queue_full, evicted, shutdown).',
+      help: 'Events or handler calls dropped, by event type and reason (too_large, not_json, not_object, no_event, forbidden_key, too_deep, intake_error, channel_mismatch, unsigned, bad_signature, unknown_key, stale, replayed, queue_full, evicted, shutdown).',
       labelNames: ['event', 'reason'],
       registry,
     });
@@ -69,6 +71,14 @@ export class Metrics {
     this.#massDeathHolds = new TallyCounter({ name: 'agentd_mass_death_holds_total', help: 'Mass-death holds this watcher started (most of a den dead at once: reaped nobody), by den.', labelNames: ['den'], registry });
     this.#duplicates = new TallyCounter({ name: 'agentd_duplicate_instances_total', help: 'Beats that found the registry record written by another live instance with this agent id.', labelNames: [], registry });
     this.#expiryNotifications = new TallyCounter({ name: 'agentd_expiry_notifications_total', help: 'Keyspace notifications delivered to the watcher (heartbeat keys only).', labelNames: [], registry });
+
+    this.#untrusted = new TallyCounter({
+      name: 'agentd_events_untrusted_total',
+      help: 'Messages that failed a trust check, by reason (channel_mismatch, unsigned, bad_signature, unknown_key, stale, replayed); dropped unless security.signing=warn lets signature failures through.',
+      labelNames: ['reason'],
+      registry,
+    });
+    this.#ghosts = new TallyCounter({ name: 'agentd_ghosts_removed_total', help: 'Den members without an agentd registry record that this watcher removed quietly (security.signing=require).', labelNames: [], registry });
 
     const gauge = (name: string, help: string, read: () => number): void => {
       new Gauge({
@@ -180,5 +190,14 @@ export class Metrics {
 
   expiryNotification(): void {
     this.#expiryNotifications.inc('');
+  }
+
+  /** A message failed a trust check (the reason is one of a fixed set). */
+  untrusted(reason: string): void {
+    this.#untrusted.inc(reason);
+  }
+
+  ghostRemoved(): void {
+    this.#ghosts.inc('');
   }
 }

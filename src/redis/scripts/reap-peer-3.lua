@@ -32,6 +32,14 @@
     ARGV[8] channel to publish agent_down on
     ARGV[9] minimum age of the record's lastSeen, ms (the watcher's heartbeat TTL; the
             record's own heartbeatTtl, in seconds, when it is shorter)
+    ARGV[10] '1': no ghosts — a member whose registry record agentd did not write (absent,
+             not a JSON object, no string "instance", or another "id") is removed from the
+             den quietly: no agent_down, no record change (security.signing=require)
+    ARGV[11] '1' when the caller read a registry record, '0' when it read none (with ARGV[13])
+    ARGV[12] the record the caller read (with ARGV[13])
+    ARGV[13] a signed agent_down envelope built by the caller from that record (empty: build
+             it here, unsigned). Published instead of the script's own, and only if the
+             record is still the one the caller read; otherwise {0, 'changed'}.
 
   Output:
     {1, envelope, 'marked'|'kept'|'none'}  this caller reaped the agent and published envelope;
@@ -39,6 +47,8 @@
     {0, 'alive'}   the heartbeat key exists: nothing done
     {0, 'absent'}  not in the den (it left, or another watcher reaped it)
     {0, 'fresh'}   heartbeat key gone but lastSeen is recent: deleted, not expired; nothing done
+    {0, 'changed'} the registry record is not the one the signed envelope was built from: nothing done
+    {2, 'ghost'}   (ARGV[10] = '1') a member without an agentd record: removed from the den, nothing announced
 ]]
 local id = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -46,6 +56,25 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 if redis.call('SISMEMBER', KEYS[2], id) == 0 then
   return {0, 'absent'}
+end
+local raw = redis.call('HGET', KEYS[3], id)
+if ARGV[10] == '1' then
+  local agentd = false
+  if raw and string.match(raw, '^%s*{') then
+    local ok, rec = pcall(cjson.decode, raw)
+    agentd = ok and type(rec) == 'table' and type(rec['instance']) == 'string' and rec['id'] == id
+  end
+  if not agentd then
+    -- The only write: SREM, which Redis allows over maxmemory.
+    redis.call('SREM', KEYS[2], id)
+    return {2, 'ghost'}
+  end
+end
+local sealed = ARGV[13]
+if sealed == nil or sealed == '' then
+  sealed = nil
+elseif (ARGV[11] == '1') ~= (raw ~= false) or (raw and raw ~= ARGV[12]) then
+  return {0, 'changed'}
 end
 local now = tonumber(ARGV[2])
 local minAge = tonumber(ARGV[9]) or 0
@@ -73,7 +102,6 @@ local host = cjson.null
 local lastSeen = cjson.null
 local rewritten = nil
 local recordState = 'none'
-local raw = redis.call('HGET', KEYS[3], id)
 if raw then
   recordState = 'kept'
   local ok, record = pcall(cjson.decode, raw)
@@ -111,6 +139,8 @@ if not okEnvelope then
   data['lastSeen'] = cjson.null
   envelope = cjson.encode({ event = 'agent_down', data = data, id = ARGV[7], source = ARGV[4], ts = now, den = ARGV[5] })
 end
+
+if sealed then envelope = sealed end
 
 -- Writes only from here on. HSET first: over maxmemory it is refused before anything changed.
 if rewritten then
