@@ -25,6 +25,8 @@ const { config } = loadConfig({
     watch: { enabled: false },
     queue: { max: Number(maxText ?? count), concurrency: Number(concurrencyText ?? 16) },
     log: { level: 'warn' },
+    // BENCH_SIGNING=require with BENCH_KEYS_FILE: verify every envelope (the signing benchmark).
+    ...(process.env['BENCH_SIGNING'] ? { security: { signing: process.env['BENCH_SIGNING'] as 'off' | 'warn' | 'require', keysFile: process.env['BENCH_KEYS_FILE'] ?? '' } } : {}),
   },
 });
 let seen = 0;
