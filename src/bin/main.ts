@@ -2,6 +2,7 @@
  * The agentd command line. With agentd.ts (the Node.js version check) this is
  * the only file that touches `process`: signals, exit codes, standard streams.
  */
+import { agentAclRule, cliAclRule } from '../cli/acl.ts';
 import { HELP, parseCommandLine, settingsHelp, type ParsedArgs } from '../cli/args.ts';
 import { configCommand, memoryCommand, membersCommand, publishCommand, watchCommand, type Io } from '../cli/commands.ts';
 import { loadConfig } from '../config/load.ts';
@@ -213,6 +214,11 @@ async function main(argv: readonly string[]): Promise<number | undefined> {
       return memoryCommand(load(args), args.positionals, { json: args.json, yes: args.yes }, io);
     case 'config':
       return configCommand(load(args), io);
+    case 'acl': {
+      const config = load(args);
+      io.stdout.write(`${args.acl.cli ? cliAclRule(config, args.acl.user) : agentAclRule(config, args.acl.agent, args.den, args.acl.user)}\n`);
+      return 0;
+    }
   }
 }
 

@@ -2,7 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { listSettings } from '../config/load.ts';
 import { AgentdError } from '../errors.ts';
 
-export const COMMANDS = ['run', 'members', 'watch', 'publish', 'memory', 'config', 'help'] as const;
+export const COMMANDS = ['run', 'members', 'watch', 'publish', 'memory', 'config', 'acl', 'help'] as const;
 export type CommandName = (typeof COMMANDS)[number];
 
 export interface ParsedArgs {
@@ -17,6 +17,8 @@ export interface ParsedArgs {
   readonly settingArgs: readonly string[];
   /** --den, which both sets agent.den and picks the den `members` lists. */
   readonly den: string | undefined;
+  /** acl: --agent ID, --cli, --user NAME. */
+  readonly acl: { readonly agent: string | undefined; readonly cli: boolean; readonly user: string | undefined };
 }
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -28,6 +30,9 @@ function optionTable(): Options {
     json: { type: 'boolean' },
     yes: { type: 'boolean', short: 'y' },
     config: { type: 'string', short: 'c' },
+    agent: { type: 'string' },
+    cli: { type: 'boolean' },
+    user: { type: 'string' },
   };
   for (const s of listSettings()) options[s.arg] = { type: 'string' };
   return options;
@@ -77,6 +82,7 @@ export function parseCommandLine(argv: readonly string[]): ParsedArgs {
     configFile: typeof values['config'] === 'string' ? values['config'] : undefined,
     settingArgs,
     den: typeof values['den'] === 'string' ? values['den'] : undefined,
+    acl: { agent: typeof values['agent'] === 'string' ? values['agent'] : undefined, cli: values['cli'] === true, user: typeof values['user'] === 'string' ? values['user'] : undefined },
   };
 }
 
@@ -105,6 +111,8 @@ Commands:
                             delete every agent:AGENT:* key (asks first on a terminal)
   memory stats [--json]     Redis memory use, limit, eviction policy
   config                    print the effective configuration, secrets redacted
+  acl --agent ID --den DEN | --cli
+                            print the least-privilege ACL SETUSER line for one agent, or the CLI
   help [COMMAND|settings]   show help
 
 Options:
@@ -161,6 +169,16 @@ ${SETTINGS_HINT}`,
 Prints the effective configuration (defaults < config file < environment <
 flags) as JSON, with passwords redacted. Imports each plugin module to check
 it (without running its setup). Exits 2 if anything is invalid.
+
+${SETTINGS_HINT}`,
+  acl: `Usage: agentd acl --agent ID --den DEN [--user NAME] [options]
+       agentd acl --cli [--user NAME] [options]
+
+Prints the ACL SETUSER line (Redis 7) for one agent: the commands it runs,
+write access to agent:ID:*, inbox:ID, den:DEN:online_agents and the registry
+only, read-only access to every heartbeat, its channels only. --cli prints the
+line for the CLI's read-only commands. PASSWORD is a placeholder: replace it.
+See docs/security.md.
 
 ${SETTINGS_HINT}`,
   help: `Usage: agentd help [COMMAND|settings]`,

@@ -12,7 +12,7 @@ import { HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX, REGISTRY_KEY, denMembersKey, eventC
  */
 
 const SCRIPTS = {
-  agentdReapPeer: 'reap-peer-3.lua',
+  agentdReapPeer: 'reap-peer-2.lua',
   agentdLeaveAgent: 'leave-agent-3.lua',
   agentdSweepDen: 'sweep-den-1.lua',
   agentdRateLimit: 'rate-limit-1.lua',
@@ -23,7 +23,6 @@ type ScriptName = keyof typeof SCRIPTS;
 
 interface ScriptCommands {
   agentdReapPeer(
-    heartbeat: string,
     den: string,
     registry: string,
     id: string,
@@ -152,7 +151,6 @@ export async function reapAgent(redis: Redis, r: ReapRequest): Promise<ReapOutco
       sealed = sealEnvelope(envelope, channel, r.keys);
     }
     const [won, detail, state] = await withScripts(redis).agentdReapPeer(
-      heartbeatKey(r.id),
       denMembersKey(r.den),
       REGISTRY_KEY,
       r.id,

@@ -18,10 +18,15 @@
   and cannot encode 1e999. A record it cannot rewrite exactly is left byte for
   byte; the agent still leaves its den and agent_down is still published.
 
+  The heartbeat key is not a declared key: it is built here from the id
+  (agent:<id>:heartbeat) and only read (EXISTS). Redis checks declared keys
+  of EVAL for read AND write access, so declaring it would make a per-agent
+  ACL user (docs/security.md) need write access to every peer's heartbeat;
+  undeclared, a read-only grant (%R~agent:*:heartbeat) is enough.
+
   Input:
-    KEYS[1] heartbeat key    agent:<id>:heartbeat
-    KEYS[2] den set          den:<den>:online_agents
-    KEYS[3] registry hash    global:agent_registry
+    KEYS[1] den set          den:<den>:online_agents
+    KEYS[2] registry hash    global:agent_registry
     ARGV[1] agent id
     ARGV[2] now, unix ms (becomes downAt and the event's ts)
     ARGV[3] den of the dead agent
@@ -51,13 +56,13 @@
     {2, 'ghost'}   (ARGV[10] = '1') a member without an agentd record: removed from the den, nothing announced
 ]]
 local id = ARGV[1]
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('EXISTS', 'agent:' .. id .. ':heartbeat') == 1 then
   return {0, 'alive'}
 end
-if redis.call('SISMEMBER', KEYS[2], id) == 0 then
+if redis.call('SISMEMBER', KEYS[1], id) == 0 then
   return {0, 'absent'}
 end
-local raw = redis.call('HGET', KEYS[3], id)
+local raw = redis.call('HGET', KEYS[2], id)
 if ARGV[10] == '1' then
   local agentd = false
   if raw and string.match(raw, '^%s*{') then
@@ -66,7 +71,7 @@ if ARGV[10] == '1' then
   end
   if not agentd then
     -- The only write: SREM, which Redis allows over maxmemory.
-    redis.call('SREM', KEYS[2], id)
+    redis.call('SREM', KEYS[1], id)
     return {2, 'ghost'}
   end
 end
@@ -144,9 +149,9 @@ if sealed then envelope = sealed end
 
 -- Writes only from here on. HSET first: over maxmemory it is refused before anything changed.
 if rewritten then
-  redis.call('HSET', KEYS[3], id, rewritten)
+  redis.call('HSET', KEYS[2], id, rewritten)
   recordState = 'marked'
 end
-redis.call('SREM', KEYS[2], id)
+redis.call('SREM', KEYS[1], id)
 redis.call('PUBLISH', ARGV[8], envelope)
 return {1, envelope, recordState}
