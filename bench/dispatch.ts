@@ -55,14 +55,17 @@ const secret = newSecret();
 const keysFile = writeKeysFile([['bench', secret]]);
 const ring = parseKeys(`bench ${secret}`, 'bench');
 
-/** EVENTS signed envelopes with distinct ids (a replay would be dropped), published pipelined. */
-async function floodSigned(): Promise<void> {
+const channel = 'agent:events:bench';
+const data = { user_id: 'usr-123', text: 'Hello there, this is a benchmark message' };
+/** EVENTS signed envelopes with distinct ids (a replay would be dropped), made before the consumer is stopped. */
+const makeSigned = (): string[] => Array.from({ length: EVENTS }, () => sealEnvelope(makeEnvelope('bench', data, { id: 'bench-pub', den: 'bench' }), channel, ring));
+
+/** Publishes them pipelined. */
+async function floodSigned(messages: string[]): Promise<void> {
   const c = server.client();
-  const channel = 'agent:events:bench';
-  const data = { user_id: 'usr-123', text: 'Hello there, this is a benchmark message' };
-  for (let i = 0; i < EVENTS; i += 1000) {
+  for (let i = 0; i < messages.length; i += 5000) {
     const p = c.pipeline();
-    for (let j = i; j < Math.min(EVENTS, i + 1000); j++) p.publish(channel, sealEnvelope(makeEnvelope('bench', data, { id: 'bench-pub', den: 'bench' }), channel, ring));
+    for (const m of messages.slice(i, i + 5000)) p.publish(channel, m);
     await p.exec();
   }
   c.disconnect();
@@ -75,6 +78,7 @@ async function once(kind: Kind): Promise<number> {
   const script = signed ? CONSUMERS.agentd : CONSUMERS[kind];
   const args = kind === 'agentd' || signed ? [url, String(EVENTS), String(EVENTS)] : [url, String(EVENTS)];
   const env = signed ? { BENCH_SIGNING: kind === 'agentd-require' ? 'require' : 'off', BENCH_KEYS_FILE: keysFile } : {};
+  const messages = signed ? makeSigned() : [];
   const consumer = await startConsumer(script, args, env);
   if (kind === 'moleculer') {
     // The producer must discover the service before the consumer is stopped.
@@ -85,7 +89,7 @@ async function once(kind: Kind): Promise<number> {
     producer.child.kill('SIGTERM');
   } else {
     consumer.child.kill('SIGSTOP');
-    if (signed) await floodSigned();
+    if (signed) await floodSigned(messages);
     else await flood(server.port, EVENTS);
   }
   await sleep(200);
