@@ -5,6 +5,9 @@
  * does not matter, and every consumer reads the same kind of backlog.
  *   - bare:      an ioredis PSUBSCRIBE loop that only parses the JSON (the ceiling)
  *   - agentd:    the daemon with a no-op plugin (queue.max = the event count: nothing dropped)
+ *   - agentd-signed-off / agentd-require: the same daemon fed signed envelopes
+ *                (distinct ids, ~250 bytes), with security.signing off and require:
+ *                the cost of verification (HMAC, tolerance, replay window)
  *   - moleculer: Moleculer's Redis transporter delivering the events to a service
  *                (its own producer, since it speaks its own packet format)
  *
@@ -15,6 +18,10 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startRedis } from '../test/helpers/redis.ts';
+import { newSecret, writeKeysFile } from '../test/helpers/keys.ts';
+import { makeEnvelope } from '../src/bus/publish.ts';
+import { parseKeys } from '../src/security/keys.ts';
+import { sealEnvelope } from '../src/security/signing.ts';
 import { CONSUMERS, PEERS_DIR, flood, startConsumer, sleep } from './lib.ts';
 import { median, printTable } from './stats.ts';
 
@@ -44,9 +51,35 @@ const admin = server.client();
 await admin.config('SET', 'client-output-buffer-limit', 'pubsub 0 0 0');
 const url = `${server.url}/0`;
 
-async function once(kind: keyof typeof CONSUMERS): Promise<number> {
-  const args = kind === 'agentd' ? [url, String(EVENTS), String(EVENTS)] : [url, String(EVENTS)];
-  const consumer = await startConsumer(CONSUMERS[kind], args);
+const secret = newSecret();
+const keysFile = writeKeysFile([['bench', secret]]);
+const ring = parseKeys(`bench ${secret}`, 'bench');
+
+const channel = 'agent:events:bench';
+const data = { user_id: 'usr-123', text: 'Hello there, this is a benchmark message' };
+/** EVENTS signed envelopes with distinct ids (a replay would be dropped), made before the consumer is stopped. */
+const makeSigned = (): string[] => Array.from({ length: EVENTS }, () => sealEnvelope(makeEnvelope('bench', data, { id: 'bench-pub', den: 'bench' }), channel, ring));
+
+/** Publishes them pipelined. */
+async function floodSigned(messages: string[]): Promise<void> {
+  const c = server.client();
+  for (let i = 0; i < messages.length; i += 5000) {
+    const p = c.pipeline();
+    for (const m of messages.slice(i, i + 5000)) p.publish(channel, m);
+    await p.exec();
+  }
+  c.disconnect();
+}
+
+type Kind = keyof typeof CONSUMERS | 'agentd-signed-off' | 'agentd-require';
+
+async function once(kind: Kind): Promise<number> {
+  const signed = kind === 'agentd-signed-off' || kind === 'agentd-require';
+  const script = signed ? CONSUMERS.agentd : CONSUMERS[kind];
+  const args = kind === 'agentd' || signed ? [url, String(EVENTS), String(EVENTS)] : [url, String(EVENTS)];
+  const env = signed ? { BENCH_SIGNING: kind === 'agentd-require' ? 'require' : 'off', BENCH_KEYS_FILE: keysFile } : {};
+  const messages = signed ? makeSigned() : [];
+  const consumer = await startConsumer(script, args, env);
   if (kind === 'moleculer') {
     // The producer must discover the service before the consumer is stopped.
     const producer = await startConsumer(join(PEERS_DIR, 'producer.mjs'), [url, String(EVENTS)], {}, true);
@@ -56,7 +89,8 @@ async function once(kind: keyof typeof CONSUMERS): Promise<number> {
     producer.child.kill('SIGTERM');
   } else {
     consumer.child.kill('SIGSTOP');
-    await flood(server.port, EVENTS);
+    if (signed) await floodSigned(messages);
+    else await flood(server.port, EVENTS);
   }
   await sleep(200);
   consumer.child.kill('SIGCONT');
@@ -65,8 +99,8 @@ async function once(kind: keyof typeof CONSUMERS): Promise<number> {
   return (Number(result['events']) / Number(result['ms'])) * 1000;
 }
 
-const kinds: Array<keyof typeof CONSUMERS> = ['bare', 'agentd'];
-if (await ensurePeers()) kinds.push('moleculer');
+const kinds: Kind[] = ['bare', 'agentd', 'agentd-signed-off', 'agentd-require'];
+if (!process.argv.includes('--no-peers') && (await ensurePeers())) kinds.push('moleculer');
 const rates: Record<string, number[]> = {};
 try {
   for (let r = 0; r < REPS; r++) {
@@ -76,12 +110,15 @@ try {
   await server.stop();
 }
 const bare = median(rates['bare']!);
-const rows = kinds.map((kind) => ({
-  consumer: kind,
+const rows: Array<Record<string, string | number>> = kinds.map((kind) => ({
+  consumer: kind as string,
   'events/s (median)': Math.round(median(rates[kind]!)),
   runs: rates[kind]!.map((x) => Math.round(x)).join(' '),
   'ratio to bare': median(rates[kind]!) / bare,
 }));
+// Signing cost: require against off, same signed messages, same run.
+const signedOff = median(rates['agentd-signed-off']!);
+rows.push({ consumer: 'require / signed-off', 'events/s (median)': Math.round(median(rates['agentd-require']!)), runs: '', 'ratio to bare': median(rates['agentd-require']!) / signedOff });
 if (json) console.log(JSON.stringify({ benchmark: 'dispatch', events: EVENTS, repetitions: REPS, rows }, null, 2));
 else {
   console.log(`dispatch throughput: ${EVENTS} events, ${REPS} runs each, backlog read after SIGCONT`);

@@ -25,6 +25,9 @@ import { Connections, createClient, redisOptions, type ConnectionStateChange } f
 import { DAEMON_COMMANDS, preflight } from './redis/preflight.ts';
 import { deadLetterKey, denMembersKey, denTasksKey, heartbeatKeyspacePattern, inboxKey, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
+import { loadKeys, type KeyRing } from './security/keys.ts';
+import { Verifier } from './security/signing.ts';
+import { checkTlsRequired } from './security/tls-policy.ts';
 
 export type DaemonState = 'idle' | 'starting' | 'ready' | 'degraded' | 'closing' | 'closed';
 
@@ -119,6 +122,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   readonly #startAbort = new AbortController();
   readonly #intake: Intake;
   readonly #probeChannel: string;
+  /** Signing keys (security.signing warn or require); never logged. */
+  readonly #keys: KeyRing | undefined;
   #plugins: PluginHost | undefined;
   #state: DaemonState = 'idle';
   #everReady = false;
@@ -140,6 +145,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#inline = options.plugins ?? [];
     this.#probeChannel = probeChannel(this.agent.id, randomBytes(6).toString('hex'));
 
+    checkTlsRequired(config);
+    this.#keys = config.security.signing === 'off' ? undefined : loadKeys(config.security.keysFile);
     this.#connections = new Connections(config, this.log);
     this.#connections.on('state', (change) => this.#onConnectionState(change));
     const { checkInterval, warnRatio, ...memoryOptions } = config.memory;
@@ -182,6 +189,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       intervalMs: config.heartbeat.interval * 1000,
       log: this.log.child({ component: 'presence' }),
       beforeRejoin: () => this.#subscriber.whenConfirmed(2_000),
+      ...(this.#keys ? { keys: this.#keys } : {}),
     });
     this.#presence.on('membership', (m) => this.emit('membership', m));
     this.#loop = new LoopMonitor((config.heartbeat.ttl - config.heartbeat.interval) * 1000, this.log.child({ component: 'presence' }));
@@ -208,6 +216,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         massDeathShare: config.watch.massDeathShare,
         massDeathMin: config.watch.massDeathMin,
         massDeathHoldMs: config.watch.massDeathHold * 1000,
+        ...(this.#keys ? { keys: this.#keys } : {}),
+        ghosts: config.security.signing === 'require',
       });
       this.#watcher.on('down', (down) => this.emit('peerDown', down));
       if (config.durable.enabled) this.#watcher.on('down', (down) => void this.durable.handover(down.agent, down.den));
@@ -277,6 +287,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.metrics.knowDens([this.agent.den, ...config.watch.dens]);
     this.#watcher?.on('down', () => this.metrics.reaped());
     this.#watcher?.on('held', (hold) => this.metrics.massDeathHold(hold.den));
+    this.#watcher?.on('ghost', () => this.metrics.ghostRemoved());
     this.#presence.on('twin', () => this.metrics.duplicateInstance());
     this.metrics.describe({ agent: this.agent.id, den: this.agent.den, version: VERSION, heartbeatTtlSeconds: config.heartbeat.ttl, heartbeatIntervalSeconds: config.heartbeat.interval, memoryWarnRatio: config.memory.warnRatio });
     this.#denEvents = new DenEventRing(this.agent.den);
@@ -293,6 +304,11 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         // A peer's watcher reaped someone: requests waiting on that agent fail now, not at their timeout.
         if (event.event === 'agent_down') this.durable.peerDown(String((event.data as { agent?: unknown } | null)?.agent));
       },
+      security: {
+        signing: config.security.signing,
+        channelCheck: config.security.channelCheck,
+        ...(this.#keys ? { verifier: new Verifier({ keys: this.#keys, toleranceMs: config.security.tolerance * 1000 }) } : {}),
+      },
     });
     this.metrics.durableSource(() => ({ inFlight: this.durable.consumer.inFlight, running: this.durable.consumer.running }));
   }
@@ -303,7 +319,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
 
   /** Publishes an event from this agent; resolves with the number of receivers. */
   publish(type: string, data: unknown): Promise<number> {
-    return publishEvent(this.#connections.command, type, data, this.agent);
+    return publishEvent(this.#connections.command, type, data, this.agent, this.#keys);
   }
 
   stats(): DaemonStats {

@@ -25,6 +25,11 @@ const { config } = loadConfig({
     watch: { enabled: false },
     queue: { max: Number(maxText ?? count), concurrency: Number(concurrencyText ?? 16) },
     log: { level: 'warn' },
+    // BENCH_SIGNING=require with BENCH_KEYS_FILE: verify every envelope (the signing benchmark).
+    // (probes far apart: a signed flood from Node takes longer than redis-benchmark's, and a probe
+    // stuck behind a long SIGSTOP backlog would recycle the subscriber and lose the backlog)
+    ...(process.env['BENCH_SIGNING'] ? { events: { probeInterval: 3600, probeTimeoutMs: 600_000 } } : {}),
+    ...(process.env['BENCH_SIGNING'] ? { security: { signing: process.env['BENCH_SIGNING'] as 'off' | 'warn' | 'require', keysFile: process.env['BENCH_KEYS_FILE'] ?? '' } } : {}),
   },
 });
 let seen = 0;

@@ -2,6 +2,7 @@
  * The agentd command line. With agentd.ts (the Node.js version check) this is
  * the only file that touches `process`: signals, exit codes, standard streams.
  */
+import { agentAclRule, cliAclRule } from '../cli/acl.ts';
 import { HELP, parseCommandLine, settingsHelp, type ParsedArgs } from '../cli/args.ts';
 import { configCommand, connectOnce, memoryCommand, membersCommand, publishCommand, watchCommand, type Io } from '../cli/commands.ts';
 import { deadLetterCommand, inboxCommand, requestCommand, sendCommand } from '../cli/durable.ts';
@@ -224,6 +225,11 @@ async function main(argv: readonly string[]): Promise<number | undefined> {
       return inboxCommand(load(args), args.positionals, args.den, args.json, io, connectOnce);
     case 'dead-letter':
       return deadLetterCommand(load(args), args.positionals, { den: args.den, json: args.json, yes: args.yes }, io, connectOnce);
+    case 'acl': {
+      const config = load(args);
+      io.stdout.write(`${args.acl.cli ? cliAclRule(config, args.acl.user) : agentAclRule(config, args.acl.agent, args.den, args.acl.user)}\n`);
+      return 0;
+    }
   }
 }
 

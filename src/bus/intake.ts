@@ -1,13 +1,21 @@
 import type { Logger } from '../log.ts';
 import { describeError } from '../errors.ts';
 import { parseEnvelope, type AgentEvent, type BadInputReason } from './envelope.ts';
+import type { SignatureReason, SigningMode, Verifier } from '../security/signing.ts';
+import { EVENT_CHANNEL_PREFIX } from '../redis/keys.ts';
 
 /**
  * Why a message was not dispatched: bad input (from the envelope check), or
  * `intake_error` when something threw while it was being taken in (a bug, or
  * a listener of embedding code): it is counted and skipped, never fatal.
  */
-export type IntakeReason = BadInputReason | 'intake_error';
+export type IntakeReason = BadInputReason | 'intake_error' | TrustReason;
+
+/**
+ * Refusals of the trust checks: an event on another type's channel
+ * (`channel_mismatch`), or a signature that is missing or does not verify.
+ */
+export type TrustReason = SignatureReason | 'channel_mismatch';
 
 export interface IntakeDropped {
   readonly reason: IntakeReason;
@@ -22,6 +30,18 @@ export interface IntakeMetrics {
   dispatched(type: string): void;
   unhandled(): void;
   dropped(type: string | undefined, reason: string): void;
+  /** A message failed a trust check (counted in warn mode too, where it is still dispatched). */
+  untrusted?(reason: TrustReason): void;
+}
+
+/** The trust checks of intake (docs/security.md). */
+export interface IntakeSecurity {
+  /** Signature checking: off, warn (count, log, dispatch) or require (drop). */
+  readonly signing: SigningMode;
+  /** Needed unless signing is off. */
+  readonly verifier?: Verifier;
+  /** Refuse an event whose type is not its channel's (`agent:events:<type>`). */
+  readonly channelCheck: boolean;
 }
 
 export interface IntakeOptions {
@@ -36,6 +56,8 @@ export interface IntakeOptions {
   readonly onDropped?: (info: IntakeDropped) => void;
   /** Told of every valid membership event (agent_online, agent_offline, agent_down), before dispatch. */
   readonly onMembership?: (event: AgentEvent) => void;
+  /** Trust checks; absent: none (signing off, no channel check). */
+  readonly security?: IntakeSecurity;
 }
 
 const MEMBERSHIP_EVENTS: ReadonlySet<string> = new Set(['agent_online', 'agent_offline', 'agent_down']);
@@ -68,13 +90,14 @@ const BAD_LOG_EVERY_MS = 5_000;
 export class Intake {
   readonly counts: IntakeCounts = {
     received: 0,
-    invalid: { too_large: 0, not_json: 0, not_object: 0, no_event: 0, forbidden_key: 0, too_deep: 0, intake_error: 0 },
+    invalid: { too_large: 0, not_json: 0, not_object: 0, no_event: 0, forbidden_key: 0, too_deep: 0, intake_error: 0,
+      channel_mismatch: 0, unsigned: 0, bad_signature: 0, unknown_key: 0, stale: 0, replayed: 0 },
   };
   readonly #o: IntakeOptions;
   #lastChannel: { readonly bytes: Buffer; readonly name: string } | undefined;
   /** Bad messages logged in the current window, and those counted but not logged, by reason. */
   #badLogged = 0;
-  readonly #badSuppressed = new Map<BadInputReason, number>();
+  readonly #badSuppressed = new Map<BadInputReason | TrustReason, number>();
   #badTimer: NodeJS.Timeout | undefined;
 
   constructor(options: IntakeOptions) {
@@ -97,6 +120,15 @@ export class Intake {
         return;
       }
       const { event } = parsed;
+      const security = this.#o.security;
+      if (security !== undefined) {
+        const refused = this.#trust(security, channel, payload, event);
+        if (refused !== undefined) {
+          countedAs = refused;
+          this.#bad(refused, channel, payload.length);
+          return;
+        }
+      }
       const metrics = this.#o.metrics;
       metrics.received(event.event);
       if (MEMBERSHIP_EVENTS.has(event.event)) {
@@ -125,7 +157,23 @@ export class Intake {
     return name;
   }
 
-  #bad(reason: BadInputReason, channel: string, bytes: number): void {
+  /** The trust checks: the reason to drop the message, or undefined to dispatch it (warn mode counts and logs). */
+  #trust(security: IntakeSecurity, channel: string, payload: Buffer, event: AgentEvent): TrustReason | undefined {
+    // Only agentd's event channels have a type; other subscribed channels are not checked.
+    if (security.channelCheck && channel.startsWith(EVENT_CHANNEL_PREFIX) && channel !== EVENT_CHANNEL_PREFIX + event.event) {
+      this.#o.metrics.untrusted?.('channel_mismatch');
+      return 'channel_mismatch';
+    }
+    if (security.signing === 'off' || security.verifier === undefined) return undefined;
+    const reason = security.verifier.verify(channel, payload, event.id, event.ts);
+    if (reason === undefined) return undefined;
+    this.#o.metrics.untrusted?.(reason);
+    if (security.signing === 'require') return reason;
+    this.#o.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, event: event.event.slice(0, 64) }, 'event failed the signature check; dispatched anyway (security.signing=warn)');
+    return undefined;
+  }
+
+  #bad(reason: BadInputReason | TrustReason, channel: string, bytes: number): void {
     this.counts.invalid[reason]++;
     this.#o.metrics.dropped(undefined, reason);
     this.#badTimer ??= setTimeout(() => this.flushLog(), BAD_LOG_EVERY_MS).unref();

@@ -3,6 +3,8 @@ import type { Redis } from 'ioredis';
 import { AgentdError } from '../errors.ts';
 import { eventChannel } from '../redis/keys.ts';
 import type { AgentInfo } from '../plugins/types.ts';
+import type { KeyRing } from '../security/keys.ts';
+import { sealEnvelope } from '../security/signing.ts';
 
 export interface Envelope {
   readonly event: string;
@@ -21,8 +23,12 @@ export function makeEnvelope(type: string, data: unknown, from: AgentInfo, now: 
   return { event: type, data: data === undefined ? null : data, id: randomUUID(), source: from.id, ts: now, den: from.den };
 }
 
-/** Publishes an event on `agent:events:<type>`; resolves with the number of subscribers that received it. */
-export function publishEvent(redis: Redis, type: string, data: unknown, from: AgentInfo): Promise<number> {
+/**
+ * Publishes an event on `agent:events:<type>` (signed when `keys` is given);
+ * resolves with the number of subscribers that received it.
+ */
+export function publishEvent(redis: Redis, type: string, data: unknown, from: AgentInfo, keys?: KeyRing): Promise<number> {
   const envelope = makeEnvelope(type, data, from);
-  return redis.publish(eventChannel(type), JSON.stringify(envelope));
+  const channel = eventChannel(type);
+  return redis.publish(channel, sealEnvelope(envelope, channel, keys));
 }

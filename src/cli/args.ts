@@ -2,7 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { listSettings } from '../config/load.ts';
 import { AgentdError } from '../errors.ts';
 
-export const COMMANDS = ['run', 'members', 'watch', 'publish', 'memory', 'config', 'help', 'send', 'request', 'submit', 'inbox', 'dead-letter'] as const;
+export const COMMANDS = ['run', 'members', 'watch', 'publish', 'memory', 'config', 'acl', 'help', 'send', 'request', 'submit', 'inbox', 'dead-letter'] as const;
 export type CommandName = (typeof COMMANDS)[number];
 
 export interface ParsedArgs {
@@ -19,6 +19,8 @@ export interface ParsedArgs {
   readonly den: string | undefined;
   /** --timeout MS of `agentd request`. */
   readonly timeout: string | undefined;
+  /** acl: --agent ID, --cli, --user NAME. */
+  readonly acl: { readonly agent: string | undefined; readonly cli: boolean; readonly user: string | undefined };
 }
 
 type Options = NonNullable<ParseArgsConfig['options']>;
@@ -31,6 +33,9 @@ function optionTable(): Options {
     yes: { type: 'boolean', short: 'y' },
     config: { type: 'string', short: 'c' },
     timeout: { type: 'string' },
+    agent: { type: 'string' },
+    cli: { type: 'boolean' },
+    user: { type: 'string' },
   };
   for (const s of listSettings()) options[s.arg] = { type: 'string' };
   return options;
@@ -81,6 +86,7 @@ export function parseCommandLine(argv: readonly string[]): ParsedArgs {
     settingArgs,
     den: typeof values['den'] === 'string' ? values['den'] : undefined,
     timeout: typeof values['timeout'] === 'string' ? values['timeout'] : undefined,
+    acl: { agent: typeof values['agent'] === 'string' ? values['agent'] : undefined, cli: values['cli'] === true, user: typeof values['user'] === 'string' ? values['user'] : undefined },
   };
 }
 
@@ -117,6 +123,8 @@ Commands:
   inbox [AGENT] [--den D]   length, pending, unread, oldest, dead letters of a stream
   dead-letter list|retry|purge [AGENT] [--den D]
                             show, re-queue or delete dead letters
+  acl --agent ID --den DEN | --cli
+                            print the least-privilege ACL SETUSER line for one agent, or the CLI
   help [COMMAND|settings]   show help
 
 Options:
@@ -173,6 +181,16 @@ ${SETTINGS_HINT}`,
 Prints the effective configuration (defaults < config file < environment <
 flags) as JSON, with passwords redacted. Imports each plugin module to check
 it (without running its setup). Exits 2 if anything is invalid.
+
+${SETTINGS_HINT}`,
+  acl: `Usage: agentd acl --agent ID --den DEN [--user NAME] [options]
+       agentd acl --cli [--user NAME] [options]
+
+Prints the ACL SETUSER line (Redis 7) for one agent: the commands it runs,
+write access to agent:ID:*, inbox:ID, den:DEN:online_agents and the registry
+only, read-only access to every heartbeat, its channels only. --cli prints the
+line for the CLI's read-only commands. PASSWORD is a placeholder: replace it.
+See docs/security.md.
 
 ${SETTINGS_HINT}`,
   help: `Usage: agentd help [COMMAND|settings]`,

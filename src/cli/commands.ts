@@ -1,3 +1,5 @@
+import { loadKeys } from '../security/keys.ts';
+import { sealEnvelope } from '../security/signing.ts';
 import { createInterface } from 'node:readline/promises';
 import type { Readable, Writable } from 'node:stream';
 import type { Redis } from 'ioredis';
@@ -150,7 +152,8 @@ export async function publishCommand(config: AgentdConfig, positionals: readonly
   const envelope = makeEnvelope(type, data, { id: config.agent.id, den: config.agent.den });
   const redis = await connectOnce(config);
   try {
-    const receivers = await redis.publish(eventChannel(type), JSON.stringify(envelope));
+    const keys = config.security.signing === 'off' ? undefined : loadKeys(config.security.keysFile);
+    const receivers = await redis.publish(eventChannel(type), sealEnvelope(envelope, eventChannel(type), keys));
     io.stdout.write(
       json
         ? `${JSON.stringify({ channel: eventChannel(type), id: envelope.id, receivers })}\n`

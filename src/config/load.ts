@@ -1,3 +1,4 @@
+import { loadKeys } from '../security/keys.ts';
 import { accessSync, constants, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -176,6 +177,10 @@ function crossCheck(c: AgentdConfig): void {
     } catch (err) {
       throw new AgentdError('AGENTD_ERR_PLUGIN_LOAD', `plugin ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`);
     }
+  }
+  if (c.security.signing !== 'off') {
+    if (c.security.keysFile === '') throw new AgentdError('AGENTD_ERR_CONFIG', `security.keysFile: security.signing=${c.security.signing} needs a keys file (one "<kid> <secret>" a line)`);
+    loadKeys(c.security.keysFile); // fails `agentd config` too; the message never quotes a secret
   }
   checkReadable('redis.passwordFile', c.redis.passwordFile);
   checkReadable('redis.tls.caFile', tls.caFile);

@@ -10,6 +10,8 @@ export const ID_PATTERN = /^[A-Za-z0-9._-]{1,128}$/;
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export const OVERFLOW_POLICIES = ['drop-newest', 'drop-oldest'] as const;
+export const TLS_REQUIRED = ['auto', 'true', 'false'] as const;
+export const SIGNING = ['off', 'warn', 'require'] as const;
 
 export const schema = {
   redis: {
@@ -63,6 +65,13 @@ export const schema = {
         default: true,
         env: 'AGENTD_REDIS_TLS_VERIFY',
         arg: 'redis-tls-verify',
+      },
+      required: {
+        doc: 'Refuse a plain redis:// URL: auto (refuse it for any host but loopback: 127.0.0.0/8, ::1, localhost), true (refuse it for every host) or false (allow it anywhere). A refusal stops the start with exit 2.',
+        format: TLS_REQUIRED as unknown as string[],
+        default: 'auto',
+        env: 'AGENTD_REDIS_TLS_REQUIRED',
+        arg: 'redis-tls-required',
       },
     },
     connectTimeoutMs: {
@@ -420,6 +429,36 @@ export const schema = {
       arg: 'http-status-page',
     },
   },
+  security: {
+    signing: {
+      doc: 'Signed envelopes (docs/security.md): off (publish unsigned, check nothing), warn (sign; count and log unsigned or bad messages but dispatch them) or require (sign; drop them, counted by reason).',
+      format: SIGNING as unknown as string[],
+      default: 'off',
+      env: 'AGENTD_SECURITY_SIGNING',
+      arg: 'security-signing',
+    },
+    keysFile: {
+      doc: 'File of signing keys, one "<kid> <secret>" a line; the first signs, all verify (needed unless signing is off; must not be readable by others). Never logged.',
+      format: 'optional-path',
+      default: '',
+      env: 'AGENTD_SECURITY_KEYS_FILE',
+      arg: 'security-keys-file',
+    },
+    tolerance: {
+      doc: 'Seconds a signed message\'s ts may differ from this host\'s clock before it is refused as stale.',
+      format: 'positive-int',
+      default: 300,
+      env: 'AGENTD_SECURITY_TOLERANCE',
+      arg: 'security-tolerance',
+    },
+    channelCheck: {
+      doc: 'Refuse (count as channel_mismatch) an event whose type is not the one its channel agent:events:<type> names.',
+      format: 'switch',
+      default: true,
+      env: 'AGENTD_SECURITY_CHANNEL_CHECK',
+      arg: 'security-channel-check',
+    },
+  },
   log: {
     level: {
       doc: 'Log level: fatal, error, warn, info, debug, trace or silent.',
@@ -451,6 +490,7 @@ export interface AgentdConfig {
       readonly keyFile: string;
       readonly serverName: string;
       readonly verify: boolean;
+      readonly required: (typeof TLS_REQUIRED)[number];
     };
     readonly connectTimeoutMs: number;
     readonly commandTimeoutMs: number;
@@ -500,6 +540,7 @@ export interface AgentdConfig {
   readonly plugins: readonly PluginSpec[];
   readonly lifecycle: { readonly setupTimeoutMs: number; readonly drainTimeoutMs: number };
   readonly http: { readonly host: string; readonly port: number; readonly statusPage: boolean };
+  readonly security: { readonly signing: (typeof SIGNING)[number]; readonly keysFile: string; readonly tolerance: number; readonly channelCheck: boolean };
   readonly log: { readonly level: LogLevel };
 }
 

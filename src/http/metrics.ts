@@ -48,6 +48,8 @@ export class Metrics {
   readonly #durableTrimmed: TallyCounter;
   readonly #durableLatency: TallyHistogram;
   #durableRead: () => { inFlight: number; running: number } = () => ({ inFlight: 0, running: 0 });
+  readonly #untrusted: TallyCounter;
+  readonly #ghosts: TallyCounter;
   /** Dens that may appear as label values: ours and the ones we watch. */
   readonly #dens = new Set<string>();
 
@@ -59,7 +61,7 @@ export class Metrics {
     this.#dispatched = new TallyCounter({ name: 'agentd_events_dispatched_total', help: 'Events queued for their handlers, by event type.', labelNames: ['event'], registry });
     this.#dropped = new TallyCounter({
       name: 'agentd_events_dropped_total',
-      help: 'Events or handler calls dropped, by event type and reason (too_large, not_json, not_object, no_event, forbidden_key, too_deep, intake_error, queue_full, evicted, shutdown).',
+      help: 'Events or handler calls dropped, by event type and reason (too_large, not_json, not_object, no_event, forbidden_key, too_deep, intake_error, channel_mismatch, unsigned, bad_signature, unknown_key, stale, replayed, queue_full, evicted, shutdown).',
       labelNames: ['event', 'reason'],
       registry,
     });
@@ -92,6 +94,14 @@ export class Metrics {
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300],
       registry,
     });
+    this.#untrusted = new TallyCounter({
+      name: 'agentd_events_untrusted_total',
+      help: 'Messages that failed a trust check, by reason (channel_mismatch, unsigned, bad_signature, unknown_key, stale, replayed); dropped unless security.signing=warn lets signature failures through.',
+      labelNames: ['reason'],
+      registry,
+    });
+    this.#ghosts = new TallyCounter({ name: 'agentd_ghosts_removed_total', help: 'Den members without an agentd registry record that this watcher removed quietly (security.signing=require).', labelNames: [], registry });
+
     const gauge = (name: string, help: string, read: () => number): void => {
       new Gauge({
         name,
@@ -245,5 +255,14 @@ export class Metrics {
 
   durableTrimmed(kind: string, count: number): void {
     this.#durableTrimmed.inc(kind, undefined, undefined, count);
+  }
+
+  /** A message failed a trust check (the reason is one of a fixed set). */
+  untrusted(reason: string): void {
+    this.#untrusted.inc(reason);
+  }
+
+  ghostRemoved(): void {
+    this.#ghosts.inc('');
   }
 }

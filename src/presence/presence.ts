@@ -7,6 +7,8 @@ import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from '../redis/keys.ts';
 import { leaveAgent } from '../redis/scripts.ts';
+import type { KeyRing } from '../security/keys.ts';
+import { sealEnvelope } from '../security/signing.ts';
 
 export type AgentStatus = 'online' | 'offline' | 'down';
 
@@ -74,6 +76,8 @@ export interface PresenceOptions {
    * announcement goes out once our own subscriber (and likely our peers') is back.
    */
   readonly beforeRejoin?: () => Promise<void>;
+  /** Signing keys: agent_online and agent_offline are signed with them (security.signing warn or require). */
+  readonly keys?: KeyRing;
 }
 
 class DeadlineError extends Error {}
@@ -347,7 +351,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
   }
 
   async #announce(type: 'agent_online' | 'agent_offline', data: Record<string, unknown>): Promise<void> {
-    await this.#o.redis.publish(eventChannel(type), JSON.stringify(makeEnvelope(type, data, this.#o.agent)));
+    const channel = eventChannel(type);
+    await this.#o.redis.publish(channel, sealEnvelope(makeEnvelope(type, data, this.#o.agent), channel, this.#o.keys));
     this.emit('membership', { type, agent: this.#o.agent.id, den: this.#o.agent.den, ...(data['rejoined'] ? { rejoined: true } : {}) });
   }
 
@@ -380,7 +385,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
         den: agent.den,
         instance: this.instance,
         record: JSON.stringify(this.record('offline', this.redisNow())),
-        envelope: JSON.stringify(makeEnvelope('agent_offline', data, agent, now)),
+        envelope: sealEnvelope(makeEnvelope('agent_offline', data, agent, now), eventChannel('agent_offline'), this.#o.keys),
       }),
       this.#deadlineMs,
     );

@@ -6,6 +6,7 @@ import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, agentOfHeartbeatKey, keyOfKeyspaceChannel } from '../redis/keys.ts';
 import { reapAgent, sweepDen } from '../redis/scripts.ts';
 import type { RegistryRecord } from './presence.ts';
+import type { KeyRing } from '../security/keys.ts';
 
 export type Detector = 'expiry' | 'sweep';
 
@@ -42,6 +43,8 @@ interface WatcherEvents {
   sweep: (result: SweepResult) => void;
   /** A mass-death hold started in a den (once per episode). */
   held: (hold: MassDeathHold) => void;
+  /** A den member without an agentd registry record was removed quietly (no agent_down). */
+  ghost: (ghost: { readonly id: string; readonly den: string }) => void;
 }
 
 export interface PeerWatcherOptions {
@@ -73,6 +76,10 @@ export interface PeerWatcherOptions {
   readonly massDeathMin?: number;
   /** Ms after which a hold that still stands is released and the dead are reaped (0: hold until it clears). */
   readonly massDeathHoldMs?: number;
+  /** Sign the agent_down this watcher publishes. */
+  readonly keys?: KeyRing;
+  /** No ghosts: remove den members without an agentd registry record quietly instead of announcing them. */
+  readonly ghosts?: boolean;
 }
 
 /** Distinct agents an expiry check waits for at most (notifications can be spoofed; the sweep is the backstop). */
@@ -360,9 +367,23 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     const now = this.#o.now?.() ?? Date.now();
     const since = this.#missingSince.get(`${den}\n${id}`);
     const missingForMs = since === undefined ? 0 : performance.now() - since;
-    const outcome = await reapAgent(this.#o.redis, { id, den, now, watcher: this.#o.agent, via, minAgeMs: this.#o.ttlMs ?? 0, missingForMs });
+    const outcome = await reapAgent(this.#o.redis, {
+      id,
+      den,
+      now,
+      watcher: this.#o.agent,
+      via,
+      minAgeMs: this.#o.ttlMs ?? 0,
+      missingForMs,
+      ...(this.#o.keys ? { keys: this.#o.keys } : {}),
+      ...(this.#o.ghosts ? { ghosts: true } : {}),
+    });
     if (outcome.reaped) this.#missingSince.delete(`${den}\n${id}`);
     if (!outcome.reaped) {
+      if (outcome.reason === 'ghost') {
+        this.#o.log.warn({ peer: id.slice(0, 128), peerDen: den }, 'removed a den member that has no registry record written by agentd (a ghost); not announced as agent_down');
+        this.emit('ghost', { id, den });
+      }
       if (outcome.reason === 'fresh') this.#o.log.debug({ peer: id, peerDen: den }, 'heartbeat key gone but the registry says the peer beat recently: deleted, not expired; not a death');
       return false;
     }

@@ -99,8 +99,9 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
     const watchedKey = denMembersKey(watched);
     const peerHb = heartbeatKey(SAMPLE_PEER);
     // The sweep and reap scripts: EVALSHA first, EVAL after a Redis restart (NOSCRIPT).
-    add('watch', `EVALSHA (keys ${watchedKey}, ${peerHb}, ${REGISTRY_KEY})`, 'EVALSHA', ANY_SHA, '3', peerHb, watchedKey, REGISTRY_KEY);
-    add('watch', `EVAL (keys ${watchedKey}, ${peerHb}, ${REGISTRY_KEY})`, 'EVAL', 'return 0', '3', peerHb, watchedKey, REGISTRY_KEY);
+    // The reap declares the den set and the registry only: it reads the peer's heartbeat without declaring it.
+    add('watch', `EVALSHA (keys ${watchedKey}, ${REGISTRY_KEY})`, 'EVALSHA', ANY_SHA, '2', watchedKey, REGISTRY_KEY);
+    add('watch', `EVAL (keys ${watchedKey}, ${REGISTRY_KEY})`, 'EVAL', 'return 0', '2', watchedKey, REGISTRY_KEY);
     // What the scripts run (checked against the user's ACL when the script runs).
     add('watch', `SMEMBERS ${watchedKey} (in the sweep script)`, 'SMEMBERS', watchedKey);
     add('watch', `EXISTS ${peerHb} (in the sweep script)`, 'EXISTS', peerHb);

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Redis } from 'ioredis';
+import type { KeyRing } from '../security/keys.ts';
+import { sealEnvelope } from '../security/signing.ts';
 import { HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX, REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from './keys.ts';
 
 /**
@@ -10,7 +12,7 @@ import { HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX, REGISTRY_KEY, denMembersKey, eventC
  */
 
 const SCRIPTS = {
-  agentdReapPeer: 'reap-peer-3.lua',
+  agentdReapPeer: 'reap-peer-2.lua',
   agentdLeaveAgent: 'leave-agent-3.lua',
   agentdSweepDen: 'sweep-den-1.lua',
   agentdRateLimit: 'rate-limit-1.lua',
@@ -25,7 +27,6 @@ type ScriptName = keyof typeof SCRIPTS;
 
 interface ScriptCommands {
   agentdReapPeer(
-    heartbeat: string,
     den: string,
     registry: string,
     id: string,
@@ -37,6 +38,10 @@ interface ScriptCommands {
     eventId: string,
     channel: string,
     minAgeMs: number,
+    ghosts: string,
+    hadRecord: string,
+    record: string,
+    sealed: string,
     seenMissingLongEnough: string,
   ): Promise<[number, string, string?]>;
   agentdLeaveAgent(
@@ -96,7 +101,7 @@ export async function rateLimitHit(redis: Redis, key: string, windowSeconds: num
 
 export type ReapOutcome =
   | { readonly reaped: true; readonly envelope: string; readonly record: 'marked' | 'kept' | 'none' }
-  | { readonly reaped: false; readonly reason: 'alive' | 'absent' | 'fresh' | 'unsure' };
+  | { readonly reaped: false; readonly reason: 'alive' | 'absent' | 'fresh' | 'unsure' | 'changed' | 'ghost' };
 
 export interface ReapRequest {
   readonly id: string;
@@ -115,6 +120,27 @@ export interface ReapRequest {
    * minAgeMs (default: no such requirement).
    */
   readonly missingForMs?: number;
+  /**
+   * Sign the agent_down with these keys: the envelope is built here from the
+   * registry record read first, and the script publishes it only if the record is unchanged.
+   */
+  readonly keys?: KeyRing;
+  /** No ghosts: a member without an agentd registry record is removed quietly (reason 'ghost'). */
+  readonly ghosts?: boolean;
+}
+
+/** host and lastSeen of a registry record, read exactly as the reap script reads them. */
+function recordFacts(raw: string | null): { host: string | null; lastSeen: number | null } {
+  if (raw === null || !/^\s*\{/.test(raw)) return { host: null, lastSeen: null };
+  try {
+    const rec = JSON.parse(raw) as Record<string, unknown>;
+    if (rec === null || typeof rec !== 'object') return { host: null, lastSeen: null };
+    const host = typeof rec['host'] === 'string' ? rec['host'] : null;
+    const lastSeen = typeof rec['lastSeen'] === 'number' && Number.isFinite(rec['lastSeen']) ? rec['lastSeen'] : null;
+    return { host, lastSeen };
+  } catch {
+    return { host: null, lastSeen: null };
+  }
 }
 
 /**
@@ -123,23 +149,45 @@ export interface ReapRequest {
  * heartbeat is still gone, its lastSeen is old enough and it is still a member.
  */
 export async function reapAgent(redis: Redis, r: ReapRequest): Promise<ReapOutcome> {
-  const [won, detail, record] = await withScripts(redis).agentdReapPeer(
-    heartbeatKey(r.id),
-    denMembersKey(r.den),
-    REGISTRY_KEY,
-    r.id,
-    r.now,
-    r.den,
-    r.watcher.id,
-    r.watcher.den,
-    r.via,
-    randomUUID(),
-    eventChannel('agent_down'),
-    Math.max(0, Math.round(r.minAgeMs ?? 0)),
-    r.missingForMs === undefined || r.missingForMs >= (r.minAgeMs ?? 0) ? '1' : '0',
-  );
-  if (won === 1) return { reaped: true, envelope: detail, record: record === 'marked' || record === 'kept' ? record : 'none' };
-  return { reaped: false, reason: detail === 'alive' || detail === 'fresh' || detail === 'unsure' ? detail : 'absent' };
+  // Signed: the record can change between our read and the script (a peer coming back); then read again.
+  for (let attempt = 0; ; attempt++) {
+    const eventId = randomUUID();
+    const channel = eventChannel('agent_down');
+    let hadRecord = '0';
+    let record = '';
+    let sealed = '';
+    if (r.keys !== undefined) {
+      const raw = await redis.hget(REGISTRY_KEY, r.id);
+      hadRecord = raw === null ? '0' : '1';
+      record = raw ?? '';
+      const { host, lastSeen } = recordFacts(raw);
+      const data = { agent: r.id, den: r.den, host, lastSeen, detectedBy: r.watcher.id, via: r.via };
+      const envelope = { event: 'agent_down', data, id: eventId, source: r.watcher.id, ts: r.now, den: r.watcher.den };
+      sealed = sealEnvelope(envelope, channel, r.keys);
+    }
+    const [won, detail, state] = await withScripts(redis).agentdReapPeer(
+      denMembersKey(r.den),
+      REGISTRY_KEY,
+      r.id,
+      r.now,
+      r.den,
+      r.watcher.id,
+      r.watcher.den,
+      r.via,
+      eventId,
+      channel,
+      Math.max(0, Math.round(r.minAgeMs ?? 0)),
+      r.ghosts === true ? '1' : '0',
+      hadRecord,
+      record,
+      sealed,
+      r.missingForMs === undefined || r.missingForMs >= (r.minAgeMs ?? 0) ? '1' : '0',
+    );
+    if (won === 1) return { reaped: true, envelope: detail, record: state === 'marked' || state === 'kept' ? state : 'none' };
+    if (won === 2) return { reaped: false, reason: 'ghost' };
+    if (detail === 'changed' && attempt < 2) continue;
+    return { reaped: false, reason: detail === 'alive' || detail === 'fresh' || detail === 'changed' || detail === 'unsure' ? detail : 'absent' };
+  }
 }
 
 export type LeaveOutcome = { readonly left: true } | { readonly left: false; readonly owner: string };

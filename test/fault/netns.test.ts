@@ -141,6 +141,8 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
     d = spawnAgentd(['run'], {
       env: {
         AGENTD_REDIS_URL: `redis://${NS_IP}:${port}/0`,
+        // A test namespace address, not loopback: plain redis:// must be allowed explicitly (redis.tls.required).
+        AGENTD_REDIS_TLS_REQUIRED: 'false',
         AGENTD_AGENT_ID: id,
         AGENTD_DEN: uniqueId('nsden'),
         AGENTD_HEARTBEAT_TTL: '6',

@@ -23,6 +23,8 @@ export interface StartRedisOptions {
   args?: string[];
   /** Serve TLS only (plain port disabled). */
   tls?: TlsServerFiles;
+  /** With tls: require client certificates (--tls-auth-clients yes); the helper's own clients present the server's certificate, which is also valid for client auth. */
+  tlsAuthClients?: boolean;
   /** The test needs kill/start/pause/resume: never use an external server. */
   requireControl?: boolean;
 }
@@ -119,6 +121,8 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 interface TlsClientConfig {
   ca: Buffer;
   servername: string;
+  cert?: Buffer;
+  key?: Buffer;
 }
 
 /**
@@ -130,7 +134,7 @@ function pingOnce(host: string, port: number, tls: TlsClientConfig | undefined, 
     let settled = false;
     let buf = '';
     const sock: Socket = tls
-      ? tlsConnect({ host, port, ca: tls.ca, servername: tls.servername })
+      ? tlsConnect({ host, port, ...tls })
       : netConnect({ host, port });
     const done = (ok: boolean): void => {
       if (settled) return;
@@ -270,6 +274,10 @@ class LocalRedis extends BaseRedis {
     this.logFile = join(dir, 'redis.log');
     this.opts = opts;
     this.tlsClient = tlsClientConfig(opts.tls);
+    if (this.tlsClient && opts.tls && opts.tlsAuthClients) {
+      this.tlsClient.cert = readFileSync(opts.tls.serverCert);
+      this.tlsClient.key = readFileSync(opts.tls.serverKey);
+    }
   }
 
   static async launch(opts: StartRedisOptions): Promise<LocalRedis> {
@@ -309,7 +317,7 @@ class LocalRedis extends BaseRedis {
           '--bind', '127.0.0.1', '-::1',
           '--port', '0', '--tls-port', p,
           '--tls-cert-file', tls.serverCert, '--tls-key-file', tls.serverKey,
-          '--tls-ca-cert-file', tls.caCert, '--tls-auth-clients', 'no',
+          '--tls-ca-cert-file', tls.caCert, '--tls-auth-clients', this.opts.tlsAuthClients ? 'yes' : 'no',
         ]
       : ['--bind', '127.0.0.1', '--port', p];
     return [...listen, ...common, ...(this.opts.args ?? [])];

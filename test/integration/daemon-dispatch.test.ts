@@ -221,7 +221,11 @@ describe('dispatch', () => {
     await until(() => seen.length === 2, 'the valid event');
     expect(seen[1]!.event).toBe('valid');
     expect(dropped.map((d) => d.reason)).toEqual(['not_json', 'not_object', 'no_event', 'too_large', 'forbidden_key']);
-    expect(t.daemon.stats().invalid).toEqual({ not_json: 1, not_object: 1, no_event: 1, too_large: 1, forbidden_key: 1, too_deep: 0, intake_error: 0 });
+    expect(t.daemon.stats().invalid).toEqual({
+      not_json: 1, not_object: 1, no_event: 1, too_large: 1, forbidden_key: 1, too_deep: 0, intake_error: 0,
+      // The trust checks (issue 12): none of these messages is refused by them (signing off, types on their own channels).
+      channel_mismatch: 0, unsigned: 0, bad_signature: 0, unknown_key: 0, stale: 0, replayed: 0,
+    });
     const lines = t.lines.filter((l) => l['code'] === 'AGENTD_ERR_BAD_EVENT');
     expect(lines).toHaveLength(5);
     for (const l of lines) {

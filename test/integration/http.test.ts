@@ -75,7 +75,8 @@ describe('health and metrics endpoint', () => {
     for (let i = 0; i < 7; i++) await pub.publish('agent:events:job', JSON.stringify({ event: 'job', data: i }));
     for (let i = 0; i < 2; i++) await pub.publish('agent:events:boom', JSON.stringify({ event: 'boom', data: i }));
     await pub.publish('agent:events:job', 'not json');
-    await pub.publish('agent:events:whatever', JSON.stringify({ event: 'random-type-from-the-network', data: 1 }));
+    // On its own channel: on another type's channel it would be refused as channel_mismatch (issue 12).
+    await pub.publish('agent:events:random-type-from-the-network', JSON.stringify({ event: 'random-type-from-the-network', data: 1 }));
     await until(() => calls === 7 && t.daemon.stats().failed === 2 && t.daemon.stats().invalid.not_json === 1 && t.daemon.stats().unhandled >= 1, 'all events handled');
     const after = await (await fetch(`${t.base}/metrics`)).text();
     const delta = (name: string, labels: Record<string, string> = {}) => (sample(after, name, labels) ?? 0) - (sample(before, name, labels) ?? 0);

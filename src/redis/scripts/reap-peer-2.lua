@@ -21,10 +21,15 @@
   and cannot encode 1e999. A record it cannot rewrite exactly is left byte for
   byte; the agent still leaves its den and agent_down is still published.
 
+  The heartbeat key is not a declared key: it is built here from the id
+  (agent:<id>:heartbeat) and only read (EXISTS). Redis checks declared keys
+  of EVAL for read AND write access, so declaring it would make a per-agent
+  ACL user (docs/security.md) need write access to every peer's heartbeat;
+  undeclared, a read-only grant (%R~agent:*:heartbeat) is enough.
+
   Input:
-    KEYS[1] heartbeat key    agent:<id>:heartbeat
-    KEYS[2] den set          den:<den>:online_agents
-    KEYS[3] registry hash    global:agent_registry
+    KEYS[1] den set          den:<den>:online_agents
+    KEYS[2] registry hash    global:agent_registry
     ARGV[1] agent id
     ARGV[2] now, unix ms (becomes downAt and the event's ts)
     ARGV[3] den of the dead agent
@@ -35,9 +40,17 @@
     ARGV[8] channel to publish agent_down on
     ARGV[9] minimum age of the record's lastSeen, ms (the watcher's heartbeat TTL; the
             record's own heartbeatTtl, in seconds, when it is shorter)
-    ARGV[10] '1' when the watcher has itself seen the heartbeat key missing for at least
-            ARGV[9] ms: the second signal for a member without a credible lastSeen (no record,
-            a record that is not an object, a registry that was deleted or evicted); default '1'
+    ARGV[10] '1': no ghosts — a member whose registry record agentd did not write (absent,
+             not a JSON object, no string "instance", or another "id") is removed from the
+             den quietly: no agent_down, no record change (security.signing=require)
+    ARGV[11] '1' when the caller read a registry record, '0' when it read none (with ARGV[13])
+    ARGV[12] the record the caller read (with ARGV[13])
+    ARGV[13] a signed agent_down envelope built by the caller from that record (empty: build
+             it here, unsigned). Published instead of the script's own, and only if the
+             record is still the one the caller read; otherwise {0, 'changed'}.
+    ARGV[14] '1' when the watcher has itself seen the heartbeat key missing for at least
+             ARGV[9] ms: the second signal for a member without a credible lastSeen (no record,
+             a record that is not an object, a registry that was deleted or evicted); default '1'
 
   Output:
     {1, envelope, 'marked'|'kept'|'none'}  this caller reaped the agent and published envelope;
@@ -45,14 +58,35 @@
     {0, 'alive'}   the heartbeat key exists: nothing done
     {0, 'absent'}  not in the den (it left, or another watcher reaped it)
     {0, 'fresh'}   heartbeat key gone but lastSeen is recent: deleted, not expired; nothing done
-    {0, 'unsure'}  no credible lastSeen and ARGV[10] is not '1': not yet; nothing done
+    {0, 'unsure'}  no credible lastSeen and ARGV[14] is not '1': not yet; nothing done
+    {0, 'changed'} the registry record is not the one the signed envelope was built from: nothing done
+    {2, 'ghost'}   (ARGV[10] = '1') a member without an agentd record: removed from the den, nothing announced
 ]]
 local id = ARGV[1]
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('EXISTS', 'agent:' .. id .. ':heartbeat') == 1 then
   return {0, 'alive'}
 end
-if redis.call('SISMEMBER', KEYS[2], id) == 0 then
+if redis.call('SISMEMBER', KEYS[1], id) == 0 then
   return {0, 'absent'}
+end
+local raw = redis.call('HGET', KEYS[2], id)
+if ARGV[10] == '1' then
+  local agentd = false
+  if raw and string.match(raw, '^%s*{') then
+    local ok, rec = pcall(cjson.decode, raw)
+    agentd = ok and type(rec) == 'table' and type(rec['instance']) == 'string' and rec['id'] == id
+  end
+  if not agentd then
+    -- The only write: SREM, which Redis allows over maxmemory.
+    redis.call('SREM', KEYS[1], id)
+    return {2, 'ghost'}
+  end
+end
+local sealed = ARGV[13]
+if sealed == nil or sealed == '' then
+  sealed = nil
+elseif (ARGV[11] == '1') ~= (raw ~= false) or (raw and raw ~= ARGV[12]) then
+  return {0, 'changed'}
 end
 local now = tonumber(ARGV[2])
 local minAge = tonumber(ARGV[9]) or 0
@@ -81,7 +115,6 @@ local lastSeen = cjson.null
 local rewritten = nil
 local recordState = 'none'
 local credible = false
-local raw = redis.call('HGET', KEYS[3], id)
 if raw then
   recordState = 'kept'
   local ok, record = pcall(cjson.decode, raw)
@@ -119,7 +152,7 @@ if raw then
   end
 end
 
-if not credible and (ARGV[10] or '1') ~= '1' then
+if not credible and (ARGV[14] or '1') ~= '1' then
   return {0, 'unsure'}
 end
 
@@ -131,11 +164,13 @@ if not okEnvelope then
   envelope = cjson.encode({ event = 'agent_down', data = data, id = ARGV[7], source = ARGV[4], ts = now, den = ARGV[5] })
 end
 
+if sealed then envelope = sealed end
+
 -- Writes only from here on. HSET first: over maxmemory it is refused before anything changed.
 if rewritten then
-  redis.call('HSET', KEYS[3], id, rewritten)
+  redis.call('HSET', KEYS[2], id, rewritten)
   recordState = 'marked'
 end
-redis.call('SREM', KEYS[2], id)
+redis.call('SREM', KEYS[1], id)
 redis.call('PUBLISH', ARGV[8], envelope)
 return {1, envelope, recordState}

@@ -1,0 +1,124 @@
+/**
+ * Issue 12, done-when: with security.signing=require every forgery is refused
+ * and counted — a forged agent_down / agent_offline for a live agent, a ghost
+ * SADDed into a den, an event type on another type's channel, a replay — and
+ * a real death is still announced once and accepted by every peer. With
+ * signing off, behaviour is today's (a forged agent_down is dispatched).
+ */
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import type { AgentEvent } from '../../src/bus/envelope.ts';
+import { definePlugin } from '../../src/plugins/types.ts';
+import { makeDaemon, redisSuite, uid, until, type TestDaemon } from '../helpers/inproc.ts';
+import { newSecret, writeKeysFile } from '../helpers/keys.ts';
+
+const suite = redisSuite();
+
+const fast = { heartbeat: { ttl: 2, interval: 0.5 }, watch: { sweepInterval: 0.2, notifications: 'off' as const } };
+
+function member(den: string, signing: 'off' | 'require', keysFile: string): { t: TestDaemon; seen: AgentEvent[] } {
+  const seen: AgentEvent[] = [];
+  const t = makeDaemon(suite.redis.url, { ...fast, agent: { den }, security: { signing, keysFile: signing === 'off' ? '' : keysFile } }, [
+    definePlugin({ name: 'rec', handlers: { '*': (e) => void seen.push(e) } }),
+  ]);
+  return { t, seen };
+}
+
+async function metricValue(t: TestDaemon, name: string, labels = ''): Promise<number> {
+  const text = await t.daemon.metrics.registry.metrics();
+  const line = text.split('\n').find((l) => l.startsWith(`${name}${labels}`) && !l.startsWith('#'));
+  return line === undefined ? 0 : Number(line.split(' ').pop());
+}
+
+describe('trust on a shared Redis (security.signing=require)', () => {
+  it('refuses and counts every forgery; a real death is announced once and accepted by every peer', async () => {
+    const secret = newSecret();
+    const keys = writeKeysFile([['k1', secret]]);
+    const den = uid('den');
+    const raw: Array<{ channel: string; message: string }> = [];
+    const listener = suite.redis.client();
+    listener.on('pmessage', (_p: string, channel: string, message: string) => raw.push({ channel, message }));
+    await listener.psubscribe('agent:events:*');
+
+    const peers = [member(den, 'require', keys), member(den, 'require', keys), member(den, 'require', keys)];
+    for (const p of peers) await suite.start(p.t);
+    const [a, b] = peers as [(typeof peers)[0], (typeof peers)[0]];
+    const bId = b.t.config.agent.id;
+    const lastId = peers[2]!.t.config.agent.id;
+    await until(() => peers.every((p) => p.seen.some((e) => e.event === 'agent_online' && (e.data as { agent: string }).agent === lastId)), 'the last agent_online seen by every peer');
+
+    // 1. redis-cli style forgeries for a live agent.
+    const forged = (event: string) => JSON.stringify({ event, data: { agent: bId, den, host: 'x', lastSeen: 1, detectedBy: 'evil', via: 'sweep' }, id: uid('f'), source: 'evil', ts: Date.now(), den });
+    await suite.cmd.publish('agent:events:agent_down', forged('agent_down'));
+    await suite.cmd.publish('agent:events:agent_offline', forged('agent_offline'));
+    // A signature that does not match (a made-up MAC).
+    const fake = forged('agent_down');
+    await suite.cmd.publish('agent:events:agent_down', `${fake.slice(0, -1)},"sig":"v1,k1,${randomBytes(32).toString('base64')}"}`);
+    // 2. An event type on another type's channel.
+    await suite.cmd.publish('agent:events:task_done', forged('agent_down'));
+    // 3. A replay of a genuine signed message.
+    // (the last agent's agent_online: every peer was subscribed when it went out)
+    const genuine = raw.find((m) => m.channel === 'agent:events:agent_online' && m.message.includes(`"agent":"${lastId}"`))!;
+    await suite.cmd.publish(genuine.channel, genuine.message);
+    // 4. A ghost in the den (no registry record written by agentd).
+    const ghost = uid('ghost');
+    await suite.cmd.sadd(`den:${den}:online_agents`, ghost);
+
+    await until(() => peers.every((p) => {
+      const inv = p.t.daemon.stats().invalid;
+      return inv.unsigned === 2 && inv.bad_signature === 1 && inv.channel_mismatch === 1 && inv.replayed === 1;
+    }), 'each forgery refused by every peer').catch((err: unknown) => {
+      throw new Error(`${String(err)}: ${JSON.stringify(peers.map((p) => p.t.daemon.stats().invalid))}`);
+    });
+    await until(async () => (await suite.cmd.sismember(`den:${den}:online_agents`, ghost)) === 0, 'the ghost removed');
+    const ghostRemovals = await Promise.all(peers.map((p) => metricValue(p.t, 'agentd_ghosts_removed_total')));
+    expect(ghostRemovals.reduce((x, y) => x + y, 0)).toBe(1);
+    expect(peers.some((p) => p.t.lines.some((l) => /a ghost/.test(String(l.msg)) && l['peer'] === ghost))).toBe(true);
+
+    // 5. A real death: an agentd-written record, long silent, heartbeat gone.
+    const dead = uid('dead');
+    await suite.cmd.hset('global:agent_registry', dead, JSON.stringify({ id: dead, den, host: 'dead-host', pid: 1, version: 'x', startedAt: 1, status: 'online', lastSeen: Date.now() - 60_000, instance: 'abcd', heartbeatTtl: 2 }));
+    await suite.cmd.sadd(`den:${den}:online_agents`, dead);
+    await until(() => peers.every((p) => p.seen.some((e) => e.event === 'agent_down' && (e.data as { agent: string }).agent === dead)), 'the real agent_down accepted by every peer');
+    await new Promise((r) => setTimeout(r, 600)); // several more sweeps
+    expect(raw.filter((m) => m.channel === 'agent:events:agent_down' && m.message.includes(`"agent":"${dead}"`))).toHaveLength(1);
+    for (const p of peers) {
+      // Nothing forged reached a plugin: agent_down of the dead agent only, no agent_offline at all.
+      expect(p.seen.filter((e) => e.event === 'agent_down').map((e) => (e.data as { agent: string }).agent)).toEqual([dead]);
+      expect(p.seen.filter((e) => e.event === 'agent_offline')).toEqual([]);
+      expect(p.seen.filter((e) => e.channel === 'agent:events:task_done')).toEqual([]);
+      expect(await metricValue(p.t, 'agentd_agents_down_total')).toBe(1);
+      expect(await metricValue(p.t, 'agentd_events_untrusted_total', '{reason="unsigned"}')).toBe(2);
+      expect(await metricValue(p.t, 'agentd_events_dropped_total', '{event="invalid",reason="channel_mismatch"}')).toBe(1);
+      // The secret appears in no log line and no metric.
+      expect(JSON.stringify(p.t.lines)).not.toContain(secret);
+      expect(await p.t.daemon.metrics.registry.metrics()).not.toContain(secret);
+    }
+    expect(await suite.cmd.sismember(`den:${den}:online_agents`, bId)).toBe(1);
+    expect(a.t.daemon.stats().invalid.stale).toBe(0);
+    listener.disconnect();
+  });
+
+  it('with signing off, behaviour is today\'s: a forged agent_down is dispatched and counted; a ghost is announced', async () => {
+    const den = uid('den');
+    const p = member(den, 'off', '');
+    await suite.start(p.t);
+    await suite.cmd.publish('agent:events:agent_down', JSON.stringify({ event: 'agent_down', data: { agent: 'someone', den } }));
+    await until(() => p.seen.some((e) => e.event === 'agent_down'), 'the forged agent_down dispatched');
+    const ghost = uid('ghost');
+    await suite.cmd.sadd(`den:${den}:online_agents`, ghost);
+    await until(() => p.seen.some((e) => e.event === 'agent_down' && (e.data as { agent: string }).agent === ghost), 'the ghost announced as before');
+    expect(p.t.daemon.stats().invalid.unsigned).toBe(0);
+  });
+
+  it('warn: counts and logs an unsigned message but dispatches it', async () => {
+    const keys = writeKeysFile([['k1', newSecret()]]);
+    const seen: AgentEvent[] = [];
+    const t = await suite.start(makeDaemon(suite.redis.url, { security: { signing: 'warn', keysFile: keys } }, [definePlugin({ name: 'rec', handlers: { hello: (e) => void seen.push(e) } })]));
+    await suite.cmd.publish('agent:events:hello', JSON.stringify({ event: 'hello', data: 1 }));
+    await until(() => seen.length === 1, 'the unsigned event dispatched');
+    expect(await metricValue(t, 'agentd_events_untrusted_total', '{reason="unsigned"}')).toBe(1);
+    expect(t.daemon.stats().invalid.unsigned).toBe(0);
+    expect(t.lines.some((l) => l['code'] === 'AGENTD_ERR_BAD_EVENT' && l['reason'] === 'unsigned' && l.level === 'warn')).toBe(true);
+  });
+});

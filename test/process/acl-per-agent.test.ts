@@ -1,0 +1,121 @@
+/**
+ * Issue 12, item 4: least-privilege users per agent. `agentd acl --agent ID
+ * --den DEN` prints one ACL SETUSER line per agent; a den of three real
+ * `agentd run` processes, each logged in as its own user (and signing with
+ * security.signing=require), works — presence, a death detected and reaped,
+ * announced once and accepted by both survivors — and each user is refused
+ * (NOPERM) when it writes another agent's heartbeat or memory.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { newSecret, writeKeysFile } from '../helpers/keys.ts';
+import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { RECORDER, collectMessages, hasMsg, keys, readRecords, uniqueId, waitFor } from './util.ts';
+
+const run = promisify(execFile);
+const PASSWORDS = ['pw-agent-one-8f3a', 'pw-agent-two-1c9d', 'pw-agent-three-77e0'];
+
+describe('one least-privilege Redis user per agent', () => {
+  let redis: TestRedis;
+  let tmp: string;
+  const daemons: DaemonProcess[] = [];
+
+  beforeAll(async () => {
+    redis = await startRedis({ requireControl: true });
+    tmp = await mkdtemp(join(tmpdir(), 'agentd-acl3-'));
+  });
+  afterAll(async () => {
+    await Promise.all(daemons.map((d) => d.stop()));
+    await redis?.stop();
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  const cli = async (user: string, password: string, ...args: string[]): Promise<string> => {
+    const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), '--user', user, '--pass', password, '--no-auth-warning', ...args]);
+    return stdout.trim();
+  };
+
+  it('three agents as three users: presence, a reaped death, and NOPERM on each other\'s keys', { timeout: 90_000 }, async () => {
+    const admin = redis.client();
+    const den = uniqueId('acl3den');
+    const ids = [uniqueId('u1'), uniqueId('u2'), uniqueId('u3')];
+    const secret = newSecret();
+    const keysFile = writeKeysFile([['k1', secret]], tmp);
+    for (const [i, id] of ids.entries()) {
+      const res = await runAgentd(['acl', '--agent', id, '--den', den], { timeoutMs: 15_000 });
+      expect(res.code).toBe(0);
+      const words = res.stdout.trim().split(' ');
+      expect(words.slice(0, 3)).toEqual(['ACL', 'SETUSER', `agent-${id}`]);
+      await admin.call('ACL', 'SETUSER', `agent-${id}`, ...words.slice(3).map((w) => (w === '>PASSWORD' ? `>${PASSWORDS[i]}` : w)));
+    }
+    const downs = await collectMessages(redis.client(), keys.channel('agent_down'));
+    const files = ids.map((id) => join(tmp, `${id}.jsonl`));
+    for (const [i, id] of ids.entries()) {
+      const d = spawnAgentd(['run'], {
+        env: {
+          AGENTD_REDIS_URL: `redis://agent-${id}:${PASSWORDS[i]}@127.0.0.1:${redis.port}/0`,
+          AGENTD_AGENT_ID: id,
+          AGENTD_DEN: den,
+          AGENTD_PLUGINS: RECORDER,
+          RECORD_FILE: files[i]!,
+          AGENTD_HEARTBEAT_TTL: '2',
+          AGENTD_HEARTBEAT_INTERVAL: '0.5',
+          AGENTD_WATCH_SWEEP_INTERVAL: '0.3',
+          AGENTD_SECURITY_SIGNING: 'require',
+          AGENTD_SECURITY_KEYS_FILE: keysFile,
+        },
+      });
+      daemons.push(d);
+    }
+    await Promise.all(daemons.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    expect((await admin.smembers(keys.den(den))).sort()).toEqual([...ids].sort());
+
+    // Each user is refused on another agent's heartbeat and memory; its own keys and reading peers' heartbeats work.
+    const [a, b] = ids as [string, string, string];
+    expect(await cli(`agent-${a}`, PASSWORDS[0]!, 'SET', keys.heartbeat(b), '1')).toMatch(/^NOPERM/);
+    expect(await cli(`agent-${a}`, PASSWORDS[0]!, 'SET', `agent:${b}:memory:notes`, 'x')).toMatch(/^NOPERM/);
+    expect(await cli(`agent-${a}`, PASSWORDS[0]!, 'DEL', `agent:${b}:session:s1:messages`)).toMatch(/^NOPERM/);
+    expect(await cli(`agent-${b}`, PASSWORDS[1]!, 'EXPIRE', keys.heartbeat(a), '1')).toMatch(/^NOPERM/);
+    expect(await cli(`agent-${a}`, PASSWORDS[0]!, 'SADD', keys.den('another-den'), 'ghost')).toMatch(/^NOPERM/);
+    expect(await cli(`agent-${a}`, PASSWORDS[0]!, 'SET', `agent:${a}:memory:notes`, 'mine')).toBe('OK');
+    expect(await cli(`agent-${a}`, PASSWORDS[0]!, 'EXISTS', keys.heartbeat(b))).toBe('1');
+    expect(await admin.exists(keys.heartbeat(b))).toBe(1);
+
+    // A real death: the third agent is killed; a survivor reaps it as its own ACL user.
+    const victim = ids[2]!;
+    daemons[2]!.signal('SIGKILL');
+    await waitFor('the killed agent announced down', () => downs.some((m) => (m.json?.['data'] as { agent?: string } | undefined)?.agent === victim), 15_000);
+    await waitFor('both survivors accepted the signed agent_down', () => files.slice(0, 2).every((f) => readRecords(f).some((r) => r.event === 'agent_down' && (r.data as { agent?: string }).agent === victim)), 5_000);
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(downs.filter((m) => (m.json?.['data'] as { agent?: string } | undefined)?.agent === victim)).toHaveLength(1);
+    expect((await admin.smembers(keys.den(den))).sort()).toEqual([a, b].sort());
+    for (const d of daemons.slice(0, 2)) {
+      expect(d.logs.filter(hasMsg(/NOPERM|refused/))).toEqual([]);
+      const all = [...d.logs.map((l) => JSON.stringify(l)), ...d.stderr].join('\n');
+      expect(all).not.toContain(secret);
+      for (const pw of PASSWORDS) expect(all).not.toContain(pw);
+    }
+  });
+
+  it('--cli prints a read-only user: `agentd members` works with it, writes are refused', { timeout: 30_000 }, async () => {
+    const admin = redis.client();
+    const res = await runAgentd(['acl', '--cli'], { timeoutMs: 15_000 });
+    expect(res.code).toBe(0);
+    const words = res.stdout.trim().split(' ');
+    expect(words.slice(0, 3)).toEqual(['ACL', 'SETUSER', 'agentd-cli']);
+    await admin.call('ACL', 'SETUSER', 'agentd-cli', ...words.slice(3).map((w) => (w === '>PASSWORD' ? '>cli-pw-5521' : w)));
+    const den = uniqueId('clid');
+    await admin.sadd(keys.den(den), 'x1');
+    const members = await runAgentd(['members', '--den', den], { env: { AGENTD_REDIS_URL: `redis://agentd-cli:cli-pw-5521@127.0.0.1:${redis.port}/0` }, timeoutMs: 15_000 });
+    expect(members.code).toBe(0);
+    expect(members.stdout).toContain('x1');
+    expect(`${members.stdout}${members.stderr}`).not.toContain('cli-pw-5521');
+    expect(await cli('agentd-cli', 'cli-pw-5521', 'SET', 'agent:x1:heartbeat', '1')).toMatch(/^NOPERM/);
+    expect(await cli('agentd-cli', 'cli-pw-5521', 'PUBLISH', 'agent:events:agent_down', '{}')).toMatch(/^NOPERM/);
+  });
+});
