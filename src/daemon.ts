@@ -178,6 +178,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         massDeathShare: config.watch.massDeathShare,
         massDeathMin: config.watch.massDeathMin,
         massDeathHoldMs: config.watch.massDeathHold * 1000,
+        sweeper: config.watch.sweeper,
       });
       this.#watcher.on('down', (down) => this.emit('peerDown', down));
     }
@@ -523,6 +524,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     }
     await step('plugins', async () => this.#plugins?.close());
     this.#presence.stop();
+    await step('sweeper lease', async () => this.#watcher?.releaseLeases());
     // Whatever start got to: leave() undoes a join that wrote anything, and is a no-op otherwise.
     await step('leave', () => this.#presence.leave());
     await step('disconnect', () => this.#connections.close());

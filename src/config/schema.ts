@@ -169,6 +169,13 @@ export const schema = {
       env: 'AGENTD_WATCH_MASS_DEATH_HOLD',
       arg: 'watch-mass-death-hold',
     },
+    sweeper: {
+      doc: 'Who sweeps a den: lease (one member at a time, chosen by the den:<den>:sweeper lease, so watching costs Redis linear work in the den size) or every (every watcher sweeps every interval, quadratic; what agentd did before the lease).',
+      format: ['lease', 'every'],
+      default: 'lease',
+      env: 'AGENTD_WATCH_SWEEPER',
+      arg: 'watch-sweeper',
+    },
   },
   events: {
     patterns: {
@@ -373,6 +380,7 @@ export interface AgentdConfig {
     readonly massDeathShare: number;
     readonly massDeathMin: number;
     readonly massDeathHold: number;
+    readonly sweeper: 'lease' | 'every';
   };
   readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number; readonly maxDepth: number };
   readonly queue: {

@@ -4,7 +4,8 @@ import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, agentOfHeartbeatKey, keyOfKeyspaceChannel } from '../redis/keys.ts';
-import { reapAgent, sweepDen } from '../redis/scripts.ts';
+import { randomBytes } from 'node:crypto';
+import { reapAgent, sampleDen, sweepDen, sweeperLease } from '../redis/scripts.ts';
 import type { RegistryRecord } from './presence.ts';
 
 export type Detector = 'expiry' | 'sweep';
@@ -65,6 +66,16 @@ export interface PeerWatcherOptions {
   readonly massDeathMin?: number;
   /** Ms after which a hold that still stands is released and the dead are reaped (0: hold until it clears). */
   readonly massDeathHoldMs?: number;
+  /**
+   * Who sweeps: 'lease' (default) — only the holder of the den's sweeper
+   * lease, so a den costs one sweep per interval whatever its size; 'every' —
+   * every watcher sweeps every interval (the old behaviour, O(N²) per den).
+   */
+  readonly sweeper?: 'lease' | 'every';
+  /** Lease length, ms (default 3 × sweepIntervalMs): a dead holder is replaced within it. */
+  readonly leaseMs?: number;
+  /** Members sampled by the expiry path's mass-death check (default 32; a smaller den is counted exactly). */
+  readonly expirySample?: number;
 }
 
 function parseRecord(raw: string | null | undefined): Partial<RegistryRecord> {
@@ -98,10 +109,37 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   /** Expired heartbeats waiting for the den check, by den (coalesced, so a burst costs one sweep per den). */
   readonly #pendingExpiry = new Map<string, Set<string>>();
   #expiryTimer: NodeJS.Timeout | undefined;
+  /** This watcher's lease token: agent id and a random part, so a twin with the same id is another holder. */
+  readonly #token: string;
+  /** Dens whose sweeper lease this watcher held at its last tick. */
+  readonly #leases = new Set<string>();
+  /** Sweeps this watcher ran (one per den per tick it swept). */
+  sweeps = 0;
+  /** Unix ms until which nobody is reaped (a grace after a reconnect or a failover). */
+  #graceUntil = 0;
 
   constructor(options: PeerWatcherOptions) {
     super();
     this.#o = options;
+    this.#token = `${options.agent.id} ${randomBytes(6).toString('hex')}`;
+  }
+
+  get #leaseMs(): number {
+    return this.#o.leaseMs ?? 3 * this.#o.sweepIntervalMs;
+  }
+
+  /** Dens whose sweeper lease this watcher holds (as of its last tick). */
+  get leases(): readonly string[] {
+    return [...this.#leases];
+  }
+
+  /**
+   * Reaps nobody for `ms` from now (a reconnect or a failover: the promoted
+   * replica may lack the latest beats; every live agent beats again within
+   * one heartbeat interval of its own reconnect).
+   */
+  graceFor(ms: number): void {
+    this.#graceUntil = Math.max(this.#graceUntil, Date.now() + ms);
   }
 
   get #allDens(): boolean {
@@ -129,12 +167,25 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     clearTimeout(this.#expiryTimer);
   }
 
+  /** Gives up the leases this watcher holds (graceful stop), so another member takes over at once. */
+  async releaseLeases(): Promise<void> {
+    const dens = [...this.#leases];
+    this.#leases.clear();
+    if (this.#o.redis.status !== 'ready') return;
+    await Promise.all(dens.map((den) => sweeperLease(this.#o.redis, den, this.#token, 0).catch(() => undefined)));
+  }
+
   #schedule(ms: number): void {
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
-      void this.sweep().finally(() => {
-        if (!this.#stopped) this.#schedule(this.#nextDelay());
-      });
+      void this.tick().then(
+        (next) => {
+          if (!this.#stopped) this.#schedule(next);
+        },
+        () => {
+          if (!this.#stopped) this.#schedule(this.#nextDelay());
+        },
+      );
     }, ms);
     this.#timer.unref();
   }
@@ -200,16 +251,23 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     const batch = [...this.#pendingExpiry];
     this.#pendingExpiry.clear();
     if (this.#stopped || !this.#healthy()) return;
+    if (this.#inGrace()) return;
     for (const [den, ids] of batch) {
       try {
-        const found = await sweepDen(this.#o.redis, den);
-        const missing = found.missing.filter((id) => id !== this.#o.agent.id);
-        if (this.#brake(den, found.members, missing.length)) continue;
-        for (const id of missing) if (ids.has(id)) await this.#reap(id, den, 'expiry');
+        // The mass-death check from a sample of the den: O(sample) per watcher per expiry, so
+        // N watchers reacting to one death cost O(N) in all, not O(N²) as a full sweep each would.
+        const sample = await sampleDen(this.#o.redis, den, this.#o.expirySample ?? 32);
+        const missing = sample.sampled === 0 ? 0 : Math.round((sample.missing / sample.sampled) * sample.members);
+        if (this.#brake(den, sample.members, Math.max(missing, 0))) continue;
+        for (const id of ids) await this.#reap(id, den, 'expiry');
       } catch (err) {
         this.#o.log.debug({ peerDen: den, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
       }
     }
+  }
+
+  #inGrace(): boolean {
+    return Date.now() < this.#graceUntil;
   }
 
   /** Local health first: false (and one log line per episode) while our own presence writes fail. */
@@ -275,8 +333,49 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     return [...dens];
   }
 
-  /** One pass over the watched dens: one script call per den, one reap per dead member. */
-  async sweep(): Promise<SweepResult | undefined> {
+  /**
+   * One timer turn: with sweeper 'lease', takes or renews the lease of each
+   * watched den and sweeps the dens it holds; with 'every', sweeps them all.
+   * Resolves with the ms until the next turn: a watcher that holds no lease
+   * comes back when the holder's lease would lapse (so a dead holder is
+   * replaced within the lease), one that holds one after the sweep interval.
+   */
+  async tick(): Promise<number> {
+    if (this.#o.redis.status !== 'ready') return this.#nextDelay();
+    if ((this.#o.sweeper ?? 'lease') === 'every') {
+      await this.sweep();
+      return this.#nextDelay();
+    }
+    const dens = await this.#densToSweep();
+    const mine: string[] = [];
+    let next = this.#leaseMs;
+    // An unhealthy watcher neither takes nor keeps a lease: a healthy member takes over.
+    const healthy = this.#healthy();
+    for (const den of dens) {
+      if (!healthy) {
+        if (this.#leases.delete(den)) await sweeperLease(this.#o.redis, den, this.#token, 0).catch(() => undefined);
+        continue;
+      }
+      const lease = await sweeperLease(this.#o.redis, den, this.#token, this.#leaseMs);
+      if (lease.held) {
+        if (!this.#leases.has(den)) this.#o.log.debug({ peerDen: den }, 'took the sweeper lease of the den');
+        this.#leases.add(den);
+        mine.push(den);
+        next = Math.min(next, this.#nextDelay());
+      } else {
+        this.#leases.delete(den);
+        // Not ours: a holder that beats us renews it; back when it would lapse (plus jitter).
+        const lapse = lease.pttlMs > 0 ? lease.pttlMs : this.#o.sweepIntervalMs;
+        next = Math.min(next, lapse + Math.random() * 0.1 * this.#o.sweepIntervalMs);
+      }
+    }
+    for (const den of [...this.#leases]) if (!dens.includes(den)) this.#leases.delete(den);
+    if (mine.length > 0) await this.sweep(mine);
+    return Math.max(next, 10);
+  }
+
+  /** One pass over the watched dens (or `only` these): one script call per den, one reap per dead member. */
+  async sweep(only?: readonly string[]): Promise<SweepResult | undefined> {
     if (this.#sweeping || this.#o.redis.status !== 'ready') return undefined;
     this.#sweeping = true;
     const t0 = performance.now();
@@ -284,9 +383,10 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     let missing = 0;
     let reaped = 0;
     try {
-      const dens = await this.#densToSweep();
-      const healthy = this.#healthy();
+      const dens = only ? [...only] : await this.#densToSweep();
+      const healthy = this.#healthy() && !this.#inGrace();
       for (const den of dens) {
+        this.sweeps++;
         const found = await sweepDen(this.#o.redis, den);
         members += found.members;
         // Our own beat will put us back.
