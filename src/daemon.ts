@@ -5,6 +5,7 @@ import { Dispatcher, type DrainResult, type DropReason, type HandlerFailedInfo }
 import { Intake, type IntakeReason } from './bus/intake.ts';
 import { publishEvent } from './bus/publish.ts';
 import { EventSubscriber } from './bus/subscriber.ts';
+import { exactEventChannels } from './bus/channels.ts';
 import type { AgentdConfig } from './config/schema.ts';
 import { AgentdError, describeError, isAgentdError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
@@ -402,6 +403,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     signal.throwIfAborted();
     this.#dispatcher.setBindings(this.#plugins.bindings());
     this.metrics.knowTypes(this.#dispatcher.types);
+    const exact = exactEventChannels(this.config.events, this.#plugins.bindings());
+    if (exact) this.#subscriber.useChannels(exact);
     await this.#subscriber.start(signal);
     signal.throwIfAborted();
 

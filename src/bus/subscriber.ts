@@ -49,6 +49,8 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   #stopped = false;
   #confirming = false;
   #probeWaiter: { token: string; resolve: () => void } | undefined;
+  /** Exact event channels to SUBSCRIBE to instead of PSUBSCRIBE-ing to `patterns` (see useChannels). */
+  #eventChannels: ReadonlySet<string> | undefined;
 
   constructor(options: EventSubscriberOptions) {
     super();
@@ -67,6 +69,9 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
       }
       options.channels?.get(channel)?.(message);
     });
+    subscriber.on('messageBuffer', (channel: Buffer, payload: Buffer) => {
+      if (this.#eventChannels?.has(channel.toString())) options.onMessage(channel, payload);
+    });
     subscriber.on('ready', () => void this.#confirm());
     subscriber.on('close', () => {
       if (!this.#confirmed) return;
@@ -77,6 +82,30 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
         this.emit('lost');
       }
     });
+  }
+
+  /**
+   * Subscribe to exactly these event channels (SUBSCRIBE) instead of the
+   * patterns (PSUBSCRIBE), from the next confirmation on: Redis then sends
+   * this daemon only the events it handles. Call before start().
+   */
+  useChannels(channels: readonly string[]): void {
+    this.#eventChannels = new Set(channels);
+  }
+
+  /** What the subscription covers: the exact channels, or the patterns. */
+  get subscribed(): { readonly channels?: readonly string[]; readonly patterns?: readonly string[] } {
+    return this.#eventChannels ? { channels: [...this.#eventChannels] } : { patterns: this.#o.patterns };
+  }
+
+  /** The patterns to PSUBSCRIBE to: the event patterns (unless exact channels replace them) and the listeners'. */
+  #patterns(): string[] {
+    return [...(this.#eventChannels ? [] : this.#o.patterns), ...(this.#o.patternListeners?.keys() ?? [])];
+  }
+
+  /** The channels to SUBSCRIBE to: the probe, the listeners' and the exact event channels. */
+  #channels(): string[] {
+    return [this.#o.probeChannel, ...(this.#o.channels?.keys() ?? []), ...(this.#eventChannels ?? [])];
   }
 
   get confirmed(): boolean {
@@ -118,19 +147,20 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   async #confirm(): Promise<void> {
     if (this.#confirming || this.#stopped) return;
     this.#confirming = true;
-    const { subscriber, command, patterns, probeChannel, log } = this.#o;
+    const { subscriber, command, log } = this.#o;
     try {
       while (!this.#stopped && subscriber.status === 'ready') {
         try {
-          await subscriber.psubscribe(...patterns, ...(this.#o.patternListeners?.keys() ?? []));
-          await subscriber.subscribe(probeChannel, ...(this.#o.channels?.keys() ?? []));
+          const psub = this.#patterns();
+          if (psub.length > 0) await subscriber.psubscribe(...psub);
+          await subscriber.subscribe(...this.#channels());
           if (await this.#probe(command)) {
             const gapMs = Date.now() - this.#lostAt;
             const again = this.#everConfirmed;
             this.#confirmed = true;
             this.#everConfirmed = true;
-            if (again) log.warn({ gapMs, patterns }, 'event subscription confirmed again; events published during the gap were missed');
-            else log.info({ patterns }, 'event subscription confirmed');
+            if (again) log.warn({ gapMs, ...this.subscribed }, 'event subscription confirmed again; events published during the gap were missed');
+            else log.info(this.subscribed, 'event subscription confirmed');
             this.emit('confirmed', { again, gapMs });
             return;
           }
@@ -165,11 +195,12 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#confirmed = false;
-    const { subscriber, patterns, probeChannel } = this.#o;
+    const { subscriber } = this.#o;
     if (subscriber.status !== 'ready') return;
+    const psub = this.#patterns();
     try {
       await Promise.race([
-        Promise.all([subscriber.punsubscribe(...patterns, ...(this.#o.patternListeners?.keys() ?? [])), subscriber.unsubscribe(probeChannel, ...(this.#o.channels?.keys() ?? []))]),
+        Promise.all([psub.length > 0 ? subscriber.punsubscribe(...psub) : undefined, subscriber.unsubscribe(...this.#channels())]),
         sleep(1_000),
       ]);
     } catch {

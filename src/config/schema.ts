@@ -185,6 +185,13 @@ export const schema = {
       env: 'AGENTD_EVENT_PATTERNS',
       arg: 'event-patterns',
     },
+    subscribe: {
+      doc: 'How to subscribe to events: auto (SUBSCRIBE to exactly the channels of the handled event types, plus agent_online/offline/down, when no plugin has a \'*\' handler and events.patterns is the default; otherwise PSUBSCRIBE to events.patterns) or pattern (always PSUBSCRIBE to events.patterns, receiving every event).',
+      format: ['auto', 'pattern'],
+      default: 'auto',
+      env: 'AGENTD_EVENT_SUBSCRIBE',
+      arg: 'event-subscribe',
+    },
     maxBytes: {
       doc: 'Largest message accepted on an event channel, in bytes; larger ones are dropped unread.',
       format: 'positive-int',
@@ -382,7 +389,7 @@ export interface AgentdConfig {
     readonly massDeathHold: number;
     readonly sweeper: 'lease' | 'every';
   };
-  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number; readonly maxDepth: number };
+  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number; readonly maxDepth: number; readonly subscribe: 'auto' | 'pattern' };
   readonly queue: {
     readonly concurrency: number;
     readonly max: number;

@@ -34,7 +34,7 @@ describe('intake under fuzzing', () => {
       seen.push(e);
     };
     const t = await suite.start(
-      makeDaemon(suite.redis.url, { events: { maxBytes: MAX_BYTES, maxDepth: MAX_DEPTH }, queue: { max: 100_000 } }, [
+      makeDaemon(suite.redis.url, { events: { maxBytes: MAX_BYTES, maxDepth: MAX_DEPTH, subscribe: 'pattern' }, queue: { max: 100_000 } }, [
         definePlugin({ name: 'fz', handlers: { fz: check } }),
         definePlugin({ name: 'probe', handlers: { fz_other: check } }),
       ]),
