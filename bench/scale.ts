@@ -8,11 +8,13 @@
  * rest as light members (the daemon's own Presence and PeerWatcher on shared
  * connections: the same Redis commands, without a connection pair each);
  * default heartbeat.ttl 60 s, interval 20 s, watch.sweepInterval 5 s.
- * 10 more members beat with ttl 6 s / interval 2 s; at the start of the
- * measured window they stop (as kill -9 would leave them) and the bench
- * times their agent_down. Measured over the window: Redis CPU (INFO
- * used_cpu_sys + used_cpu_user), commands/s (total_commands_processed) and
- * memory per agent (used_memory after the joins minus before, over N).
+ * 10 more members beat with ttl 6 s / interval 2 s. Measured over a steady
+ * window (nobody dies): Redis CPU (INFO used_cpu_sys + used_cpu_user),
+ * commands/s (total_commands_processed, which counts the commands scripts
+ * call too) and memory per agent (used_memory without mem_clients_normal,
+ * after the joins minus before, over the members). Then the 10 stop beating
+ * (as kill -9 would leave them): their agent_down is timed, and the Redis CPU
+ * and commands from the stop to the last agent_down are reported.
  *
  * Second part: Redis's delivery ceiling, PUBLISH fan-out to S subscribers
  * that PSUBSCRIBE agent:events:* or SUBSCRIBE the published channel.
@@ -28,6 +30,9 @@ import { parseArgs } from 'node:util';
 import { startRedis, type TestRedis } from '../test/helpers/redis.ts';
 import { flood, sleep } from './lib.ts';
 import { printTable } from './stats.ts';
+import { readFileSync } from 'node:fs';
+
+const SWEEP_LUA = readFileSync(new URL('../src/redis/scripts/sweep-den-1.lua', import.meta.url), 'utf8');
 
 process.env['AGENTD_TEST_REDIS'] ??= 'local';
 const { values: args } = parseArgs({
@@ -40,6 +45,7 @@ const { values: args } = parseArgs({
     notify: { type: 'boolean', default: true },
     part: { type: 'string', default: 'presence,delivery' },
     subscribers: { type: 'string', default: '1,10,100,1000' },
+    'max-every': { type: 'string', default: '2000' },
     json: { type: 'boolean', default: false },
   },
   allowPositionals: true,
@@ -63,7 +69,7 @@ interface Member {
 
 function startMember(argv: string[]): Member {
   const strip = process.features.typescript ? [] : ['--experimental-strip-types'];
-  const child = spawn(process.execPath, [...strip, '--disable-warning=ExperimentalWarning', MEMBER, ...argv], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...strip, '--max-old-space-size=1536', '--disable-warning=ExperimentalWarning', MEMBER, ...argv], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
   return {
     child,
@@ -77,10 +83,16 @@ function startMember(argv: string[]): Member {
   };
 }
 
-async function info(c: ReturnType<TestRedis['client']>): Promise<{ cpu: number; commands: number; memory: number }> {
+async function info(c: ReturnType<TestRedis['client']>): Promise<{ cpu: number; commands: number; memory: number; clients: number }> {
   const text = await c.info();
   const num = (k: string): number => Number(new RegExp(`^${k}:([\\d.]+)`, 'm').exec(text)?.[1] ?? Number.NaN);
-  return { cpu: num('used_cpu_sys') + num('used_cpu_user'), commands: num('total_commands_processed'), memory: num('used_memory') };
+  return {
+    cpu: num('used_cpu_sys') + num('used_cpu_user'),
+    commands: num('total_commands_processed'),
+    // The data: used_memory without the clients' buffers (the bench's connection count is not the fleet's).
+    memory: num('used_memory') - num('mem_clients_normal'),
+    clients: num('mem_clients_normal'),
+  };
 }
 
 async function presenceRun(n: number, mode: 'lease' | 'every'): Promise<Record<string, string | number>> {
@@ -122,14 +134,25 @@ async function presenceRun(n: number, mode: 'lease' | 'every'): Promise<Record<s
     const joined = await info(c);
     const memberCount = await c.scard('den:scale:online_agents');
 
-    // The window: the victims stop beating at its start.
+    // What one sweep of the whole den costs Redis (the old design runs N of them per interval).
+    const sweepCpu0 = await info(c);
+    const sha = (await c.script('LOAD', SWEEP_LUA)) as string;
+    for (let i = 0; i < 20; i++) await c.evalsha(sha, 1, 'den:scale:online_agents', 'agent:', ':heartbeat');
+    const sweepCpuMs = (((await info(c)).cpu - sweepCpu0.cpu) / 20) * 1000;
+    // The steady window: everyone beats and watches, nobody dies.
     const start = await info(c);
     const w0 = Date.now();
-    members[0]!.send('kill');
-    const killed = (await members[0]!.next()) as { killed: string[]; at: number };
     await sleep(windowS * 1000);
     const end = await info(c);
     const seconds = (Date.now() - w0) / 1000;
+    // Then the victims stop beating (as kill -9 leaves them): detection, and what the deaths cost.
+    members[0]!.send('kill');
+    const killed = (await members[0]!.next()) as { killed: string[]; at: number };
+    const deathStart = await info(c);
+    const deadline = Date.now() + (VICTIM_TTL + 1.2 * SWEEP + 4) * 1000;
+    while (Date.now() < deadline && killed.killed.some((id) => !downs.has(id))) await sleep(100);
+    await sleep(500);
+    const deathEnd = await info(c);
     for (const m of members) m.send('stats');
     const stats = (await Promise.all(members.map((m) => m.next()))) as Array<{ sweeps: number; leases: string[] }>;
     const detections = killed.killed.map((id) => downs.get(id)).filter((x): x is number => x !== undefined).map((t) => (t - killed.at) / 1000).sort((x, y) => x - y);
@@ -144,11 +167,14 @@ async function presenceRun(n: number, mode: 'lease' | 'every'): Promise<Record<s
       'redis CPU (share of one core)': `${(cpuShare * 100).toFixed(1)} %`,
       'commands/s': Math.round((end.commands - start.commands) / seconds),
       'memory per agent': `${Math.round((joined.memory - before.memory) / (n + VICTIMS))} B`,
-      'sweeps/s': ((stats.reduce((s, x) => s + x.sweeps, 0) / ((Date.now() - t0) / 1000))).toFixed(1),
+      'Redis CPU for the 10 deaths (s)': (deathEnd.cpu - deathStart.cpu).toFixed(2),
+      'commands for the 10 deaths': deathEnd.commands - deathStart.commands,
+      'sweeps/s': (stats.reduce((s, x) => s + x.sweeps, 0) / ((Date.now() - t0) / 1000)).toFixed(1),
       'lease holders': stats.reduce((s, x) => s + x.leases.length, 0),
       'detected (10 kills)': `${detections.length}/${VICTIMS}${dups ? `, ${dups} dup` : ''}${falseDowns ? `, ${falseDowns} false` : ''}`,
       'detection min / max (s)': detections.length ? `${detections[0]!.toFixed(2)} / ${detections.at(-1)!.toFixed(2)}` : '-',
       'in den': memberCount,
+      'one sweep (Redis CPU ms)': sweepCpuMs.toFixed(2),
       'join s': joinS.toFixed(1),
       _cpu: cpuShare,
     };
@@ -209,6 +235,16 @@ const rows: Array<Record<string, string | number>> = [];
 if (parts.has('presence')) {
   for (const n of sizes) {
     for (const mode of modes) {
+      if (mode === 'every' && n > Number(args['max-every'])) {
+        // Not run: N members sweeping N members saturates Redis (and the member processes queue without
+        // bound). Projected from this size's measured lease row: its cost plus N sweeps per interval.
+        const lease = rows.find((r) => r['agents'] === n && r['sweeper'] === 'lease');
+        if (!lease) continue;
+        const perSweep = Number(lease['one sweep (Redis CPU ms)']) / 1000;
+        const share = (lease['_cpu'] as number) + (n / SWEEP) * perSweep;
+        rows.push({ agents: n, sweeper: 'every (projected, not run)', 'redis CPU (share of one core)': `${(share * 100).toFixed(0)} % (saturated)`, 'commands/s': `≈ ${Math.round((n / SWEEP) * (n + 2))} needed`, 'sweeps/s': (n / SWEEP).toFixed(0), 'one sweep (Redis CPU ms)': lease['one sweep (Redis CPU ms)']!, _cpu: share });
+        continue;
+      }
       const row = await presenceRun(n, mode);
       rows.push(row);
       if (!args.json) process.stderr.write(`${JSON.stringify(row)}\n`);
@@ -216,7 +252,7 @@ if (parts.has('presence')) {
   }
   // Slope: how the CPU share grows from one size to the next, per mode (1 = linear, 2 = quadratic).
   for (const mode of modes) {
-    const mine = rows.filter((r) => r['sweeper'] === mode);
+    const mine = rows.filter((r) => String(r['sweeper']).startsWith(mode));
     for (let i = 1; i < mine.length; i++) {
       const a = mine[i - 1]!;
       const b = mine[i]!;

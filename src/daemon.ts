@@ -296,6 +296,9 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     // Re-assert presence as soon as commands work again: a restarted Redis has forgotten us.
     if (change.role === 'command' && change.state === 'ready' && change.downMs !== undefined) {
       this.#presence.beatSoon();
+      // After a reconnect or a failover the server may lack recent beats (a promoted replica that lagged):
+      // reap nobody until every live agent has had one interval (and one reconnect delay) to beat again.
+      this.#watcher?.graceFor(this.config.heartbeat.interval * 1000 + this.config.redis.reconnectMaxDelayMs);
       // A restarted server has its configured notify-keyspace-events back.
       void this.#watcher?.enableNotifications();
     }

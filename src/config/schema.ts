@@ -21,6 +21,20 @@ export const schema = {
       arg: 'redis-url',
       sensitive: true,
     },
+    sentinels: {
+      doc: 'Redis Sentinels to ask for the primary, as host:port (comma-separated in the environment). Empty: connect to redis.url. When set, the host and port of redis.url are not used (its user, password, database and rediss:// still are).',
+      format: 'host-port-list',
+      default: [] as string[],
+      env: 'AGENTD_REDIS_SENTINELS',
+      arg: 'redis-sentinels',
+    },
+    sentinelName: {
+      doc: 'The master name the Sentinels monitor (with redis.sentinels).',
+      format: 'agent-id',
+      default: 'mymaster',
+      env: 'AGENTD_REDIS_SENTINEL_NAME',
+      arg: 'redis-sentinel-name',
+    },
     passwordFile: {
       doc: 'File whose first line is the Redis password (overrides a password in the URL). Empty: none.',
       format: 'optional-path',
@@ -365,6 +379,8 @@ export interface PluginSpec {
 export interface AgentdConfig {
   readonly redis: {
     readonly url: string;
+    readonly sentinels: readonly string[];
+    readonly sentinelName: string;
     readonly passwordFile: string;
     readonly tls: {
       readonly caFile: string;

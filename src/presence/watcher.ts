@@ -3,12 +3,15 @@ import type { Redis } from 'ioredis';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
-import { REGISTRY_KEY, agentOfHeartbeatKey, keyOfKeyspaceChannel } from '../redis/keys.ts';
+import { REGISTRY_KEY, agentOfHeartbeatKey, denMembersKey, keyOfKeyspaceChannel } from '../redis/keys.ts';
 import { randomBytes } from 'node:crypto';
 import { reapAgent, sampleDen, sweepDen, sweeperLease } from '../redis/scripts.ts';
 import type { RegistryRecord } from './presence.ts';
 
 export type Detector = 'expiry' | 'sweep';
+
+/** Longest a member that does not hold the den's sweeper lease waits before it checks an expiry itself, ms. */
+export const EXPIRY_DEFER_MS = 250;
 
 /** Data of an `agent_down` event. */
 export interface AgentDown {
@@ -238,10 +241,16 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
       if (!pending) this.#pendingExpiry.set(record.den, (pending = new Set()));
       pending.add(id);
       // Coalesce a burst of expiries into one check per den, through the same brake as the sweep.
-      this.#expiryTimer ??= setTimeout(() => {
-        this.#expiryTimer = undefined;
-        void this.#reapExpired();
-      }, 10).unref();
+      // The den's sweeper reacts at once; the other members a little later, and only to the ones
+      // it has not reaped by then (one SISMEMBER each): one death costs the den O(N) small calls.
+      const first = this.#leases.has(record.den) || (this.#o.sweeper ?? 'lease') === 'every';
+      this.#expiryTimer ??= setTimeout(
+        () => {
+          this.#expiryTimer = undefined;
+          void this.#reapExpired();
+        },
+        first ? 10 : 10 + Math.random() * EXPIRY_DEFER_MS,
+      ).unref();
     } catch (err) {
       this.#o.log.debug({ agent: id, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
     }
@@ -252,8 +261,14 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     this.#pendingExpiry.clear();
     if (this.#stopped || !this.#healthy()) return;
     if (this.#inGrace()) return;
-    for (const [den, ids] of batch) {
+    for (const [den, found] of batch) {
       try {
+        let ids = [...found];
+        if (!this.#leases.has(den) && (this.#o.sweeper ?? 'lease') === 'lease') {
+          const members = (await this.#o.redis.pipeline(ids.map((id) => ['sismember', denMembersKey(den), id])).exec()) ?? [];
+          ids = ids.filter((_, i) => members[i]?.[1] === 1);
+          if (ids.length === 0) continue;
+        }
         // The mass-death check from a sample of the den: O(sample) per watcher per expiry, so
         // N watchers reacting to one death cost O(N) in all, not O(N²) as a full sweep each would.
         const sample = await sampleDen(this.#o.redis, den, this.#o.expirySample ?? 32);
