@@ -14,18 +14,19 @@ import { printTable } from './stats.ts';
 
 const run = promisify(execFile);
 // `npm run bench -- scale --sizes 100,1000`: positional names pick benchmarks; options after them go to each.
-const { values, positionals } = parseArgs({ options: { json: { type: 'boolean' }, only: { type: 'string' } }, strict: false, allowPositionals: true });
+const { values } = parseArgs({ options: { json: { type: 'boolean' }, only: { type: 'string' } }, strict: false, allowPositionals: true });
 const json = values.json === true;
-const picked = [...positionals.filter((p) => /^[a-z]+$/.test(p)), ...(typeof values.only === 'string' ? values.only.split(',') : [])];
-const only = picked.length > 0 ? new Set(picked) : undefined;
-/** Options for the benchmarks themselves (everything but --json and --only, and the names). */
-const passOn = process.argv.slice(2).filter((arg, i, all) => {
-  if (arg === '--json' || arg === '--only' || all[i - 1] === '--only') return false;
-  return !(only?.has(arg) && !arg.startsWith('-'));
-});
 /** Run by `npm run bench` with no names; the others only when named (`npm run bench -- scale`). */
 const BENCHES = ['dispatch', 'latency', 'overload', 'footprint', 'memory', 'sweep', 'detection'];
 const NAMED_ONLY = ['scale'];
+const ALL = [...BENCHES, ...NAMED_ONLY];
+// A benchmark's name is a leading positional that names one; everything after the names goes to the benchmarks.
+const firstOption = process.argv.slice(2).findIndex((a) => !ALL.includes(a));
+const names = firstOption < 0 ? process.argv.slice(2) : process.argv.slice(2, 2 + firstOption);
+const picked = [...names, ...(typeof values.only === 'string' ? values.only.split(',') : [])];
+const only = picked.length > 0 ? new Set(picked) : undefined;
+/** Options for the benchmarks themselves (everything after the names but --json and --only). */
+const passOn = process.argv.slice(2 + names.length).filter((arg, i, all) => arg !== '--json' && arg !== '--only' && all[i - 1] !== '--only');
 
 const results: Record<string, unknown> = {};
 const started = new Date().toISOString();

@@ -38,6 +38,7 @@ const { values: a } = parseArgs({
     'victim-interval': { type: 'string', default: '2' },
     conns: { type: 'string', default: '4' },
     notify: { type: 'boolean', default: false },
+    'notify-lights': { type: 'boolean', default: false },
   },
 });
 const url = a.url!;
@@ -70,7 +71,7 @@ for (let i = 0; i < count + nVictims; i++) {
     agent,
     dens: [],
     sweepIntervalMs: sweep * 1000,
-    notifications: a.notify ? 'listen' : 'off',
+    notifications: a['notify-lights'] ? 'listen' : 'off',
     log,
     ttlMs: t * 1000,
     healthy: () => presence.healthy,
@@ -105,7 +106,7 @@ for (const m of all) m.watcher.start();
 await Promise.all(daemons.map((d) => d.start()));
 
 let notifier: Redis | undefined;
-if (a.notify && all.length > 0) {
+if (a['notify-lights'] && all.length > 0) {
   notifier = new Redis(url);
   notifier.on('pmessage', (_p: string, channel: string, message: string) => {
     for (const m of all) m.watcher.onKeyspace(0, channel, message);

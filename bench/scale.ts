@@ -20,7 +20,7 @@
  * that PSUBSCRIBE agent:events:* or SUBSCRIBE the published channel.
  *
  *   npm run bench -- scale [--sizes 100,1000,5000,10000] [--modes lease,every]
- *     [--window 20] [--daemons 20] [--processes 2] [--notify] [--part presence,delivery] [--json]
+ *     [--window 20] [--daemons 20] [--processes 2] [--no-notify] [--notify-lights] [--part presence,delivery] [--json]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
@@ -43,6 +43,9 @@ const { values: args } = parseArgs({
     daemons: { type: 'string', default: '20' },
     processes: { type: 'string', default: '2' },
     notify: { type: 'boolean', default: true },
+    // Hand expiry notifications to the light members too (each then reacts as a daemon would). Off by default:
+    // thousands of members reacting in two Node processes starve those processes (not Redis) and delay the sweeper.
+    'notify-lights': { type: 'boolean', default: false },
     part: { type: 'string', default: 'presence,delivery' },
     subscribers: { type: 'string', default: '1,10,100,1000' },
     'max-every': { type: 'string', default: '2000' },
@@ -122,7 +125,7 @@ async function presenceRun(n: number, mode: 'lease' | 'every'): Promise<Record<s
         startMember([
           '--url', server.url, '--prefix', `p${p}`, '--count', String(share), '--daemons', String(d),
           '--victims', p === 0 ? String(VICTIMS) : '0', '--sweeper', mode, '--sweep', String(SWEEP),
-          '--victim-ttl', String(VICTIM_TTL), '--victim-interval', String(VICTIM_INTERVAL), ...(args.notify ? ['--notify'] : []),
+          '--victim-ttl', String(VICTIM_TTL), '--victim-interval', String(VICTIM_INTERVAL), ...(args.notify ? ['--notify'] : []), ...(args['notify-lights'] ? ['--notify-lights'] : []),
         ]),
       );
     }
@@ -176,6 +179,7 @@ async function presenceRun(n: number, mode: 'lease' | 'every'): Promise<Record<s
       'in den': memberCount,
       'one sweep (Redis CPU ms)': sweepCpuMs.toFixed(2),
       'join s': joinS.toFixed(1),
+      'CPU slope (log-log) from previous size': '-',
       _cpu: cpuShare,
     };
   } finally {
@@ -242,7 +246,7 @@ if (parts.has('presence')) {
         if (!lease) continue;
         const perSweep = Number(lease['one sweep (Redis CPU ms)']) / 1000;
         const share = (lease['_cpu'] as number) + (n / SWEEP) * perSweep;
-        rows.push({ agents: n, sweeper: 'every (projected, not run)', 'redis CPU (share of one core)': `${(share * 100).toFixed(0)} % (saturated)`, 'commands/s': `≈ ${Math.round((n / SWEEP) * (n + 2))} needed`, 'sweeps/s': (n / SWEEP).toFixed(0), 'one sweep (Redis CPU ms)': lease['one sweep (Redis CPU ms)']!, _cpu: share });
+        rows.push({ agents: n, sweeper: 'every (projected, not run)', 'redis CPU (share of one core)': `${(share * 100).toFixed(0)} % (saturated)`, 'commands/s': `≈ ${Math.round((n / SWEEP) * (n + 2))} needed`, 'sweeps/s': (n / SWEEP).toFixed(0), 'one sweep (Redis CPU ms)': lease['one sweep (Redis CPU ms)']!, 'CPU slope (log-log) from previous size': '-', _cpu: share });
         continue;
       }
       const row = await presenceRun(n, mode);
