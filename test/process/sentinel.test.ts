@@ -1,7 +1,8 @@
 /**
  * Sentinel failover with real processes (docs/scaling.md, "Failover"): one
  * primary, one replica, three Sentinels on loopback; three daemons with
- * redis.sentinels. The primary is killed with SIGKILL; every daemon follows
+ * redis.sentinels. The primary is killed with SIGKILL, or frozen with SIGSTOP
+ * (its connections then never close: ioredis #1314); every daemon follows
  * the new primary, confirms its subscription again (a probe it publishes to
  * itself, so a silent subscriber — ioredis #420 — cannot pass) and re-asserts
  * its presence within failover + 2 s, events published on the new primary
@@ -24,7 +25,12 @@ const TTL = 3;
 const INTERVAL = 0.5;
 const SWEEP = 0.5;
 
-describe('Sentinel failover (real primary, replica and three Sentinels)', () => {
+describe.each([
+  // The primary's process dies: its sockets close, as ioredis expects.
+  ['SIGKILL'],
+  // The primary hangs (ioredis #1314): its sockets stay open and silent; only +switch-master tells the daemons.
+  ['SIGSTOP'],
+] as const)('Sentinel failover, primary stopped with %s (real primary, replica and three Sentinels)', (signal) => {
   let topo: SentinelTopology;
   const daemons: Array<{ id: string; d: DaemonProcess; file: string }> = [];
   const downs: string[] = [];
@@ -79,7 +85,7 @@ describe('Sentinel failover (real primary, replica and three Sentinels)', () => 
     for (const x of daemons) expect(await primary.exists(keys.heartbeat(x.id))).toBe(1);
 
     const killedAt = Date.now();
-    topo.processes.get(topo.primaryPort)!.kill('SIGKILL');
+    topo.processes.get(topo.primaryPort)!.kill(signal);
     await waitFor('+switch-master', () => switchedAt > 0, 20_000, 20);
     const newPrimaryPort = await topo.currentPrimary();
     expect(newPrimaryPort).toBe(topo.replicaPort);

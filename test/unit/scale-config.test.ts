@@ -47,7 +47,7 @@ describe('redis.sentinels', () => {
       { host: '127.0.0.1', port: 26379 },
       { host: '::1', port: 26380 },
     ]);
-    expect(o).toMatchObject({ name: 'fleet', role: 'master', failoverDetector: true, db: 3, password: 'pw' });
+    expect(o).toMatchObject({ name: 'fleet', role: 'master', failoverDetector: true, disconnectTimeout: 100, db: 3, password: 'pw' });
     expect(o.reconnectOnError?.(new Error('READONLY You can\'t write against a read only replica.'))).toBe(1);
     expect(o.reconnectOnError?.(new Error('ERR something else'))).toBe(false);
     expect(typeof o.sentinelRetryStrategy).toBe('function');
