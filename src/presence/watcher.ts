@@ -120,6 +120,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   sweeps = 0;
   /** Unix ms until which nobody is reaped (a grace after a reconnect or a failover). */
   #graceUntil = 0;
+  #leaseRefused = false;
 
   constructor(options: PeerWatcherOptions) {
     super();
@@ -371,7 +372,15 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
         if (this.#leases.delete(den)) await sweeperLease(this.#o.redis, den, this.#token, 0).catch(() => undefined);
         continue;
       }
-      const lease = await sweeperLease(this.#o.redis, den, this.#token, this.#leaseMs);
+      const lease = await sweeperLease(this.#o.redis, den, this.#token, this.#leaseMs).catch((err: unknown) => {
+        // An ACL without the lease key or its commands (NOPERM): sweep every interval, as before the lease.
+        if (!/\bNOPERM\b/.test(describeError(err))) throw err;
+        if (!this.#leaseRefused) {
+          this.#leaseRefused = true;
+          this.#o.log.warn({ peerDen: den, err: describeError(err) }, 'cannot use the sweeper lease (NOPERM); sweeping every interval instead (quadratic in the den size): allow ~den:*:sweeper and +get +pttl +srandmember');
+        }
+        return { held: true as const, ms: this.#leaseMs };
+      });
       if (lease.held) {
         if (!this.#leases.has(den)) this.#o.log.debug({ peerDen: den }, 'took the sweeper lease of the den');
         this.#leases.add(den);
