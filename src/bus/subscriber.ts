@@ -51,6 +51,8 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   #probeWaiter: { token: string; resolve: () => void } | undefined;
   /** Exact event channels to SUBSCRIBE to instead of PSUBSCRIBE-ing to `patterns` (see useChannels). */
   #eventChannels: ReadonlySet<string> | undefined;
+  /** start() was called: only then does a ready connection subscribe (so useChannels() before start() is never raced). */
+  #started = false;
 
   constructor(options: EventSubscriberOptions) {
     super();
@@ -114,6 +116,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
 
   /** Starts confirming (if the connection is ready) and resolves once confirmed. */
   start(signal?: AbortSignal): Promise<void> {
+    this.#started = true;
     if (this.#o.subscriber.status === 'ready') void this.#confirm();
     if (this.#confirmed) return Promise.resolve();
     return new Promise((resolve, reject) => {
@@ -145,7 +148,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   }
 
   async #confirm(): Promise<void> {
-    if (this.#confirming || this.#stopped) return;
+    if (this.#confirming || this.#stopped || !this.#started) return;
     this.#confirming = true;
     const { subscriber, command, log } = this.#o;
     try {

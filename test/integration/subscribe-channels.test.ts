@@ -66,6 +66,20 @@ describe('what a daemon subscribes to', () => {
     expect(seen[1]).toMatchObject({ event: 'beta', data: 3 });
   });
 
+  it('a slow plugin setup (the subscriber ready long before): still exact channels only, each event handled once', async () => {
+    const seen: AgentEvent[] = [];
+    const t = await suite.start(
+      makeDaemon(suite.redis.url, { watch: { notifications: 'off' } }, [
+        definePlugin({ name: 'slow', setup: () => new Promise<void>((r) => setTimeout(r, 400)), handlers: { alpha: (e) => void seen.push(e) } }),
+      ]),
+    );
+    expect(await subscriberOf(`agentd:${t.config.agent.id}:sub`)).toEqual({ sub: 5, psub: 0 });
+    expect(await send('alpha', 1)).toBe(1);
+    await until(() => seen.length === 1, 'alpha');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(seen).toHaveLength(1);
+  });
+
   it('a * handler keeps the pattern: every type arrives', async () => {
     const seen: string[] = [];
     const t = await suite.start(
