@@ -5,6 +5,7 @@ import { Dispatcher, type DrainResult, type DropReason, type HandlerFailedInfo }
 import { Intake, type IntakeReason } from './bus/intake.ts';
 import { publishEvent } from './bus/publish.ts';
 import { EventSubscriber } from './bus/subscriber.ts';
+import { exactEventChannels } from './bus/channels.ts';
 import type { AgentdConfig } from './config/schema.ts';
 import { AgentdError, describeError, isAgentdError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
@@ -218,6 +219,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         massDeathHoldMs: config.watch.massDeathHold * 1000,
         ...(this.#keys ? { keys: this.#keys } : {}),
         ghosts: config.security.signing === 'require',
+        sweeper: config.watch.sweeper,
       });
       this.#watcher.on('down', (down) => this.emit('peerDown', down));
       if (config.durable.enabled) this.#watcher.on('down', (down) => void this.durable.handover(down.agent, down.den));
@@ -381,6 +383,9 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     // Re-assert presence as soon as commands work again: a restarted Redis has forgotten us.
     if (change.role === 'command' && change.state === 'ready' && change.downMs !== undefined) {
       this.#presence.beatSoon();
+      // After a reconnect or a failover the server may lack recent beats (a promoted replica that lagged):
+      // reap nobody until every live agent has had one interval (and one reconnect delay) to beat again.
+      this.#watcher?.graceFor(this.config.heartbeat.interval * 1000 + this.config.redis.reconnectMaxDelayMs);
       // A restarted server has its configured notify-keyspace-events back.
       void this.#watcher?.enableNotifications();
     }
@@ -540,6 +545,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     signal.throwIfAborted();
     this.#dispatcher.setBindings(this.#plugins.bindings());
     this.metrics.knowTypes(this.#dispatcher.types);
+    const exact = exactEventChannels(this.config.events, this.#plugins.bindings());
+    if (exact) this.#subscriber.useChannels(exact);
     await this.#subscriber.start(signal);
     signal.throwIfAborted();
 
@@ -671,6 +678,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     await step('durable', () => durableStopped);
     await step('plugins', async () => this.#plugins?.close());
     this.#presence.stop();
+    await step('sweeper lease', async () => this.#watcher?.releaseLeases());
     // Whatever start got to: leave() undoes a join that wrote anything, and is a no-op otherwise.
     await step('leave', () => this.#presence.leave());
     await step('disconnect', () => this.#connections.close());

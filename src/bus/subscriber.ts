@@ -69,6 +69,10 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   #probeTimer: NodeJS.Timeout | undefined;
   readonly #probeIntervalMs: number;
   readonly #probeTimeoutMs: number;
+  /** Exact event channels to SUBSCRIBE to instead of PSUBSCRIBE-ing to `patterns` (see useChannels). */
+  #eventChannels: ReadonlySet<string> | undefined;
+  /** start() was called: only then does a ready connection subscribe (so useChannels() before start() is never raced). */
+  #started = false;
 
   constructor(options: EventSubscriberOptions) {
     super();
@@ -89,6 +93,9 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
       }
       options.channels?.get(channel)?.(message);
     });
+    subscriber.on('messageBuffer', (channel: Buffer, payload: Buffer) => {
+      if (this.#eventChannels?.has(channel.toString())) options.onMessage(channel, payload);
+    });
     subscriber.on('ready', () => void this.#confirm());
     subscriber.on('close', () => {
       clearTimeout(this.#probeTimer);
@@ -102,12 +109,37 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     });
   }
 
+  /**
+   * Subscribe to exactly these event channels (SUBSCRIBE) instead of the
+   * patterns (PSUBSCRIBE), from the next confirmation on: Redis then sends
+   * this daemon only the events it handles. Call before start().
+   */
+  useChannels(channels: readonly string[]): void {
+    this.#eventChannels = new Set(channels);
+  }
+
+  /** What the subscription covers: the exact channels, or the patterns. */
+  get subscribed(): { readonly channels?: readonly string[]; readonly patterns?: readonly string[] } {
+    return this.#eventChannels ? { channels: [...this.#eventChannels] } : { patterns: this.#o.patterns };
+  }
+
+  /** The patterns to PSUBSCRIBE to: the event patterns (unless exact channels replace them) and the listeners'. */
+  #patterns(): string[] {
+    return [...(this.#eventChannels ? [] : this.#o.patterns), ...(this.#o.patternListeners?.keys() ?? [])];
+  }
+
+  /** The channels to SUBSCRIBE to: the probe, the listeners' and the exact event channels. */
+  #channels(): string[] {
+    return [this.#o.probeChannel, ...(this.#o.channels?.keys() ?? []), ...(this.#eventChannels ?? [])];
+  }
+
   get confirmed(): boolean {
     return this.#confirmed;
   }
 
   /** Starts confirming (if the connection is ready) and resolves once confirmed. */
   start(signal?: AbortSignal): Promise<void> {
+    this.#started = true;
     if (this.#o.subscriber.status === 'ready') void this.#confirm();
     if (this.#confirmed) return Promise.resolve();
     return new Promise((resolve, reject) => {
@@ -140,17 +172,18 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
 
   async #confirm(): Promise<void> {
     // Already confirmed on this connection (a 'ready' came before start()): nothing to redo.
-    if (this.#confirming || this.#stopped || this.#confirmed) return;
+    if (this.#confirming || this.#stopped || this.#confirmed || !this.#started) return;
     this.#confirming = true;
-    const { subscriber, command, patterns, probeChannel, log } = this.#o;
+    const { subscriber, command, log } = this.#o;
     try {
       while (!this.#stopped && subscriber.status === 'ready') {
         try {
           // Answered within the probe's deadlines, or the connection is deaf: recycled by the owner
           // (with redis.commandTimeoutMs=0 nothing else would ever end the wait).
           const subscribing = (async () => {
-            await subscriber.psubscribe(...patterns, ...(this.#o.patternListeners?.keys() ?? []));
-            await subscriber.subscribe(probeChannel, ...(this.#o.channels?.keys() ?? []));
+            const psub = this.#patterns();
+            if (psub.length > 0) await subscriber.psubscribe(...psub);
+            await subscriber.subscribe(...this.#channels());
             return true;
           })().catch((err: unknown) => {
             log.debug({ err: describeError(err) }, 'subscription confirmation attempt failed');
@@ -170,8 +203,8 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
             const again = this.#everConfirmed;
             this.#confirmed = true;
             this.#everConfirmed = true;
-            if (again) log[this.#o.quiet?.() ? 'debug' : 'warn']({ gapMs, patterns }, 'event subscription confirmed again; events published during the gap were missed');
-            else log.info({ patterns }, 'event subscription confirmed');
+            if (again) log[this.#o.quiet?.() ? 'debug' : 'warn']({ gapMs, ...this.subscribed }, 'event subscription confirmed again; events published during the gap were missed');
+            else log.info(this.subscribed, 'event subscription confirmed');
             this.emit('confirmed', { again, gapMs });
             this.#scheduleProbe();
             return;
@@ -276,11 +309,12 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     this.#stopped = true;
     clearTimeout(this.#probeTimer);
     this.#confirmed = false;
-    const { subscriber, patterns, probeChannel } = this.#o;
+    const { subscriber } = this.#o;
     if (subscriber.status !== 'ready') return;
+    const psub = this.#patterns();
     try {
       await Promise.race([
-        Promise.all([subscriber.punsubscribe(...patterns, ...(this.#o.patternListeners?.keys() ?? [])), subscriber.unsubscribe(probeChannel, ...(this.#o.channels?.keys() ?? []))]),
+        Promise.all([psub.length > 0 ? subscriber.punsubscribe(...psub) : undefined, subscriber.unsubscribe(...this.#channels())]),
         sleep(1_000),
       ]);
     } catch {

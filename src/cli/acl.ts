@@ -1,7 +1,7 @@
 import { AgentdError } from '../errors.ts';
 import type { AgentdConfig } from '../config/schema.ts';
 import { ID_PATTERN } from '../config/schema.ts';
-import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey, heartbeatKeyspacePattern } from '../redis/keys.ts';
+import { REGISTRY_KEY, deadLetterKey, denMembersKey, denSweeperKey, denTasksKey, eventChannel, heartbeatKey, heartbeatKeyspacePattern, inboxKey } from '../redis/keys.ts';
 import { neededCommands } from '../redis/preflight.ts';
 
 /**
@@ -41,7 +41,14 @@ export function agentAclRule(config: AgentdConfig, agentId: string | undefined, 
   for (const c of MEMORY_COMMANDS) commands.add(`+${c}`);
   commands.delete('+hvals');
   const keys = [`~agent:${id}:*`, `~inbox:${id}`, `~${denMembersKey(d)}`, `~${REGISTRY_KEY}`, `%R~${heartbeatKey('*')}`];
+  if (config.watch.enabled && config.watch.sweeper === 'lease') keys.push(`~${denSweeperKey(d)}`);
   const channels = [...new Set([...config.events.patterns, eventChannel('*'), `agentd:probe:${id}:*`])];
+  if (config.durable.enabled) {
+    // Sending and replying append to other agents' inboxes (and ring their doorbells); the den's tasks
+    // and dead letters are the den's. Redis cannot tell XADD from XACK by key: docs/security.md.
+    keys.push(`~${inboxKey('*')}`, `~${denTasksKey(d)}`, `~${deadLetterKey(denTasksKey(d))}`);
+    channels.push(inboxKey('*'), denTasksKey(d));
+  }
   if (config.watch.enabled && config.watch.notifications !== 'off') channels.push(heartbeatKeyspacePattern(dbOf(config)));
   return [`ACL SETUSER ${user ?? `agent-${id}`} on >PASSWORD resetkeys resetchannels -@all`, ...commands, ...keys, ...channels.map((c) => `&${c}`)].join(' ');
 }

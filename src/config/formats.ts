@@ -20,6 +20,15 @@ function splitList(value: unknown): unknown {
     .filter((s) => s.length > 0);
 }
 
+/** `host:port` (IPv6 in brackets) as host and port, or undefined when it is not one. */
+export function parseHostPort(entry: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(entry.trim());
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port < 1 || port > 65_535) return undefined;
+  return { host: (m[1] ?? m[2])!, port };
+}
+
 export function checkRedisUrl(value: unknown): void {
   if (typeof value !== 'string' || value.length === 0) throw new Error('must be a redis:// or rediss:// URL');
   let url: URL;
@@ -123,6 +132,17 @@ export function registerFormats(): void {
         if (!Array.isArray(value) || value.length === 0) throw new Error('must list at least one channel pattern');
         for (const p of value) {
           if (typeof p !== 'string' || p.length === 0) throw new Error('each channel pattern must be a non-empty string');
+        }
+      },
+      coerce: splitList,
+    },
+    'host-port-list': {
+      validate(value: unknown) {
+        if (!Array.isArray(value)) throw new Error('must be a list of host:port');
+        for (const entry of value) {
+          if (typeof entry !== 'string' || parseHostPort(entry) === undefined) {
+            throw new Error(`each entry must be host:port with a port of 1-65535, IPv6 as [::1]:26379 (got ${JSON.stringify(String(entry).slice(0, 80))})`);
+          }
         }
       },
       coerce: splitList,

@@ -23,6 +23,20 @@ export const schema = {
       arg: 'redis-url',
       sensitive: true,
     },
+    sentinels: {
+      doc: 'Redis Sentinels to ask for the primary, as host:port (comma-separated in the environment). Empty: connect to redis.url. When set, the host and port of redis.url are not used (its user, password, database and rediss:// still are).',
+      format: 'host-port-list',
+      default: [] as string[],
+      env: 'AGENTD_REDIS_SENTINELS',
+      arg: 'redis-sentinels',
+    },
+    sentinelName: {
+      doc: 'The master name the Sentinels monitor (with redis.sentinels).',
+      format: 'agent-id',
+      default: 'mymaster',
+      env: 'AGENTD_REDIS_SENTINEL_NAME',
+      arg: 'redis-sentinel-name',
+    },
     passwordFile: {
       doc: 'File whose first line is the Redis password (overrides a password in the URL). Empty: none.',
       format: 'optional-path',
@@ -178,6 +192,13 @@ export const schema = {
       env: 'AGENTD_WATCH_MASS_DEATH_HOLD',
       arg: 'watch-mass-death-hold',
     },
+    sweeper: {
+      doc: 'Who sweeps a den: lease (one member at a time, chosen by the den:<den>:sweeper lease, so watching costs Redis linear work in the den size) or every (every watcher sweeps every interval, quadratic; what agentd did before the lease).',
+      format: ['lease', 'every'],
+      default: 'lease',
+      env: 'AGENTD_WATCH_SWEEPER',
+      arg: 'watch-sweeper',
+    },
   },
   events: {
     patterns: {
@@ -186,6 +207,13 @@ export const schema = {
       default: ['agent:events:*'],
       env: 'AGENTD_EVENT_PATTERNS',
       arg: 'event-patterns',
+    },
+    subscribe: {
+      doc: 'How to subscribe to events: auto (SUBSCRIBE to exactly the channels of the handled event types, plus agent_online/offline/down, when no plugin has a \'*\' handler and events.patterns is the default; otherwise PSUBSCRIBE to events.patterns) or pattern (always PSUBSCRIBE to events.patterns, receiving every event).',
+      format: ['auto', 'pattern'],
+      default: 'auto',
+      env: 'AGENTD_EVENT_SUBSCRIBE',
+      arg: 'event-subscribe',
     },
     maxBytes: {
       doc: 'Largest message accepted on an event channel, in bytes; larger ones are dropped unread.',
@@ -483,6 +511,8 @@ export interface PluginSpec {
 export interface AgentdConfig {
   readonly redis: {
     readonly url: string;
+    readonly sentinels: readonly string[];
+    readonly sentinelName: string;
     readonly passwordFile: string;
     readonly tls: {
       readonly caFile: string;
@@ -506,8 +536,9 @@ export interface AgentdConfig {
     readonly massDeathShare: number;
     readonly massDeathMin: number;
     readonly massDeathHold: number;
+    readonly sweeper: 'lease' | 'every';
   };
-  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number; readonly maxDepth: number; readonly probeInterval: number; readonly probeTimeoutMs: number };
+  readonly events: { readonly patterns: readonly string[]; readonly maxBytes: number; readonly maxDepth: number; readonly probeInterval: number; readonly probeTimeoutMs: number; readonly subscribe: 'auto' | 'pattern' };
   readonly queue: {
     readonly concurrency: number;
     readonly max: number;

@@ -3,12 +3,16 @@ import type { Redis } from 'ioredis';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
-import { REGISTRY_KEY, agentOfHeartbeatKey, keyOfKeyspaceChannel } from '../redis/keys.ts';
-import { reapAgent, sweepDen } from '../redis/scripts.ts';
+import { REGISTRY_KEY, agentOfHeartbeatKey, denMembersKey, heartbeatKey, keyOfKeyspaceChannel } from '../redis/keys.ts';
+import { randomBytes } from 'node:crypto';
+import { reapAgent, sampleDen, sweepDen, sweeperLease } from '../redis/scripts.ts';
 import type { RegistryRecord } from './presence.ts';
 import type { KeyRing } from '../security/keys.ts';
 
 export type Detector = 'expiry' | 'sweep';
+
+/** Longest a member that does not hold the den's sweeper lease waits before it checks an expiry itself, ms. */
+export const EXPIRY_DEFER_MS = 250;
 
 /** Data of an `agent_down` event. */
 export interface AgentDown {
@@ -80,6 +84,16 @@ export interface PeerWatcherOptions {
   readonly keys?: KeyRing;
   /** No ghosts: remove den members without an agentd registry record quietly instead of announcing them. */
   readonly ghosts?: boolean;
+  /**
+   * Who sweeps: 'lease' (default) — only the holder of the den's sweeper
+   * lease, so a den costs one sweep per interval whatever its size; 'every' —
+   * every watcher sweeps every interval (the old behaviour, O(N²) per den).
+   */
+  readonly sweeper?: 'lease' | 'every';
+  /** Lease length, ms (default 3 × sweepIntervalMs): a dead holder is replaced within it. */
+  readonly leaseMs?: number;
+  /** Members sampled by the expiry path's mass-death check (default 32; a smaller den is counted exactly). */
+  readonly expirySample?: number;
 }
 
 /** Distinct agents an expiry check waits for at most (notifications can be spoofed; the sweep is the backstop). */
@@ -129,10 +143,38 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   readonly #missingSince = new Map<string, number>();
   #expiryTimer: NodeJS.Timeout | undefined;
   #expiryChecking = false;
+  /** This watcher's lease token: agent id and a random part, so a twin with the same id is another holder. */
+  readonly #token: string;
+  /** Dens whose sweeper lease this watcher held at its last tick. */
+  readonly #leases = new Set<string>();
+  /** Sweeps this watcher ran (one per den per tick it swept). */
+  sweeps = 0;
+  /** Unix ms until which nobody is reaped (a grace after a reconnect or a failover). */
+  #graceUntil = 0;
+  #leaseRefused = false;
 
   constructor(options: PeerWatcherOptions) {
     super();
     this.#o = options;
+    this.#token = `${options.agent.id} ${randomBytes(6).toString('hex')}`;
+  }
+
+  get #leaseMs(): number {
+    return this.#o.leaseMs ?? 3 * this.#o.sweepIntervalMs;
+  }
+
+  /** Dens whose sweeper lease this watcher holds (as of its last tick). */
+  get leases(): readonly string[] {
+    return [...this.#leases];
+  }
+
+  /**
+   * Reaps nobody for `ms` from now (a reconnect or a failover: the promoted
+   * replica may lack the latest beats; every live agent beats again within
+   * one heartbeat interval of its own reconnect).
+   */
+  graceFor(ms: number): void {
+    this.#graceUntil = Math.max(this.#graceUntil, Date.now() + ms);
   }
 
   get #allDens(): boolean {
@@ -161,12 +203,25 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     this.#expiryTimer = undefined;
   }
 
+  /** Gives up the leases this watcher holds (graceful stop), so another member takes over at once. */
+  async releaseLeases(): Promise<void> {
+    const dens = [...this.#leases];
+    this.#leases.clear();
+    if (this.#o.redis.status !== 'ready') return;
+    await Promise.all(dens.map((den) => sweeperLease(this.#o.redis, den, this.#token, 0).catch(() => undefined)));
+  }
+
   #schedule(ms: number): void {
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
-      void this.sweep().finally(() => {
-        if (!this.#stopped) this.#schedule(this.#nextDelay());
-      });
+      void this.tick().then(
+        (next) => {
+          if (!this.#stopped) this.#schedule(next);
+        },
+        () => {
+          if (!this.#stopped) this.#schedule(this.#nextDelay());
+        },
+      );
     }, ms);
     this.#timer.unref();
   }
@@ -217,10 +272,16 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
 
   #scheduleExpiryCheck(): void {
     if (this.#expiryTimer !== undefined || this.#expiryChecking) return;
-    this.#expiryTimer = setTimeout(() => {
-      this.#expiryTimer = undefined;
-      void this.#reapExpired();
-    }, 10).unref();
+    // The den's sweeper reacts at once; the other members a little later, and only to the ones
+    // it has not reaped by then (one SISMEMBER each): one death costs the den O(N) small calls.
+    const first = this.#leases.size > 0 || (this.#o.sweeper ?? 'lease') === 'every';
+    this.#expiryTimer = setTimeout(
+      () => {
+        this.#expiryTimer = undefined;
+        void this.#reapExpired();
+      },
+      first ? 10 : 10 + Math.random() * EXPIRY_DEFER_MS,
+    ).unref();
   }
 
   async #reapExpired(): Promise<void> {
@@ -241,12 +302,20 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
       });
       for (const [den, pending] of byDen) {
         try {
-          const found = await sweepDen(this.#o.redis, den);
-          const missing = found.missing.filter((id) => id !== this.#o.agent.id);
-          this.#trackMissing(den, missing, false);
-          // Health again after the round trip: Redis may have been frozen while it was in flight.
-          if (!this.#healthy() || this.#brake(den, found.members, missing.length)) continue;
-          for (const id of missing) if (pending.has(id) && this.#healthy()) await this.#reap(id, den, 'expiry');
+          // Only notified members still in the den whose heartbeat key is really gone (a
+          // notification is a hint; the den's sweeper may have reaped them already).
+          const ids = [...pending];
+          const checks = (await this.#o.redis.pipeline(ids.flatMap((id) => [['sismember', denMembersKey(den), id], ['exists', heartbeatKey(id)]])).exec()) ?? [];
+          const gone = ids.filter((_, i) => checks[2 * i]?.[1] === 1 && checks[2 * i + 1]?.[1] === 0);
+          if (gone.length === 0) continue;
+          this.#trackMissing(den, gone, false);
+          // The mass-death check from a sample of the den: O(sample) per watcher per expiry, so
+          // N watchers reacting to one death cost O(N) in all, not O(N²) as a full sweep each would.
+          const sample = await sampleDen(this.#o.redis, den, this.#o.expirySample ?? 32);
+          const missing = sample.sampled === 0 ? 0 : Math.round((sample.missing / sample.sampled) * sample.members);
+          // Health again after the round trips: Redis may have been frozen while they were in flight.
+          if (!this.#healthy() || this.#inGrace() || this.#brake(den, sample.members, Math.max(missing, gone.length))) continue;
+          for (const id of gone) if (this.#healthy()) await this.#reap(id, den, 'expiry');
         } catch (err) {
           this.#o.log.debug({ peerDen: den, err: describeError(err) }, 'reap after expiry notification failed; the sweep will retry');
         }
@@ -257,6 +326,10 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
       this.#expiryChecking = false;
       if (this.#pendingExpiry.size > 0 && !this.#stopped) this.#scheduleExpiryCheck();
     }
+  }
+
+  #inGrace(): boolean {
+    return Date.now() < this.#graceUntil;
   }
 
   /** Local health first: false (and one log line per episode) while our own presence writes fail. */
@@ -331,8 +404,57 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     return [...dens];
   }
 
-  /** One pass over the watched dens: one script call per den, one reap per dead member. */
-  async sweep(): Promise<SweepResult | undefined> {
+  /**
+   * One timer turn: with sweeper 'lease', takes or renews the lease of each
+   * watched den and sweeps the dens it holds; with 'every', sweeps them all.
+   * Resolves with the ms until the next turn: a watcher that holds no lease
+   * comes back when the holder's lease would lapse (so a dead holder is
+   * replaced within the lease), one that holds one after the sweep interval.
+   */
+  async tick(): Promise<number> {
+    if (this.#o.redis.status !== 'ready') return this.#nextDelay();
+    if ((this.#o.sweeper ?? 'lease') === 'every') {
+      await this.sweep();
+      return this.#nextDelay();
+    }
+    const dens = await this.#densToSweep();
+    const mine: string[] = [];
+    let next = this.#leaseMs;
+    // An unhealthy watcher neither takes nor keeps a lease: a healthy member takes over.
+    const healthy = this.#healthy();
+    for (const den of dens) {
+      if (!healthy) {
+        if (this.#leases.delete(den)) await sweeperLease(this.#o.redis, den, this.#token, 0).catch(() => undefined);
+        continue;
+      }
+      const lease = await sweeperLease(this.#o.redis, den, this.#token, this.#leaseMs).catch((err: unknown) => {
+        // An ACL without the lease key or its commands (NOPERM): sweep every interval, as before the lease.
+        if (!/\bNOPERM\b/.test(describeError(err))) throw err;
+        if (!this.#leaseRefused) {
+          this.#leaseRefused = true;
+          this.#o.log.warn({ peerDen: den, err: describeError(err) }, 'cannot use the sweeper lease (NOPERM); sweeping every interval instead (quadratic in the den size): allow ~den:*:sweeper and +get +pttl +srandmember');
+        }
+        return { held: true as const, ms: this.#leaseMs };
+      });
+      if (lease.held) {
+        if (!this.#leases.has(den)) this.#o.log.debug({ peerDen: den }, 'took the sweeper lease of the den');
+        this.#leases.add(den);
+        mine.push(den);
+        next = Math.min(next, this.#nextDelay());
+      } else {
+        this.#leases.delete(den);
+        // Not ours: a holder that beats us renews it; back when it would lapse (plus jitter).
+        const lapse = lease.pttlMs > 0 ? lease.pttlMs : this.#o.sweepIntervalMs;
+        next = Math.min(next, lapse + Math.random() * 0.1 * this.#o.sweepIntervalMs);
+      }
+    }
+    for (const den of [...this.#leases]) if (!dens.includes(den)) this.#leases.delete(den);
+    if (mine.length > 0) await this.sweep(mine);
+    return Math.max(next, 10);
+  }
+
+  /** One pass over the watched dens (or `only` these): one script call per den, one reap per dead member. */
+  async sweep(only?: readonly string[]): Promise<SweepResult | undefined> {
     if (this.#sweeping || this.#o.redis.status !== 'ready') return undefined;
     this.#sweeping = true;
     const t0 = performance.now();
@@ -340,8 +462,9 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
     let missing = 0;
     let reaped = 0;
     try {
-      const dens = await this.#densToSweep();
+      const dens = only ? [...only] : await this.#densToSweep();
       for (const den of dens) {
+        this.sweeps++;
         const found = await sweepDen(this.#o.redis, den);
         members += found.members;
         // Our own beat will put us back.
@@ -349,7 +472,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
         missing += dead.length;
         this.#trackMissing(den, dead, true);
         // Health checked after the round trip: a sweep sent just before Redis froze answers only after it resumes.
-        if (!this.#healthy() || this.#brake(den, found.members, dead.length)) continue;
+        if (!this.#healthy() || this.#inGrace() || this.#brake(den, found.members, dead.length)) continue;
         for (const id of dead) if (this.#healthy() && (await this.#reap(id, den, 'sweep'))) reaped++;
       }
       const result = { dens: dens.length, members, missing, reaped, ms: performance.now() - t0 };

@@ -6,6 +6,7 @@ import type { AgentdConfig } from '../config/schema.ts';
 import { redactUrl } from '../config/load.ts';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { sentinelOptions } from './sentinel.ts';
 
 export type ConnectionRole = 'command' | 'subscriber';
 export type ConnectionState = 'connecting' | 'ready' | 'reconnecting' | 'closed';
@@ -89,6 +90,7 @@ export function redisOptions(config: AgentdConfig, role: ConnectionRole): RedisO
       ...(tlsConf.certFile !== '' ? { cert: readFileSync(tlsConf.certFile), key: readFileSync(tlsConf.keyFile) } : {}),
     };
   }
+  if (config.redis.sentinels.length > 0) Object.assign(options, sentinelOptions(config, options));
   return options;
 }
 

@@ -46,6 +46,14 @@ export function denMembersKey(den: string): string {
   return `den:${den}:online_agents`;
 }
 
+/**
+ * The sweeper lease of a den (agentd's own, not the seed's): the holder's
+ * token, with a TTL of a few sweep intervals. Only its holder sweeps the den.
+ */
+export function denSweeperKey(den: string): string {
+  return `den:${den}:sweeper`;
+}
+
 export function eventChannel(eventType: string): string {
   return EVENT_CHANNEL_PREFIX + eventType;
 }

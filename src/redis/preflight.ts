@@ -16,7 +16,7 @@ import type { Redis } from 'ioredis';
 import type { AgentdConfig } from '../config/schema.ts';
 import { AgentdError, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { DURABLE_GROUP, REGISTRY_KEY, deadLetterKey, denMembersKey, denTasksKey, eventChannel, heartbeatKey, heartbeatKeyspacePattern, inboxKey } from './keys.ts';
+import { DURABLE_GROUP, REGISTRY_KEY, deadLetterKey, denMembersKey, denSweeperKey, denTasksKey, eventChannel, heartbeatKey, heartbeatKeyspacePattern, inboxKey } from './keys.ts';
 
 /** A command the daemon sends, with the keys/channels of one example call, and the feature that needs it. */
 export interface NeededCommand {
@@ -111,6 +111,18 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
     add('watch', `HSET ${REGISTRY_KEY} (in the reap script)`, 'HSET', REGISTRY_KEY, SAMPLE_PEER, '{}');
     add('watch', `PUBLISH ${eventChannel('agent_down')} (in the reap script)`, 'PUBLISH', eventChannel('agent_down'), '{}');
     if (config.watch.dens[0] === '*') add('watch', `HVALS ${REGISTRY_KEY}`, 'HVALS', REGISTRY_KEY);
+    if (config.watch.sweeper === 'lease') {
+      // One sweeper per den: the lease script, and the expiry path's sample of the den.
+      const lease = denSweeperKey(watched);
+      add('watch', `EVALSHA (keys ${lease})`, 'EVALSHA', ANY_SHA, '1', lease);
+      add('watch', `GET ${lease} (in the lease script)`, 'GET', lease);
+      add('watch', `SET ${lease} (in the lease script)`, 'SET', lease, 'x', 'PX', '1000');
+      add('watch', `PEXPIRE ${lease} (in the lease script)`, 'PEXPIRE', lease, '1000');
+      add('watch', `PTTL ${lease} (in the lease script)`, 'PTTL', lease);
+      add('watch', `DEL ${lease} (in the lease script)`, 'DEL', lease);
+      add('watch', `SCARD ${watchedKey} (in the sample script)`, 'SCARD', watchedKey);
+      add('watch', `SRANDMEMBER ${watchedKey} (in the sample script)`, 'SRANDMEMBER', watchedKey, '1');
+    }
   }
   if (config.durable.enabled) {
     // This agent's inbox and its den's tasks: read through the group, acknowledged, claimed, dead-lettered.
@@ -151,7 +163,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
 export const DAEMON_COMMANDS: ReadonlySet<string> = new Set([
   'multi', 'exec', 'discard', 'ping', 'info', 'select', 'set', 'sadd', 'hset', 'srem', 'del', 'publish', 'psubscribe', 'punsubscribe',
   'subscribe', 'unsubscribe', 'evalsha', 'eval', 'smembers', 'sismember', 'exists', 'hget', 'hvals', 'scard', 'pexpire',
-  'sscan', 'hkeys', 'xlen', 'hlen', 'hstrlen', 'getrange', 'time', 'xgroup', 'xreadgroup', 'xack', 'xclaim', 'xautoclaim', 'xpending', 'xrange', 'xadd',
+  'sscan', 'hkeys', 'xlen', 'get', 'pttl', 'srandmember', 'hlen', 'hstrlen', 'getrange', 'time', 'xgroup', 'xreadgroup', 'xack', 'xclaim', 'xautoclaim', 'xpending', 'xrange', 'xadd',
 ]);
 
 /**
@@ -165,7 +177,7 @@ export function aclRule(config: AgentdConfig, user = 'agentd'): string {
   for (const c of neededCommands(config, 'agentd:probe:x:y')) commands.add(`+${(c.args[0] ?? '').toLowerCase()}`);
   const durable = config.durable.enabled ? [inboxKey('*'), denTasksKey('*')] : [];
   const channels = [...new Set([...config.events.patterns, eventChannel('*'), 'agentd:probe:*', ...(expiryChannelOf(config) ? [expiryChannelOf(config) as string] : []), ...durable])];
-  const keys = [heartbeatKey('*'), denMembersKey('*'), REGISTRY_KEY, ...durable, ...(config.durable.enabled ? [deadLetterKey(denTasksKey('*'))] : [])];
+  const keys = [heartbeatKey('*'), denMembersKey('*'), REGISTRY_KEY, ...(config.watch.enabled && config.watch.sweeper === 'lease' ? [denSweeperKey('*')] : []), ...durable, ...(config.durable.enabled ? [deadLetterKey(denTasksKey('*'))] : [])];
   return [`ACL SETUSER ${user} on >PASSWORD resetkeys resetchannels -@all`, ...commands, ...keys.map((k) => `~${k}`), ...channels.map((c) => `&${c}`)].join(' ');
 }
 

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { Redis } from 'ioredis';
 import type { KeyRing } from '../security/keys.ts';
 import { sealEnvelope } from '../security/signing.ts';
-import { HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX, REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from './keys.ts';
+import { HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX, REGISTRY_KEY, denMembersKey, denSweeperKey, eventChannel, heartbeatKey } from './keys.ts';
 
 /**
  * The Lua scripts, one `.lua` file each (`<name>-<numberOfKeys>.lua`, with a
@@ -15,6 +15,8 @@ const SCRIPTS = {
   agentdReapPeer: 'reap-peer-2.lua',
   agentdLeaveAgent: 'leave-agent-3.lua',
   agentdSweepDen: 'sweep-den-1.lua',
+  agentdSweeperLease: 'sweeper-lease-1.lua',
+  agentdSampleDen: 'sample-den-1.lua',
   agentdRateLimit: 'rate-limit-1.lua',
   agentdAppendMessage: 'append-message-1.lua',
   agentdDenStatus: 'den-status-2.lua',
@@ -55,6 +57,8 @@ interface ScriptCommands {
     envelope: string,
   ): Promise<[number, string]>;
   agentdSweepDen(den: string, prefix: string, suffix: string): Promise<[number, ...string[]]>;
+  agentdSweeperLease(lease: string, holder: string, ms: number): Promise<[number, number, string?]>;
+  agentdSampleDen(den: string, prefix: string, suffix: string, size: number): Promise<[number, number, number]>;
   agentdRateLimit(key: string, windowSeconds: number): Promise<[number, number]>;
   agentdAppendMessage(key: string, message: string, keep: number, ttlSeconds: number): Promise<number>;
   agentdDenStatus(den: string, registry: string, ...args: Array<string | number>): Promise<[number, number, ...string[]]>;
@@ -214,4 +218,22 @@ export async function leaveAgent(
 export async function sweepDen(redis: Redis, den: string): Promise<{ members: number; missing: string[] }> {
   const [members, ...missing] = await withScripts(redis).agentdSweepDen(denMembersKey(den), HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX);
   return { members, missing };
+}
+
+export type LeaseOutcome = { readonly held: true; readonly ms: number } | { readonly held: false; readonly pttlMs: number; readonly holder: string };
+
+/**
+ * Takes or renews the sweeper lease of a den for `ms` (compare-and-set on the
+ * holder token); `ms` 0 releases it if it is ours.
+ */
+export async function sweeperLease(redis: Redis, den: string, holder: string, ms: number): Promise<LeaseOutcome> {
+  const [held, detail, other] = await withScripts(redis).agentdSweeperLease(denSweeperKey(den), holder, Math.max(0, Math.round(ms)));
+  if (held === 1) return { held: true, ms: detail };
+  return { held: false, pttlMs: typeof detail === 'number' ? detail : 0, holder: other ?? '' };
+}
+
+/** A random sample of a den (the whole den when it is no larger): members, sampled, missing in the sample. */
+export async function sampleDen(redis: Redis, den: string, size: number): Promise<{ members: number; sampled: number; missing: number }> {
+  const [members, sampled, missing] = await withScripts(redis).agentdSampleDen(denMembersKey(den), HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX, size);
+  return { members, sampled, missing };
 }

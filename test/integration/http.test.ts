@@ -66,7 +66,8 @@ describe('health and metrics endpoint', () => {
           },
         }),
       ],
-      { queue: { handlerTimeoutMs: 100 } },
+      // PSUBSCRIBE, so the event of a type nobody handles arrives and is counted as unhandled.
+      { queue: { handlerTimeoutMs: 100 }, events: { subscribe: 'pattern' } },
     );
     // Our own agent_online (which no handler takes) must be counted before the first scrape.
     await until(() => t.daemon.stats().unhandled === 1, 'own agent_online');

@@ -37,7 +37,7 @@ describe('intake under fuzzing', () => {
       // The channel rule (an event on another type's channel is refused, issue 12) is off here: this fuzzes
       // the envelope check and the accounting, whose model is parseEnvelope; test/integration/trust.test.ts
       // covers the rule.
-      makeDaemon(suite.redis.url, { events: { maxBytes: MAX_BYTES, maxDepth: MAX_DEPTH }, queue: { max: 100_000 }, security: { channelCheck: false } }, [
+      makeDaemon(suite.redis.url, { events: { maxBytes: MAX_BYTES, maxDepth: MAX_DEPTH, subscribe: 'pattern' }, queue: { max: 100_000 }, security: { channelCheck: false } }, [
         definePlugin({ name: 'fz', handlers: { fz: check } }),
         definePlugin({ name: 'probe', handlers: { fz_other: check } }),
       ]),

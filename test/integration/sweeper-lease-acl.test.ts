@@ -1,0 +1,33 @@
+/**
+ * A Redis ACL that does not allow the sweeper lease (an older rule without
+ * ~den:*:sweeper): the watcher says so once and sweeps every interval as
+ * before the lease, so deaths are still found.
+ */
+import { describe, expect, it } from 'vitest';
+import { collect, makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
+
+const suite = redisSuite({ requireControl: true });
+const uid = (p: string): string => `${p}-${process.pid}-${Math.random().toString(16).slice(2, 8)}`;
+
+describe('sweeper lease refused by the ACL', () => {
+  it('falls back to sweeping every interval and still reaps the dead', async () => {
+    await suite.cmd.config('SET', 'notify-keyspace-events', '');
+    const user = uid('nolease');
+    // Everything agentd needs, but no key den:*:sweeper.
+    await suite.cmd.call('ACL', ['SETUSER', user, 'on', '>pw', 'resetkeys', '~agent:*', '~den:*:online_agents', '~global:agent_registry', '&*', '+@all']);
+    const url = new URL(suite.redis.url);
+    url.username = user;
+    url.password = 'pw';
+    const den = uid('den');
+    const seen = await collect(suite.redis.client(), 'agent:events:agent_down');
+    const t = await suite.start(makeDaemon(url.toString(), { agent: { den }, watch: { sweepInterval: 0.2, notifications: 'off' } }));
+    // A member whose heartbeat is gone and whose record is old: dead by both signals.
+    const ghost = uid('ghost');
+    await suite.cmd.sadd(`den:${den}:online_agents`, ghost);
+    await until(() => seen.length === 1, 'agent_down of the ghost via the fallback sweep', 5_000);
+    expect(seen[0]!.message['data']).toMatchObject({ agent: ghost, den, via: 'sweep', detectedBy: t.config.agent.id });
+    const warned = t.lines.filter((l) => typeof l['msg'] === 'string' && (l['msg'] as string).startsWith('cannot use the sweeper lease (NOPERM)'));
+    expect(warned).toHaveLength(1);
+    expect(await suite.cmd.exists(`den:${den}:sweeper`)).toBe(0);
+  });
+});
