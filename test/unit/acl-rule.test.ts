@@ -14,7 +14,7 @@ describe('agentd acl', () => {
 
   it('writes only its own keys, reads peers\' heartbeats, needs a valid id and den', () => {
     const words = agentAclRule(config, 'a1', 'blue').split(' ');
-    expect(words.filter((w) => w.startsWith('~') || w.startsWith('%'))).toEqual(['~agent:a1:*', '~inbox:a1', '~den:blue:online_agents', '~global:agent_registry', '%R~agent:*:heartbeat']);
+    expect(words.filter((w) => w.startsWith('~') || w.startsWith('%'))).toEqual(['~agent:a1:*', '~inbox:a1', '~den:blue:online_agents', '~global:agent_registry', '%R~agent:*:heartbeat', '~den:blue:sweeper', '~inbox:*', '~den:blue:tasks', '~den:blue:dead']);
     expect(words).not.toContain('+hvals');
     expect(() => agentAclRule(config, undefined, 'blue')).toThrow(/acl needs --agent ID/);
     expect(() => agentAclRule(config, 'a*', 'blue')).toThrow(/--agent ID/);
