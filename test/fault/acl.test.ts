@@ -114,7 +114,7 @@ describe('fault 22: the least-privilege ACL user', () => {
     ['+info', /commands .*\bINFO \[connection\]/],
     ['+psubscribe', /commands .*\bPSUBSCRIBE \[events, watch.notifications\]/],
     ['+subscribe', /commands .*\bSUBSCRIBE \[events, durable\]/],
-    ['+pexpire', /commands .*\bPEXPIRE \[presence\]/],
+    ['+pexpire', /commands .*\bPEXPIRE \[presence, watch\]/],
     ['+time', /commands .*\bTIME \[presence\]/],
     ['+sismember', /commands .*\bSISMEMBER \[watch\]/],
     ['+multi', /commands .*\bMULTI\b/],

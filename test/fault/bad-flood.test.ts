@@ -32,7 +32,7 @@ describe('a flood of bad messages', () => {
 
   it(`${2 * EACH} bad messages: all counted, a bounded number of log lines that add up`, async () => {
     const port = await freePort();
-    d = spawnAgentd(['run'], { env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('flood'), AGENTD_DEN: uniqueId('floodden'), AGENTD_HTTP_PORT: String(port) } });
+    d = spawnAgentd(['run'], { env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('flood'), AGENTD_DEN: uniqueId('floodden'), AGENTD_HTTP_PORT: String(port), AGENTD_EVENT_SUBSCRIBE: 'pattern' } });
     await d.waitForLog(hasMsg('agentd ready'), 15_000);
     const c: Redis = redis.client({ connectionName: 'flood-cmd' });
     for (let i = 0; i < EACH; i += 500) {

@@ -83,6 +83,8 @@ describe('fault 8: hostile input', () => {
         RECORD_TYPES: 'sentinel',
         RECORD_FILE: file,
         AGENTD_HTTP_PORT: String(httpPort),
+        // Every message must reach intake, also on channels no handler names (events.subscribe=auto would not subscribe to them).
+        AGENTD_EVENT_SUBSCRIBE: 'pattern',
       },
     });
     await d.waitForLog(hasMsg('agentd ready'), 15_000);

@@ -47,8 +47,8 @@ describe('what a daemon subscribes to', () => {
       makeDaemon(suite.redis.url, { watch: { notifications: 'off' } }, [definePlugin({ name: 'typed', handlers: { alpha: (e) => void seen.push(e), beta: (e) => void seen.push(e) } })]),
     );
     const s = await subscriberOf(`agentd:${t.config.agent.id}:sub`);
-    // probe + alpha + beta + agent_online/offline/down; no pattern at all.
-    expect(s).toEqual({ sub: 6, psub: 0 });
+    // probe + alpha + beta + agent_online/offline/down + the durable doorbells (inbox, den tasks); no pattern at all.
+    expect(s).toEqual({ sub: 8, psub: 0 });
     const { received, unhandled } = t.daemon.stats();
     expect(await send('gamma', 1), 'receivers of a type nobody handles').toBe(0);
     expect(await send('alpha', 2)).toBe(1);
@@ -60,7 +60,7 @@ describe('what a daemon subscribes to', () => {
     // Subscribed again, to the same channels, after Redis drops the subscriber connection.
     await suite.cmd.call('CLIENT', ['KILL', 'TYPE', 'pubsub']);
     await until(() => t.daemon.state === 'ready' && seen.length === 1, 'ready again', 10_000);
-    await until(async () => (await subscriberOf(`agentd:${t.config.agent.id}:sub`).catch(() => ({ sub: 0 }))).sub === 6, 'resubscribed', 10_000);
+    await until(async () => (await subscriberOf(`agentd:${t.config.agent.id}:sub`).catch(() => ({ sub: 0 }))).sub === 8, 'resubscribed', 10_000);
     await send('beta', 3);
     await until(() => seen.length === 2, 'beta after the reconnect');
     expect(seen[1]).toMatchObject({ event: 'beta', data: 3 });
@@ -73,7 +73,7 @@ describe('what a daemon subscribes to', () => {
         definePlugin({ name: 'slow', setup: () => new Promise<void>((r) => setTimeout(r, 400)), handlers: { alpha: (e) => void seen.push(e) } }),
       ]),
     );
-    expect(await subscriberOf(`agentd:${t.config.agent.id}:sub`)).toEqual({ sub: 5, psub: 0 });
+    expect(await subscriberOf(`agentd:${t.config.agent.id}:sub`)).toEqual({ sub: 7, psub: 0 });
     expect(await send('alpha', 1)).toBe(1);
     await until(() => seen.length === 1, 'alpha');
     await new Promise((r) => setTimeout(r, 300));
@@ -88,16 +88,16 @@ describe('what a daemon subscribes to', () => {
         definePlugin({ name: 'all', handlers: { '*': (e) => void seen.push(`all:${e.event}`) } }),
       ]),
     );
-    expect(await subscriberOf(`agentd:${t.config.agent.id}:sub`)).toEqual({ sub: 1, psub: 1 });
+    expect(await subscriberOf(`agentd:${t.config.agent.id}:sub`)).toEqual({ sub: 3, psub: 1 });
     await send('gamma', 1);
     await until(() => seen.includes('all:gamma'), 'gamma through the pattern');
   });
 
   it('explicit patterns and events.subscribe = pattern keep the pattern', async () => {
     const a = await suite.start(makeDaemon(suite.redis.url, { watch: { notifications: 'off' }, events: { patterns: ['agent:events:g*'] } }, [definePlugin({ name: 'p', handlers: { gamma: () => undefined } })]));
-    expect(await subscriberOf(`agentd:${a.config.agent.id}:sub`)).toEqual({ sub: 1, psub: 1 });
+    expect(await subscriberOf(`agentd:${a.config.agent.id}:sub`)).toEqual({ sub: 3, psub: 1 });
     const b = await suite.start(makeDaemon(suite.redis.url, { watch: { notifications: 'off' }, events: { subscribe: 'pattern' } }, [definePlugin({ name: 'p', handlers: { gamma: () => undefined } })]));
-    expect(await subscriberOf(`agentd:${b.config.agent.id}:sub`)).toEqual({ sub: 1, psub: 1 });
+    expect(await subscriberOf(`agentd:${b.config.agent.id}:sub`)).toEqual({ sub: 3, psub: 1 });
     await send('delta', 1);
     await until(() => b.daemon.stats().unhandled >= 1, 'delta through the pattern, unhandled');
   });

@@ -1,7 +1,8 @@
 /**
- * A Redis ACL that does not allow the sweeper lease (an older rule without
- * ~den:*:sweeper): the watcher says so once and sweeps every interval as
- * before the lease, so deaths are still found.
+ * A Redis ACL that stops allowing the sweeper lease while the daemon runs
+ * (an operator applies an older rule without ~den:*:sweeper; at start the
+ * server check refuses such a user with exit 2): the watcher says so once and
+ * sweeps every interval as before the lease, so deaths are still found.
  */
 import { describe, expect, it } from 'vitest';
 import { collect, makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
@@ -13,18 +14,22 @@ describe('sweeper lease refused by the ACL', () => {
   it('falls back to sweeping every interval and still reaps the dead', async () => {
     await suite.cmd.config('SET', 'notify-keyspace-events', '');
     const user = uid('nolease');
-    // Everything agentd needs, but no key den:*:sweeper.
-    await suite.cmd.call('ACL', ['SETUSER', user, 'on', '>pw', 'resetkeys', '~agent:*', '~den:*:online_agents', '~global:agent_registry', '&*', '+@all']);
+    const keys = ['~agent:*', '~den:*:online_agents', '~global:agent_registry'];
+    await suite.cmd.call('ACL', ['SETUSER', user, 'on', '>pw', 'resetkeys', ...keys, '~den:*:sweeper', '&*', '+@all']);
     const url = new URL(suite.redis.url);
     url.username = user;
     url.password = 'pw';
     const den = uid('den');
     const seen = await collect(suite.redis.client(), 'agent:events:agent_down');
-    const t = await suite.start(makeDaemon(url.toString(), { agent: { den }, watch: { sweepInterval: 0.2, notifications: 'off' } }));
+    const t = await suite.start(makeDaemon(url.toString(), { agent: { den }, heartbeat: { ttl: 2, interval: 0.5 }, watch: { sweepInterval: 0.2, notifications: 'off' }, durable: { enabled: false } }));
+    // Everything agentd needs, but no key den:*:sweeper any more.
+    await suite.cmd.call('ACL', ['SETUSER', user, 'resetkeys', ...keys]);
+    await suite.cmd.del(`den:${den}:sweeper`);
     // A member whose heartbeat is gone and whose record is old: dead by both signals.
     const ghost = uid('ghost');
     await suite.cmd.sadd(`den:${den}:online_agents`, ghost);
-    await until(() => seen.length === 1, 'agent_down of the ghost via the fallback sweep', 5_000);
+    // A member without a registry record is reaped once this watcher has seen its key missing for a TTL.
+    await until(() => seen.length === 1, 'agent_down of the ghost via the fallback sweep', 10_000);
     expect(seen[0]!.message['data']).toMatchObject({ agent: ghost, den, via: 'sweep', detectedBy: t.config.agent.id });
     const warned = t.lines.filter((l) => typeof l['msg'] === 'string' && (l['msg'] as string).startsWith('cannot use the sweeper lease (NOPERM)'));
     expect(warned).toHaveLength(1);
