@@ -98,11 +98,13 @@ const SHUTDOWN = new Error('daemon shutting down');
  * Reads this agent's inbox and its den's task stream through the `agentd`
  * consumer group and hands each entry to the handlers of its type.
  *
- * Bounds: at most `concurrency` entries run at once and at most as many more
- * wait in the p-queue; the stream is read again only when nothing waits
- * (`onSizeLessThan(1)`), and a read asks only for the free capacity
- * (2 x concurrency - waiting - running), so a slow handler holds entries back
- * in Redis instead of dropping them. Entries are acknowledged only after every
+ * Bounds: at most `concurrency` entries run at once and at most
+ * 2 x concurrency are out of Redis (running + waiting in the p-queue + the
+ * batch just read): the stream is read again only when nothing waits
+ * (`onSizeLessThan(1)`), a read asks for at most `concurrency` entries and
+ * only for the room left, and the one read sent ahead while a batch runs
+ * (#readNew) counts that batch too. So a slow handler holds entries back in
+ * Redis instead of dropping them. Entries are acknowledged only after every
  * handler succeeded, or when they are dead-lettered. Reads never block (no
  * BLOCK): the command connection is shared with the heartbeat.
  *
@@ -113,7 +115,8 @@ const SHUTDOWN = new Error('daemon shutting down');
  * a slot until it settles. Once the slots are full, the rest of the batch
  * waits in the p-queue as before. The p-queue therefore still counts every
  * running and waiting entry, and stays the backpressure bound. The acks of a
- * batch go out as one XACK, written before the next XREADGROUP.
+ * batch go out as one XACK, written at its end (while the read sent ahead is
+ * on its way), not on a later turn.
  */
 export class DurableConsumer {
   readonly #o: ConsumerOptions;
