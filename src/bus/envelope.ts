@@ -134,7 +134,10 @@ export function parseEnvelope(channel: string, payload: Buffer | string, maxByte
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return { ok: false, reason: 'not_object' };
   // Keys are checked only when the text could spell a dangerous key: literally, or through \u escapes.
   // '"prototype"' with its quotes: V8 searches a bare 'prototype' slowly through runs of 'p'.
-  const checkKeys = text.includes('__proto__') || text.includes('"prototype"') || text.includes('\\u');
+  // Each long needle behind a short one it contains: V8 sets up a Boyer-Moore search for a needle of
+  // 7 characters or more, which costs more than the search itself in a message of a few hundred bytes
+  // (the three long searches were a third of the time of JSON.parse on a 100-byte message).
+  const checkKeys = (text.includes('__p') && text.includes('__proto__')) || (text.includes('ype"') && text.includes('"prototype"')) || text.includes('\\u');
   const bad = walk(parsed, maxDepth, checkKeys);
   if (bad !== undefined) return { ok: false, reason: bad };
   const raw = parsed as Record<string, unknown>;

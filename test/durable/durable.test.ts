@@ -232,6 +232,41 @@ describe('bounds, hand-over at stop, retention, metrics', () => {
     await until(async () => (await pendingCount(key)) === 0, 'all acknowledged');
   });
 
+  it('a backlog read in batches, mixing synchronous, failing and asynchronous handlers: each handled and acked, never more than concurrency running', async () => {
+    const den = uid('den');
+    const key = `den:${den}:tasks`;
+    const N = 60; // many reads of at most `concurrency` entries, with a read ahead
+    for (let n = 0; n < N; n++) await suite.cmd.xadd(key, '*', 'envelope', JSON.stringify({ event: 'job', data: n }));
+    const attempts = new Map<number, number>();
+    let running = 0;
+    let maxRunning = 0;
+    const plugin = definePlugin({
+      name: 'mixed',
+      handlers: {
+        job: (e) => {
+          const n = e.data as number;
+          attempts.set(n, (attempts.get(n) ?? 0) + 1);
+          if (n % 3 === 1) return undefined; // synchronous, succeeds
+          if (n % 3 === 2) {
+            if (e.delivery!.attempt === 1) throw new Error(`first try of ${n}`); // synchronous, fails once
+            return undefined;
+          }
+          running++;
+          maxRunning = Math.max(maxRunning, running);
+          return sleep(20).then(() => void running--); // asynchronous
+        },
+      },
+    }) as Plugin;
+    const t = await startAgent(den, plugin, { durable: { concurrency: 4, backoffMs: 20, backoffMaxMs: 50 } });
+    await until(() => t.daemon.durable.consumer.counts.acked === N, `all ${N} acknowledged`, 15_000);
+    await until(async () => (await pendingCount(key)) === 0 && t.daemon.durable.consumer.inFlight === 0, 'nothing pending');
+    for (let n = 0; n < N; n++) expect(attempts.get(n), `entry ${n}`).toBe(n % 3 === 2 ? 2 : 1);
+    expect(maxRunning).toBeLessThanOrEqual(4);
+    expect(maxRunning).toBeGreaterThan(1); // they did run side by side
+    expect(t.daemon.durable.consumer.counts.failedAttempts).toBe(N / 3);
+    expect(await suite.cmd.xlen(`den:${den}:dead`)).toBe(0);
+  });
+
   it('an entry trimmed before it was acknowledged is counted and logged, not silently lost', async () => {
     const den = uid('den');
     const key = `den:${den}:tasks`;
