@@ -53,6 +53,31 @@ export function sealEnvelope(envelope: { readonly id: string; readonly ts: numbe
   return `${body.slice(0, -1)},"sig":"v1,${keys.active.kid},${sig}"}`;
 }
 
+/**
+ * The signature alone (no tolerance, no replay window): undefined when one
+ * entry of the `sig` tail is a valid MAC by a listed key over id, ts,
+ * channel (or stream key) and body. Durable entries use this: they may wait
+ * in a stream for hours, and are delivered again on retries. Never throws.
+ */
+export function checkSignature(keys: KeyRing, channel: string, payload: Buffer, id: string | undefined, ts: number | undefined): 'unsigned' | 'bad_signature' | 'unknown_key' | undefined {
+  const at = payload.lastIndexOf(TAIL_START);
+  if (at < 0) return 'unsigned';
+  const match = TAIL.exec(payload.toString('latin1', at));
+  if (match === null) return 'bad_signature';
+  if (id === undefined || ts === undefined || !Number.isSafeInteger(ts)) return 'bad_signature';
+  let known = false;
+  for (const entry of (match[1] as string).split(' ').slice(0, MAX_ENTRIES)) {
+    const [, kid, b64] = entry.split(',') as [string, string, string];
+    const key = keys.byKid.get(kid);
+    if (key === undefined) continue;
+    known = true;
+    const expected = mac(key, id, ts, channel, payload, at);
+    const given = Buffer.from(b64, 'base64');
+    if (given.length === expected.length && timingSafeEqual(given, expected)) return undefined;
+  }
+  return known ? 'bad_signature' : 'unknown_key';
+}
+
 export interface VerifierOptions {
   readonly keys: KeyRing;
   /** How far a message's ts may be from now, either way, ms. */
@@ -88,27 +113,8 @@ export class Verifier {
    * Never throws on any input.
    */
   verify(channel: string, payload: Buffer, id: string | undefined, ts: number | undefined): SignatureReason | undefined {
-    const at = payload.lastIndexOf(TAIL_START);
-    if (at < 0) return 'unsigned';
-    const match = TAIL.exec(payload.toString('latin1', at));
-    if (match === null) return 'bad_signature';
-    if (id === undefined || ts === undefined || !Number.isSafeInteger(ts)) return 'bad_signature';
-    let known = false;
-    let good = false;
-    for (const entry of (match[1] as string).split(' ').slice(0, MAX_ENTRIES)) {
-      const [, kid, b64] = entry.split(',') as [string, string, string];
-      const key = this.#o.keys.byKid.get(kid);
-      if (key === undefined) continue;
-      known = true;
-      const expected = mac(key, id, ts, channel, payload, at);
-      const given = Buffer.from(b64, 'base64');
-      if (given.length === expected.length && timingSafeEqual(given, expected)) {
-        good = true;
-        break;
-      }
-    }
-    if (!known) return 'unknown_key';
-    if (!good) return 'bad_signature';
+    const bad = checkSignature(this.#o.keys, channel, payload, id, ts);
+    if (bad !== undefined || id === undefined || ts === undefined) return bad ?? 'bad_signature';
     const now = (this.#o.now ?? Date.now)();
     if (Math.abs(now - ts) > this.#o.toleranceMs) return 'stale';
     if (this.#seen.has(id)) return 'replayed';

@@ -99,6 +99,32 @@ describe('trust on a shared Redis (security.signing=require)', () => {
     listener.disconnect();
   });
 
+  it('durable entries are signed and verified too: a forged inbox entry, task or reply drives no handler under require', async () => {
+    const keys = writeKeysFile([['k1', newSecret()]]);
+    const den = uid('den');
+    const got: AgentEvent[] = [];
+    const mk = (plugins: ReturnType<typeof definePlugin>[]) => makeDaemon(suite.redis.url, { ...fast, agent: { den }, security: { signing: 'require', keysFile: keys } }, plugins);
+    const b = await suite.start(mk([definePlugin({ name: 'job', handlers: { job: (e) => { got.push(e); return 'done'; } } })]));
+    const a = await suite.start(mk([]));
+    const bId = b.config.agent.id;
+    const forged = (event: string, extra: object = {}) => JSON.stringify({ event, data: { forged: true }, id: uid('f'), source: 'evil', ts: Date.now(), den, ...extra });
+    // redis-cli style: XADD an unsigned envelope into b's inbox and the den's tasks.
+    await suite.cmd.xadd(`inbox:${bId}`, '*', 'envelope', forged('job'));
+    await suite.cmd.xadd(`den:${den}:tasks`, '*', 'envelope', forged('job'));
+    // A genuine (signed) request from a, and its signed reply.
+    const answer = a.daemon.durable.request(bId, 'job', { genuine: true }, { timeoutMs: 10_000 });
+    expect(await answer).toBe('done');
+    await until(() => got.some((e) => (e.data as { genuine?: boolean }).genuine === true), 'the genuine request handled');
+    await until(async () => (await suite.cmd.xlen(`inbox:${bId}:dead`)) >= 1 && (await suite.cmd.xlen(`den:${den}:dead`)) >= 1, 'the forged entries dead-lettered');
+    expect(got.filter((e) => (e.data as { forged?: boolean }).forged === true)).toEqual([]);
+    expect(b.lines.some((l) => l['code'] === 'AGENTD_ERR_BAD_EVENT' && l['reason'] === 'unsigned' && typeof l['stream'] === 'string')).toBe(true);
+    // A signed entry copied to another inbox fails: the stream key is signed.
+    const [reply] = (await suite.cmd.xrange(`inbox:${a.config.agent.id}`, '-', '+')) as Array<[string, string[]]>;
+    expect(reply![1][1]).toMatch(/,"sig":"v1,k1,/);
+    await suite.cmd.xadd(`inbox:${bId}`, '*', 'envelope', reply![1][1]!);
+    await until(async () => (await suite.cmd.xlen(`inbox:${bId}:dead`)) >= 2, 'the moved reply dead-lettered');
+  });
+
   it('with signing off, behaviour is today\'s: a forged agent_down is dispatched and counted; a ghost is announced', async () => {
     const den = uid('den');
     const p = member(den, 'off', '');
