@@ -88,15 +88,18 @@ export interface VerifierOptions {
 }
 
 /**
- * Verifies signed messages: signature, timestamp tolerance, replay. Ids seen
- * within the tolerance are remembered (bounded: at most `replayCapacity`,
- * oldest forgotten first; an id older than the tolerance is refused as
- * stale anyway, so a window of twice the tolerance suffices).
+ * Verifies signed messages: signature, timestamp tolerance, replay. Ids are
+ * remembered until their ts is past the tolerance (a copy is stale then),
+ * at most `replayCapacity` of them: when a full window forgets a fresh id,
+ * every message not newer than it is refused as stale from then on.
  */
 export class Verifier {
   readonly #o: VerifierOptions;
+  /** Ids accepted, with their ts, in the order received. */
   readonly #seen = new Map<string, number>();
   readonly #capacity: number;
+  /** The newest ts among ids forgotten while still within the tolerance (the window was full). */
+  #floor = -Infinity;
 
   constructor(options: VerifierOptions) {
     this.#o = options;
@@ -117,19 +120,24 @@ export class Verifier {
     if (bad !== undefined || id === undefined || ts === undefined) return bad ?? 'bad_signature';
     const now = (this.#o.now ?? Date.now)();
     if (Math.abs(now - ts) > this.#o.toleranceMs) return 'stale';
+    // Not newer than an id the full window had to forget: it cannot be told from a replay.
+    if (ts <= this.#floor) return 'stale';
     if (this.#seen.has(id)) return 'replayed';
-    this.#remember(id, now);
+    this.#remember(id, ts, now);
     return undefined;
   }
 
-  #remember(id: string, now: number): void {
+  #remember(id: string, ts: number, now: number): void {
     const seen = this.#seen;
-    // Forget what is older than twice the tolerance (Map order is insertion order: oldest first).
-    const horizon = now - 2 * this.#o.toleranceMs;
-    for (const [old, when] of seen) {
-      if (when >= horizon && seen.size < this.#capacity) break;
+    // Forget ids whose ts is past the tolerance: a copy would be stale anyway (Map order is insertion order).
+    const horizon = now - this.#o.toleranceMs;
+    for (const [old, oldTs] of seen) {
+      if (oldTs >= horizon && seen.size < this.#capacity) break;
+      // Full (a busy fleet's own traffic is enough): forgotten while a copy would still be fresh, so
+      // from now on nothing that old is accepted (else a recorded message could be replayed).
+      if (oldTs >= horizon && oldTs > this.#floor) this.#floor = oldTs;
       seen.delete(old);
     }
-    seen.set(id, now);
+    seen.set(id, ts);
   }
 }

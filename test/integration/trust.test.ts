@@ -5,12 +5,14 @@
  * a real death is still announced once and accepted by every peer. With
  * signing off, behaviour is today's (a forged agent_down is dispatched).
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { AgentEvent } from '../../src/bus/envelope.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
 import { makeDaemon, redisSuite, uid, until, type TestDaemon } from '../helpers/inproc.ts';
 import { newSecret, writeKeysFile } from '../helpers/keys.ts';
+import { loadKeys } from '../../src/security/keys.ts';
+import { sealEnvelope } from '../../src/security/signing.ts';
 
 const suite = redisSuite();
 
@@ -71,8 +73,10 @@ describe('trust on a shared Redis (security.signing=require)', () => {
       throw new Error(`${String(err)}: ${JSON.stringify(peers.map((p) => p.t.daemon.stats().invalid))}`);
     });
     await until(async () => (await suite.cmd.sismember(`den:${den}:online_agents`, ghost)) === 0, 'the ghost removed');
-    const ghostRemovals = await Promise.all(peers.map((p) => metricValue(p.t, 'agentd_ghosts_removed_total')));
-    expect(ghostRemovals.reduce((x, y) => x + y, 0)).toBe(1);
+    // The SREM is seen before the reaper has read the script's reply (and counted it): wait for the count.
+    const ghostRemovals = async () => (await Promise.all(peers.map((p) => metricValue(p.t, 'agentd_ghosts_removed_total')))).reduce((x, y) => x + y, 0);
+    await until(async () => (await ghostRemovals()) >= 1, 'the ghost removal counted');
+    expect(await ghostRemovals()).toBe(1);
     expect(peers.some((p) => p.t.lines.some((l) => /a ghost/.test(String(l.msg)) && l['peer'] === ghost))).toBe(true);
 
     // 5. A real death: an agentd-written record, long silent, heartbeat gone.
@@ -98,6 +102,34 @@ describe('trust on a shared Redis (security.signing=require)', () => {
     expect(a.t.daemon.stats().invalid.stale).toBe(0);
     listener.disconnect();
   });
+
+  it('a replay is refused even after the fleet\'s own traffic filled the replay window (100,000 ids)', async () => {
+    const keysFile = writeKeysFile([['k1', newSecret()]]);
+    const keys = loadKeys(keysFile);
+    const downs: AgentEvent[] = [];
+    const t = await suite.start(makeDaemon(suite.redis.url, { security: { signing: 'require', keysFile } }, [definePlugin({ name: 'rec', handlers: { agent_down: (e) => void downs.push(e), noise: () => undefined } })]));
+    const seal = (event: string, data: unknown) => {
+      const env = { event, data, id: randomUUID(), source: 'a1', ts: Date.now(), den: 'blue' };
+      return sealEnvelope(env, `agent:events:${event}`, keys);
+    };
+    const down = seal('agent_down', { agent: 'a2', den: 'blue' });
+    await suite.cmd.publish('agent:events:agent_down', down);
+    await until(() => downs.length === 1, 'the genuine agent_down');
+    // Genuine, signed, fresh traffic (no attacker needed): more ids than the window holds.
+    const before = t.daemon.stats().received;
+    for (let sent = 0; sent < 100_000; sent += 5_000) {
+      const p = suite.cmd.pipeline();
+      for (let i = 0; i < 5_000; i++) p.publish('agent:events:noise', seal('noise', i));
+      await p.exec();
+      // Paced: a subscriber far behind is cut off by Redis (client-output-buffer-limit pubsub).
+      await until(() => t.daemon.stats().received >= before + sent + 5_000, `${sent + 5_000} messages taken in`, 30_000);
+    }
+    // The attacker, who recorded the agent_down, replays it within the tolerance.
+    await suite.cmd.publish('agent:events:agent_down', down);
+    await until(() => t.daemon.stats().received >= before + 100_001, 'the replay taken in');
+    const inv = t.daemon.stats().invalid;
+    expect({ downs: downs.length, refused: inv.replayed + inv.stale }).toEqual({ downs: 1, refused: 1 });
+  }, 180_000);
 
   it('durable entries are signed and verified too: a forged inbox entry, task or reply drives no handler under require', async () => {
     const keys = writeKeysFile([['k1', newSecret()]]);

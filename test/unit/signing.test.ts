@@ -54,8 +54,14 @@ describe('signed envelopes', () => {
   it('the replay window is bounded', () => {
     const keys = `k1 ${S1}`;
     const v = verifier(keys, 1_000_000, 100);
-    for (let i = 0; i < 1_000; i++) expect(check(v, sealEnvelope(env({ id: `m${i}` }), channel, ring(keys)), env({ id: `m${i}` }))).toBeUndefined();
+    const msg = (i: number) => env({ id: `m${i}`, ts: 1_000_000 - 1_000 + i });
+    const first = sealEnvelope(msg(0), channel, ring(keys));
+    for (let i = 0; i < 1_000; i++) expect(check(v, i === 0 ? first : sealEnvelope(msg(i), channel, ring(keys)), msg(i))).toBeUndefined();
     expect(v.remembered).toBeLessThanOrEqual(100);
+    // m0 was forgotten within the tolerance: its copy is still refused, and so is anything as old.
+    expect(check(v, first, msg(0))).toBe('stale');
+    const late = env({ id: 'other', ts: msg(899).ts });
+    expect(check(v, sealEnvelope(late, channel, ring(keys)), late)).toBe('stale');
   });
 
   it('keys files: errors name the file and line, never the secret; a file others can read is refused', () => {
