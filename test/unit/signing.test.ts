@@ -66,9 +66,9 @@ describe('signed envelopes', () => {
 
   it('keys files: errors name the file and line, never the secret; a file others can read is refused', () => {
     expect(() => ring('')).toThrow(/lists no key/);
-    expect(() => ring('k1 short-secret')).toThrow(/line 1: the secret of key k1 is shorter than 32/);
+    expect(() => ring('k1 short-secret')).toThrow(/line 1: the secret is shorter than 32/);
     expect(() => ring(`bad/kid ${S1}`)).toThrow(/line 1: the key id/);
-    expect(() => ring(`k1 ${S1}\nk1 ${S2}`)).toThrow(/key id k1 is listed twice/);
+    expect(() => ring(`k1 ${S1}\nk1 ${S2}`)).toThrow(/line 2: the key id is listed twice \(also on line 1\)/);
     try {
       ring(`k1 ${S1}\nk1 ${S2}`);
     } catch (err) {
