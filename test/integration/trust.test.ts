@@ -169,6 +169,18 @@ describe('trust on a shared Redis (security.signing=require)', () => {
     expect(p.t.daemon.stats().invalid.unsigned).toBe(0);
   });
 
+  it('warn: a flood of unsigned messages is dispatched, but not logged line by line', async () => {
+    const keys = writeKeysFile([['k1', newSecret()]]);
+    let seen = 0;
+    const t = await suite.start(makeDaemon(suite.redis.url, { security: { signing: 'warn', keysFile: keys } }, [definePlugin({ name: 'rec', handlers: { hello: () => void seen++ } })]));
+    const p = suite.cmd.pipeline();
+    for (let i = 0; i < 1_000; i++) p.publish('agent:events:hello', JSON.stringify({ event: 'hello', data: i }));
+    await p.exec();
+    await until(() => seen === 1_000, 'every unsigned event dispatched', 30_000);
+    const warned = t.lines.filter((l) => l['code'] === 'AGENTD_ERR_BAD_EVENT' && l.level === 'warn').length;
+    expect(warned).toBeLessThanOrEqual(25);
+  });
+
   it('warn: counts and logs an unsigned message but dispatches it', async () => {
     const keys = writeKeysFile([['k1', newSecret()]]);
     const seen: AgentEvent[] = [];
