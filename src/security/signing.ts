@@ -135,7 +135,9 @@ export class Verifier {
       if (oldTs >= horizon && seen.size < this.#capacity) break;
       // Full (a busy fleet's own traffic is enough): forgotten while a copy would still be fresh, so
       // from now on nothing that old is accepted (else a recorded message could be replayed).
-      if (oldTs >= horizon && oldTs > this.#floor) this.#floor = oldTs;
+      // Not above now: an id whose ts ran ahead (a publisher's clock) must not make everyone's current
+      // messages stale; a copy of such an id may pass until its ts is reached (docs/security.md).
+      if (oldTs >= horizon) this.#floor = Math.max(this.#floor, Math.min(oldTs, now));
       seen.delete(old);
     }
     seen.set(id, ts);

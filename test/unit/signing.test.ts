@@ -62,6 +62,12 @@ describe('signed envelopes', () => {
     expect(check(v, first, msg(0))).toBe('stale');
     const late = env({ id: 'other', ts: msg(899).ts });
     expect(check(v, sealEnvelope(late, channel, ring(keys)), late)).toBe('stale');
+    // An id from a clock running ahead, forgotten first, does not make current messages stale.
+    const w = verifier(keys, 1_000_000, 2);
+    const ahead = env({ id: 'ahead', ts: 1_000_000 + 200_000 });
+    for (const e of [ahead, env({ id: 'n1', ts: 999_990 }), env({ id: 'n2', ts: 999_995 })]) expect(check(w, sealEnvelope(e, channel, ring(keys)), e)).toBeUndefined();
+    const now1 = env({ id: 'n3', ts: 1_000_001 });
+    expect(check(w, sealEnvelope(now1, channel, ring(keys)), now1)).toBeUndefined();
   });
 
   it('keys files: errors name the file and line, never the secret; a file others can read is refused', () => {
