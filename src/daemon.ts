@@ -171,6 +171,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       agent: this.agent,
       config,
       log: this.log.child({ component: 'durable' }),
+      ...(this.#keys ? { keys: this.#keys } : {}),
       hooks: {
         acked: (kind, seconds) => this.metrics.durableAcked(kind, seconds),
         redelivered: (kind) => this.metrics.durableRedelivered(kind),

@@ -169,22 +169,28 @@ export class Intake {
     if (reason === undefined) return undefined;
     this.#o.metrics.untrusted?.(reason);
     if (security.signing === 'require') return reason;
-    this.#o.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, event: event.event.slice(0, 64) }, 'event failed the signature check; dispatched anyway (security.signing=warn)');
+    // Under the same burst limit as dropped messages: a flood of unsigned messages must not become a log flood.
+    this.#logBad(reason, { code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, event: event.event.slice(0, 64) }, 'event failed the signature check; dispatched anyway (security.signing=warn)');
     return undefined;
   }
 
   #bad(reason: BadInputReason | TrustReason, channel: string, bytes: number): void {
     this.counts.invalid[reason]++;
     this.#o.metrics.dropped(undefined, reason);
+    // Channel and reason only: the payload may be huge or hostile.
+    this.#logBad(reason, { code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, bytes }, 'dropped a bad message');
+    this.#o.onDropped?.({ reason, channel, bytes });
+  }
+
+  /** One line per bad message up to the burst of the window; past it, counted for the window's summary line. */
+  #logBad(reason: BadInputReason | TrustReason, fields: Record<string, unknown>, msg: string): void {
     this.#badTimer ??= setTimeout(() => this.flushLog(), BAD_LOG_EVERY_MS).unref();
     if (this.#badLogged < BAD_LOG_BURST) {
       this.#badLogged++;
-      // Channel and reason only: the payload may be huge or hostile.
-      this.#o.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, bytes }, 'dropped a bad message');
+      this.#o.log.warn(fields, msg);
     } else {
       this.#badSuppressed.set(reason, (this.#badSuppressed.get(reason) ?? 0) + 1);
     }
-    this.#o.onDropped?.({ reason, channel, bytes });
   }
 
   /** Ends the log window: one line for the bad messages counted but not logged in it. */

@@ -11,6 +11,7 @@ import { ID_PATTERN } from '../config/schema.ts';
 import { appendEnvelope, targetState } from '../durable/durable.ts';
 import { appendEntry, entryTime, parseEntries } from '../durable/streams.ts';
 import { AgentdError } from '../errors.ts';
+import { loadKeys, type KeyRing } from '../security/keys.ts';
 import { DURABLE_GROUP, deadLetterKey, denTasksKey, inboxKey, streamOfDeadLetter } from '../redis/keys.ts';
 import type { Io } from './commands.ts';
 
@@ -53,6 +54,11 @@ async function withRedis<T>(connect: Connect, config: AgentdConfig, work: (r: Re
   }
 }
 
+/** The signing keys (security.signing warn or require): what the CLI writes to a stream is signed like a daemon's. */
+function signingKeys(config: AgentdConfig): KeyRing | undefined {
+  return config.security.signing === 'off' ? undefined : loadKeys(config.security.keysFile);
+}
+
 /** `agentd send AGENT EVENT [JSON]` and `agentd submit EVENT [JSON] [--den D]`. */
 export async function sendCommand(kind: 'send' | 'submit', config: AgentdConfig, positionals: readonly string[], den: string | undefined, json: boolean, io: Io, connect: Connect): Promise<number> {
   const line = kind === 'send' ? 'agentd send AGENT EVENT [JSON]' : 'agentd submit EVENT [JSON] [--den D]';
@@ -64,7 +70,7 @@ export async function sendCommand(kind: 'send' | 'submit', config: AgentdConfig,
   noExtra(kind === 'send' ? extra : [third, ...extra].filter((x): x is string => x !== undefined), line);
   const envelope = makeEnvelope(type, parseJson(dataText), { id: config.agent.id, den: config.agent.den });
   const key = kind === 'send' ? inboxKey(target) : denTasksKey(target);
-  const entry = await withRedis(connect, config, (r) => appendEnvelope(r, key, envelope, config.durable.maxLen));
+  const entry = await withRedis(connect, config, (r) => appendEnvelope(r, key, envelope, config.durable.maxLen, signingKeys(config)));
   io.stdout.write(json ? `${JSON.stringify({ stream: key, entry, id: envelope.id })}\n` : `${kind === 'send' ? 'sent' : 'submitted'} ${type} (id ${envelope.id}) to ${key} as entry ${entry}\n`);
   return 0;
 }
@@ -92,7 +98,7 @@ export async function requestCommand(config: AgentdConfig, positionals: readonly
     if (state === 'down') return fail('agent_down', `request ${type} to ${target}: the agent is down or offline [AGENTD_ERR_AGENT_DOWN]`);
     const reply = inboxKey(replyTo);
     try {
-      await appendEnvelope(r, inboxKey(target), envelope, config.durable.maxLen);
+      await appendEnvelope(r, inboxKey(target), envelope, config.durable.maxLen, signingKeys(config));
       const deadline = Date.now() + timeoutMs;
       let last = '0';
       while (Date.now() < deadline) {

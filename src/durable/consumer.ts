@@ -7,6 +7,8 @@ import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { DURABLE_GROUP, deadLetterKey, inboxKey } from '../redis/keys.ts';
 import { withScripts } from '../redis/scripts.ts';
+import type { KeyRing } from '../security/keys.ts';
+import { checkSignature, type SigningMode } from '../security/signing.ts';
 import { appendEntry, ensureGroup, entryTime, isNoGroup, parseEntries, pendingEntries, readGroup, type PendingInfo, type StreamEntry } from './streams.ts';
 
 /** What the consumer reports, for metrics and tests. */
@@ -40,7 +42,9 @@ export interface ConsumerOptions {
   readonly maxBytes: number;
   readonly orphanAfterMs: number;
   /** Makes a reply envelope (JSON) for a request that finished; the consumer appends it to inbox:<replyTo>. */
-  readonly makeReply: (inReplyTo: string, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }) => string;
+  readonly makeReply: (inReplyTo: string, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }, stream: string) => string;
+  /** Signature checks of entries (security.signing warn or require): the MAC over the stream key, no tolerance or replay window. */
+  readonly trust?: { readonly signing: SigningMode; readonly keys: KeyRing };
   /** Gets a reply that arrived in the inbox; returns false when no request waits for it. */
   readonly onReply: (raw: Record<string, unknown>) => boolean;
   readonly hooks?: ConsumerHooks;
@@ -444,6 +448,7 @@ export class DurableConsumer {
   #replyNow(f: InFlight, envelope: string): boolean {
     const parsed = parseEnvelope(f.stream.key, envelope, this.#o.maxBytes);
     if (!parsed.ok || parsed.event.event !== 'reply') return false; // a bad one is dead-lettered by #handle
+    if (this.#untrusted(f.stream.key, envelope, parsed.event, false) !== undefined) return false; // #handle decides and logs
     const r = JSON.parse(envelope) as Record<string, unknown>;
     if (typeof r['inReplyTo'] !== 'string') return false;
     // The checked, frozen data rather than the raw parse.
@@ -454,6 +459,17 @@ export class DurableConsumer {
     }
     this.#ack(f);
     return true;
+  }
+
+  /** The signature check of an entry (security.signing warn or require): the reason it fails, logged; undefined when good or off. */
+  #untrusted(stream: string, envelope: string, event: AgentEvent, log = true): 'unsigned' | 'bad_signature' | 'unknown_key' | undefined {
+    const trust = this.#o.trust;
+    if (trust === undefined || trust.signing === 'off') return undefined;
+    const reason = checkSignature(trust.keys, stream, Buffer.from(envelope), event.id, event.ts);
+    if (reason !== undefined && log) {
+      this.#o.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', stream: stream.slice(0, 200), reason, event: event.event.slice(0, 64) }, trust.signing === 'require' ? 'durable entry failed the signature check; dead-lettered' : 'durable entry failed the signature check; handled anyway (security.signing=warn)');
+    }
+    return reason;
   }
 
   /**
@@ -474,6 +490,11 @@ export class DurableConsumer {
     if (envelope === undefined) return this.#deadLetter(f, e, 'entry has no envelope field', 'bad_envelope', f.attempt);
     const parsed = parseEnvelope(s.key, envelope, this.#o.maxBytes);
     if (!parsed.ok) return this.#deadLetter(f, e, `bad envelope: ${parsed.reason}`, 'bad_envelope', f.attempt);
+    const untrusted = this.#untrusted(s.key, envelope, parsed.event);
+    if (untrusted !== undefined && this.#o.trust?.signing === 'require') {
+      // No reply either: a forged replyTo must not make us write anywhere.
+      return this.#deadLetter(f, e, `untrusted entry: ${untrusted} (security.signing=require)`, 'bad_envelope', f.attempt);
+    }
     // Request/reply fields ride in the envelope next to event and data.
     let raw: Record<string, unknown> | undefined;
     if (mentionsReply(envelope, '"replyTo"') || mentionsReply(envelope, '"inReplyTo"')) raw = JSON.parse(envelope) as Record<string, unknown>;
@@ -638,10 +659,10 @@ export class DurableConsumer {
    * drop it unread) becomes a `handler_failed` reply that says so, rather than
    * leaving the requester to time out.
    */
-  #replyText(inReplyTo: string, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }): string {
+  #replyText(inReplyTo: string, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }, stream: string): string {
     let problem: string;
     try {
-      const text = this.#o.makeReply(inReplyTo, outcome);
+      const text = this.#o.makeReply(inReplyTo, outcome, stream);
       const bytes = Buffer.byteLength(text);
       if (bytes <= this.#o.maxBytes) return text;
       problem = `the reply is ${bytes} bytes, over events.maxBytes (${this.#o.maxBytes}): the requester would drop it`;
@@ -650,12 +671,12 @@ export class DurableConsumer {
     }
     const message = outcome.ok ? problem : `${outcome.error.message.slice(0, 2_000)} (${problem})`;
     this.#o.log.warn({ inReplyTo: inReplyTo.slice(0, 100), err: problem }, 'reply replaced by a handler_failed reply');
-    return this.#o.makeReply(inReplyTo, { ok: false, error: { code: outcome.ok ? 'handler_failed' : outcome.error.code, message } });
+    return this.#o.makeReply(inReplyTo, { ok: false, error: { code: outcome.ok ? 'handler_failed' : outcome.error.code, message } }, stream);
   }
 
   async #reply(to: { to: string; id: string }, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }): Promise<void> {
     try {
-      await appendEntry(this.#o.redis, inboxKey(to.to), this.#replyText(to.id, outcome), this.#o.maxLen);
+      await appendEntry(this.#o.redis, inboxKey(to.to), this.#replyText(to.id, outcome, inboxKey(to.to)), this.#o.maxLen);
     } catch (err) {
       // The request entry is still acknowledged: its requester times out rather than getting the work done twice.
       this.#o.log.warn({ replyTo: to.to, inReplyTo: to.id, err: describeError(err) }, 'could not send a reply');

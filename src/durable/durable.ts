@@ -1,7 +1,9 @@
 import type { Redis } from 'ioredis';
 import type { Binding, HandlerOutcome } from '../bus/dispatcher.ts';
 import type { StreamKind } from '../bus/envelope.ts';
-import { makeEnvelope } from '../bus/publish.ts';
+import { makeEnvelope, type Envelope } from '../bus/publish.ts';
+import type { KeyRing } from '../security/keys.ts';
+import { sealEnvelope } from '../security/signing.ts';
 import type { AgentdConfig } from '../config/schema.ts';
 import { ID_PATTERN } from '../config/schema.ts';
 import { AgentdError, describeError } from '../errors.ts';
@@ -38,6 +40,8 @@ export interface DurableOptions {
   readonly config: AgentdConfig;
   readonly log: Logger;
   readonly hooks?: ConsumerHooks;
+  /** Signing keys (security.signing warn or require): every entry written is signed over its stream key; never logged. */
+  readonly keys?: KeyRing;
 }
 
 interface Waiting {
@@ -60,9 +64,13 @@ export async function targetState(redis: Redis, agentId: string): Promise<'alive
   return alive === 1 ? 'alive' : record === 1 ? 'down' : 'unknown';
 }
 
-/** Sends one entry to an inbox or den task stream (XADD + doorbell); resolves with the entry id. */
-export function appendEnvelope(redis: Redis, key: string, envelope: object, maxLen: number): Promise<string> {
-  return appendEntry(redis, key, JSON.stringify(envelope), maxLen);
+/**
+ * Sends one entry to an inbox or den task stream (XADD + doorbell); resolves
+ * with the entry id. Signed over the stream key when `keys` is given
+ * (docs/security.md), so it cannot be moved to another stream.
+ */
+export function appendEnvelope(redis: Redis, key: string, envelope: Envelope, maxLen: number, keys?: KeyRing): Promise<string> {
+  return appendEntry(redis, key, sealEnvelope(envelope, key, keys), maxLen);
 }
 
 /**
@@ -96,7 +104,8 @@ export class Durable implements DurableApi {
       handlerTimeoutMs: options.config.queue.handlerTimeoutMs,
       maxBytes: options.config.events.maxBytes,
       orphanAfterMs: Math.round(d.orphanAfter * 1000),
-      makeReply: (inReplyTo, outcome) => JSON.stringify(this.#replyEnvelope(inReplyTo, outcome)),
+      makeReply: (inReplyTo, outcome, stream) => sealEnvelope(this.#replyEnvelope(inReplyTo, outcome), stream, options.keys),
+      ...(options.config.security.signing !== 'off' && options.keys ? { trust: { signing: options.config.security.signing, keys: options.keys } } : {}),
       onReply: (raw) => this.#onReply(raw),
       ...(options.hooks ? { hooks: options.hooks } : {}),
     });
@@ -145,7 +154,7 @@ export class Durable implements DurableApi {
   async send(agentId: string, type: string, data: unknown): Promise<string> {
     checkId('agent id', agentId);
     const envelope = makeEnvelope(type, data, this.#o.agent);
-    await appendEnvelope(this.#o.redis, inboxKey(agentId), envelope, this.#maxLen);
+    await appendEnvelope(this.#o.redis, inboxKey(agentId), envelope, this.#maxLen, this.#o.keys);
     return envelope.id;
   }
 
@@ -153,7 +162,7 @@ export class Durable implements DurableApi {
     const den = options.den ?? this.#o.agent.den;
     checkId('den', den);
     const envelope = makeEnvelope(type, data, this.#o.agent);
-    await appendEnvelope(this.#o.redis, denTasksKey(den), envelope, this.#maxLen);
+    await appendEnvelope(this.#o.redis, denTasksKey(den), envelope, this.#maxLen, this.#o.keys);
     return envelope.id;
   }
 
@@ -195,14 +204,14 @@ export class Durable implements DurableApi {
           reject(e);
         },
       });
-      appendEnvelope(this.#o.redis, inboxKey(agentId), envelope, this.#maxLen).catch((err: unknown) => {
+      appendEnvelope(this.#o.redis, inboxKey(agentId), envelope, this.#maxLen, this.#o.keys).catch((err: unknown) => {
         cleanup();
         reject(err);
       });
     });
   }
 
-  #replyEnvelope(inReplyTo: string, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }): object {
+  #replyEnvelope(inReplyTo: string, outcome: { ok: true; data: unknown } | { ok: false; error: ReplyError }): Envelope & Readonly<Record<string, unknown>> {
     const base = makeEnvelope('reply', outcome.ok ? outcome.data : null, this.#o.agent);
     return outcome.ok ? { ...base, inReplyTo, ok: true } : { ...base, inReplyTo, ok: false, error: outcome.error };
   }

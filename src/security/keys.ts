@@ -48,6 +48,7 @@ function makeKey(kid: string, secret: string): SigningKey {
 export function parseKeys(text: string, file: string): KeyRing {
   const byKid = new Map<string, SigningKey>();
   let active: SigningKey | undefined;
+  const lineOf = new Map<string, number>();
   const lines = text.split(/\r?\n/);
   for (let i = 0; i < lines.length; i++) {
     const line = (lines[i] as string).trim();
@@ -56,9 +57,12 @@ export function parseKeys(text: string, file: string): KeyRing {
     const kid = space < 0 ? line : line.slice(0, space);
     const secret = space < 0 ? '' : line.slice(space).trim();
     const where = `security.keysFile ${file} line ${i + 1}`;
+    // Errors never quote the key id either: a secret written alone (no kid) would be read as one.
     if (!KID_PATTERN.test(kid)) throw new AgentdError('AGENTD_ERR_CONFIG', `${where}: the key id must be 1-64 characters of A-Z a-z 0-9 . _ - (format: <kid> <secret>)`);
-    if (secret.length < MIN_SECRET_LENGTH) throw new AgentdError('AGENTD_ERR_CONFIG', `${where}: the secret of key ${kid} is shorter than ${MIN_SECRET_LENGTH} characters`);
-    if (byKid.has(kid)) throw new AgentdError('AGENTD_ERR_CONFIG', `${where}: key id ${kid} is listed twice`);
+    if (secret === '') throw new AgentdError('AGENTD_ERR_CONFIG', `${where}: one word only, no secret after a key id (format: <kid> <secret>)`);
+    if (secret.length < MIN_SECRET_LENGTH) throw new AgentdError('AGENTD_ERR_CONFIG', `${where}: the secret is shorter than ${MIN_SECRET_LENGTH} characters`);
+    if (byKid.has(kid)) throw new AgentdError('AGENTD_ERR_CONFIG', `${where}: the key id is listed twice (also on line ${lineOf.get(kid)})`);
+    lineOf.set(kid, i + 1);
     const key = makeKey(kid, secret);
     byKid.set(kid, key);
     active ??= key;

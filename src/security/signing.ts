@@ -53,6 +53,31 @@ export function sealEnvelope(envelope: { readonly id: string; readonly ts: numbe
   return `${body.slice(0, -1)},"sig":"v1,${keys.active.kid},${sig}"}`;
 }
 
+/**
+ * The signature alone (no tolerance, no replay window): undefined when one
+ * entry of the `sig` tail is a valid MAC by a listed key over id, ts,
+ * channel (or stream key) and body. Durable entries use this: they may wait
+ * in a stream for hours, and are delivered again on retries. Never throws.
+ */
+export function checkSignature(keys: KeyRing, channel: string, payload: Buffer, id: string | undefined, ts: number | undefined): 'unsigned' | 'bad_signature' | 'unknown_key' | undefined {
+  const at = payload.lastIndexOf(TAIL_START);
+  if (at < 0) return 'unsigned';
+  const match = TAIL.exec(payload.toString('latin1', at));
+  if (match === null) return 'bad_signature';
+  if (id === undefined || ts === undefined || !Number.isSafeInteger(ts)) return 'bad_signature';
+  let known = false;
+  for (const entry of (match[1] as string).split(' ').slice(0, MAX_ENTRIES)) {
+    const [, kid, b64] = entry.split(',') as [string, string, string];
+    const key = keys.byKid.get(kid);
+    if (key === undefined) continue;
+    known = true;
+    const expected = mac(key, id, ts, channel, payload, at);
+    const given = Buffer.from(b64, 'base64');
+    if (given.length === expected.length && timingSafeEqual(given, expected)) return undefined;
+  }
+  return known ? 'bad_signature' : 'unknown_key';
+}
+
 export interface VerifierOptions {
   readonly keys: KeyRing;
   /** How far a message's ts may be from now, either way, ms. */
@@ -63,15 +88,18 @@ export interface VerifierOptions {
 }
 
 /**
- * Verifies signed messages: signature, timestamp tolerance, replay. Ids seen
- * within the tolerance are remembered (bounded: at most `replayCapacity`,
- * oldest forgotten first; an id older than the tolerance is refused as
- * stale anyway, so a window of twice the tolerance suffices).
+ * Verifies signed messages: signature, timestamp tolerance, replay. Ids are
+ * remembered until their ts is past the tolerance (a copy is stale then),
+ * at most `replayCapacity` of them: when a full window forgets a fresh id,
+ * every message not newer than it is refused as stale from then on.
  */
 export class Verifier {
   readonly #o: VerifierOptions;
+  /** Ids accepted, with their ts, in the order received. */
   readonly #seen = new Map<string, number>();
   readonly #capacity: number;
+  /** The newest ts among ids forgotten while still within the tolerance (the window was full). */
+  #floor = -Infinity;
 
   constructor(options: VerifierOptions) {
     this.#o = options;
@@ -88,42 +116,30 @@ export class Verifier {
    * Never throws on any input.
    */
   verify(channel: string, payload: Buffer, id: string | undefined, ts: number | undefined): SignatureReason | undefined {
-    const at = payload.lastIndexOf(TAIL_START);
-    if (at < 0) return 'unsigned';
-    const match = TAIL.exec(payload.toString('latin1', at));
-    if (match === null) return 'bad_signature';
-    if (id === undefined || ts === undefined || !Number.isSafeInteger(ts)) return 'bad_signature';
-    let known = false;
-    let good = false;
-    for (const entry of (match[1] as string).split(' ').slice(0, MAX_ENTRIES)) {
-      const [, kid, b64] = entry.split(',') as [string, string, string];
-      const key = this.#o.keys.byKid.get(kid);
-      if (key === undefined) continue;
-      known = true;
-      const expected = mac(key, id, ts, channel, payload, at);
-      const given = Buffer.from(b64, 'base64');
-      if (given.length === expected.length && timingSafeEqual(given, expected)) {
-        good = true;
-        break;
-      }
-    }
-    if (!known) return 'unknown_key';
-    if (!good) return 'bad_signature';
+    const bad = checkSignature(this.#o.keys, channel, payload, id, ts);
+    if (bad !== undefined || id === undefined || ts === undefined) return bad ?? 'bad_signature';
     const now = (this.#o.now ?? Date.now)();
     if (Math.abs(now - ts) > this.#o.toleranceMs) return 'stale';
+    // Not newer than an id the full window had to forget: it cannot be told from a replay.
+    if (ts <= this.#floor) return 'stale';
     if (this.#seen.has(id)) return 'replayed';
-    this.#remember(id, now);
+    this.#remember(id, ts, now);
     return undefined;
   }
 
-  #remember(id: string, now: number): void {
+  #remember(id: string, ts: number, now: number): void {
     const seen = this.#seen;
-    // Forget what is older than twice the tolerance (Map order is insertion order: oldest first).
-    const horizon = now - 2 * this.#o.toleranceMs;
-    for (const [old, when] of seen) {
-      if (when >= horizon && seen.size < this.#capacity) break;
+    // Forget ids whose ts is past the tolerance: a copy would be stale anyway (Map order is insertion order).
+    const horizon = now - this.#o.toleranceMs;
+    for (const [old, oldTs] of seen) {
+      if (oldTs >= horizon && seen.size < this.#capacity) break;
+      // Full (a busy fleet's own traffic is enough): forgotten while a copy would still be fresh, so
+      // from now on nothing that old is accepted (else a recorded message could be replayed).
+      // Not above now: an id whose ts ran ahead (a publisher's clock) must not make everyone's current
+      // messages stale; a copy of such an id may pass until its ts is reached (docs/security.md).
+      if (oldTs >= horizon) this.#floor = Math.max(this.#floor, Math.min(oldTs, now));
       seen.delete(old);
     }
-    seen.set(id, now);
+    seen.set(id, ts);
   }
 }

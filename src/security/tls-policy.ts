@@ -5,7 +5,8 @@ import type { AgentdConfig } from '../config/schema.ts';
 /** Loopback: 127.0.0.0/8, ::1 and the name localhost (development on one machine). */
 export function isLoopbackHost(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, '').toLowerCase();
-  if (h === 'localhost' || h.endsWith('.localhost')) return true;
+  // Only the name itself: glibc resolves other names under .localhost through DNS, which may answer anything.
+  if (h === 'localhost') return true;
   if (isIP(h) === 4) return h.startsWith('127.');
   if (isIP(h) === 6) return h === '::1' || /^::ffff:127\./.test(h) || /^(0{1,4}:){7}0{0,3}1$/.test(h);
   return false;

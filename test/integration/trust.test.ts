@@ -5,12 +5,14 @@
  * a real death is still announced once and accepted by every peer. With
  * signing off, behaviour is today's (a forged agent_down is dispatched).
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { AgentEvent } from '../../src/bus/envelope.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
 import { makeDaemon, redisSuite, uid, until, type TestDaemon } from '../helpers/inproc.ts';
 import { newSecret, writeKeysFile } from '../helpers/keys.ts';
+import { loadKeys } from '../../src/security/keys.ts';
+import { sealEnvelope } from '../../src/security/signing.ts';
 
 const suite = redisSuite();
 
@@ -71,8 +73,10 @@ describe('trust on a shared Redis (security.signing=require)', () => {
       throw new Error(`${String(err)}: ${JSON.stringify(peers.map((p) => p.t.daemon.stats().invalid))}`);
     });
     await until(async () => (await suite.cmd.sismember(`den:${den}:online_agents`, ghost)) === 0, 'the ghost removed');
-    const ghostRemovals = await Promise.all(peers.map((p) => metricValue(p.t, 'agentd_ghosts_removed_total')));
-    expect(ghostRemovals.reduce((x, y) => x + y, 0)).toBe(1);
+    // The SREM is seen before the reaper has read the script's reply (and counted it): wait for the count.
+    const ghostRemovals = async () => (await Promise.all(peers.map((p) => metricValue(p.t, 'agentd_ghosts_removed_total')))).reduce((x, y) => x + y, 0);
+    await until(async () => (await ghostRemovals()) >= 1, 'the ghost removal counted');
+    expect(await ghostRemovals()).toBe(1);
     expect(peers.some((p) => p.t.lines.some((l) => /a ghost/.test(String(l.msg)) && l['peer'] === ghost))).toBe(true);
 
     // 5. A real death: an agentd-written record, long silent, heartbeat gone.
@@ -99,6 +103,60 @@ describe('trust on a shared Redis (security.signing=require)', () => {
     listener.disconnect();
   });
 
+  it('a replay is refused even after the fleet\'s own traffic filled the replay window (100,000 ids)', async () => {
+    const keysFile = writeKeysFile([['k1', newSecret()]]);
+    const keys = loadKeys(keysFile);
+    const downs: AgentEvent[] = [];
+    const t = await suite.start(makeDaemon(suite.redis.url, { security: { signing: 'require', keysFile } }, [definePlugin({ name: 'rec', handlers: { agent_down: (e) => void downs.push(e), noise: () => undefined } })]));
+    const seal = (event: string, data: unknown) => {
+      const env = { event, data, id: randomUUID(), source: 'a1', ts: Date.now(), den: 'blue' };
+      return sealEnvelope(env, `agent:events:${event}`, keys);
+    };
+    const down = seal('agent_down', { agent: 'a2', den: 'blue' });
+    await suite.cmd.publish('agent:events:agent_down', down);
+    await until(() => downs.length === 1, 'the genuine agent_down');
+    // Genuine, signed, fresh traffic (no attacker needed): more ids than the window holds.
+    const before = t.daemon.stats().received;
+    for (let sent = 0; sent < 100_000; sent += 5_000) {
+      const p = suite.cmd.pipeline();
+      for (let i = 0; i < 5_000; i++) p.publish('agent:events:noise', seal('noise', i));
+      await p.exec();
+      // Paced: a subscriber far behind is cut off by Redis (client-output-buffer-limit pubsub).
+      await until(() => t.daemon.stats().received >= before + sent + 5_000, `${sent + 5_000} messages taken in`, 30_000);
+    }
+    // The attacker, who recorded the agent_down, replays it within the tolerance.
+    await suite.cmd.publish('agent:events:agent_down', down);
+    await until(() => t.daemon.stats().received >= before + 100_001, 'the replay taken in');
+    const inv = t.daemon.stats().invalid;
+    expect({ downs: downs.length, refused: inv.replayed + inv.stale }).toEqual({ downs: 1, refused: 1 });
+  }, 180_000);
+
+  it('durable entries are signed and verified too: a forged inbox entry, task or reply drives no handler under require', async () => {
+    const keys = writeKeysFile([['k1', newSecret()]]);
+    const den = uid('den');
+    const got: AgentEvent[] = [];
+    const mk = (plugins: ReturnType<typeof definePlugin>[]) => makeDaemon(suite.redis.url, { ...fast, agent: { den }, security: { signing: 'require', keysFile: keys } }, plugins);
+    const b = await suite.start(mk([definePlugin({ name: 'job', handlers: { job: (e) => { got.push(e); return 'done'; } } })]));
+    const a = await suite.start(mk([]));
+    const bId = b.config.agent.id;
+    const forged = (event: string, extra: object = {}) => JSON.stringify({ event, data: { forged: true }, id: uid('f'), source: 'evil', ts: Date.now(), den, ...extra });
+    // redis-cli style: XADD an unsigned envelope into b's inbox and the den's tasks.
+    await suite.cmd.xadd(`inbox:${bId}`, '*', 'envelope', forged('job'));
+    await suite.cmd.xadd(`den:${den}:tasks`, '*', 'envelope', forged('job'));
+    // A genuine (signed) request from a, and its signed reply.
+    const answer = a.daemon.durable.request(bId, 'job', { genuine: true }, { timeoutMs: 10_000 });
+    expect(await answer).toBe('done');
+    await until(() => got.some((e) => (e.data as { genuine?: boolean }).genuine === true), 'the genuine request handled');
+    await until(async () => (await suite.cmd.xlen(`inbox:${bId}:dead`)) >= 1 && (await suite.cmd.xlen(`den:${den}:dead`)) >= 1, 'the forged entries dead-lettered');
+    expect(got.filter((e) => (e.data as { forged?: boolean }).forged === true)).toEqual([]);
+    expect(b.lines.some((l) => l['code'] === 'AGENTD_ERR_BAD_EVENT' && l['reason'] === 'unsigned' && typeof l['stream'] === 'string')).toBe(true);
+    // A signed entry copied to another inbox fails: the stream key is signed.
+    const [reply] = (await suite.cmd.xrange(`inbox:${a.config.agent.id}`, '-', '+')) as Array<[string, string[]]>;
+    expect(reply![1][1]).toMatch(/,"sig":"v1,k1,/);
+    await suite.cmd.xadd(`inbox:${bId}`, '*', 'envelope', reply![1][1]!);
+    await until(async () => (await suite.cmd.xlen(`inbox:${bId}:dead`)) >= 2, 'the moved reply dead-lettered');
+  });
+
   it('with signing off, behaviour is today\'s: a forged agent_down is dispatched and counted; a ghost is announced', async () => {
     const den = uid('den');
     const p = member(den, 'off', '');
@@ -109,6 +167,18 @@ describe('trust on a shared Redis (security.signing=require)', () => {
     await suite.cmd.sadd(`den:${den}:online_agents`, ghost);
     await until(() => p.seen.some((e) => e.event === 'agent_down' && (e.data as { agent: string }).agent === ghost), 'the ghost announced as before');
     expect(p.t.daemon.stats().invalid.unsigned).toBe(0);
+  });
+
+  it('warn: a flood of unsigned messages is dispatched, but not logged line by line', async () => {
+    const keys = writeKeysFile([['k1', newSecret()]]);
+    let seen = 0;
+    const t = await suite.start(makeDaemon(suite.redis.url, { security: { signing: 'warn', keysFile: keys } }, [definePlugin({ name: 'rec', handlers: { hello: () => void seen++ } })]));
+    const p = suite.cmd.pipeline();
+    for (let i = 0; i < 1_000; i++) p.publish('agent:events:hello', JSON.stringify({ event: 'hello', data: i }));
+    await p.exec();
+    await until(() => seen === 1_000, 'every unsigned event dispatched', 30_000);
+    const warned = t.lines.filter((l) => l['code'] === 'AGENTD_ERR_BAD_EVENT' && l.level === 'warn').length;
+    expect(warned).toBeLessThanOrEqual(25);
   });
 
   it('warn: counts and logs an unsigned message but dispatches it', async () => {

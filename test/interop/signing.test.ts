@@ -73,6 +73,11 @@ describe('signed envelopes: the Python helper of docs/security.md and agentd agr
     await py('publish', suite.redis.url, channel, 'py_event', '{"n": 1, "text": "Grüße 🙂"}', 'py-agent', 'den-py', keys);
     await until(() => seen.length === 1, 'the signed Python event');
     expect(seen[0]).toMatchObject({ event: 'py_event', data: { n: 1, text: 'Grüße 🙂' }, source: 'py-agent' });
+    // The same key in a file saved by a Windows editor (a UTF-8 BOM, CRLF, trailing spaces): the same key for both.
+    const windows = join(mkdtempSync(join(tmpdir(), 'agentd-keys-')), 'keys');
+    writeFileSync(windows, `\uFEFFk1 ${secret}  \r\n`, { mode: 0o600 });
+    await py('publish', suite.redis.url, channel, 'py_event', '{"n": 5}', 'py-agent', 'den-py', windows);
+    await until(() => seen.length === 2, 'the event signed with the Windows-saved keys file');
     await suite.cmd.publish(channel, JSON.stringify({ event: 'py_event', data: { n: 2 } }));
     await py('publish', suite.redis.url, channel, 'py_event', '{"n": 3}', 'py-agent', 'den-py', otherKeys);
     await py('publish', suite.redis.url, channel, 'py_event', '{"n": 4}', 'py-agent', 'den-py', wrongSecret);
@@ -80,7 +85,7 @@ describe('signed envelopes: the Python helper of docs/security.md and agentd agr
       const inv = t.daemon.stats().invalid;
       return inv.unsigned === 1 && inv.unknown_key === 1 && inv.bad_signature === 1;
     }, 'three refusals');
-    expect(seen).toHaveLength(1);
+    expect(seen).toHaveLength(2);
     // No line of the log holds a secret.
     for (const line of t.lines) expect(JSON.stringify(line)).not.toContain(secret);
   });

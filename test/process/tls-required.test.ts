@@ -53,6 +53,15 @@ describe('redis.tls.required and mutual TLS', () => {
     expect(await plain.client().exists(keys.heartbeat(id))).toBe(1);
   });
 
+  it('required=auto: a name under .localhost is not loopback (resolved by DNS like any other name): exit 2', async () => {
+    // glibc does not special-case *.localhost: the name goes to DNS, which may answer with any address.
+    const res = await runAgentd(['run'], { env: { AGENTD_REDIS_URL: `redis://:hunter2-pw@redis.localhost:${plain.port}/0`, AGENTD_AGENT_ID: uniqueId('tlsdot') }, timeoutMs: 15_000 });
+    expect(res.code).toBe(2);
+    expect(res.stderr.trim().split('\n')).toHaveLength(1);
+    expect(res.stderr).toMatch(/redis\.tls\.required: .*non-loopback host redis\.localhost/);
+    expect(`${res.stdout}${res.stderr}`).not.toContain('hunter2-pw');
+  });
+
   it('mutual TLS: with the client certificate it registers; without one it is never ready', async () => {
     const den = uniqueId('mtls-den');
     const withCert = uniqueId('mtls');

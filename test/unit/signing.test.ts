@@ -54,15 +54,27 @@ describe('signed envelopes', () => {
   it('the replay window is bounded', () => {
     const keys = `k1 ${S1}`;
     const v = verifier(keys, 1_000_000, 100);
-    for (let i = 0; i < 1_000; i++) expect(check(v, sealEnvelope(env({ id: `m${i}` }), channel, ring(keys)), env({ id: `m${i}` }))).toBeUndefined();
+    const msg = (i: number) => env({ id: `m${i}`, ts: 1_000_000 - 1_000 + i });
+    const first = sealEnvelope(msg(0), channel, ring(keys));
+    for (let i = 0; i < 1_000; i++) expect(check(v, i === 0 ? first : sealEnvelope(msg(i), channel, ring(keys)), msg(i))).toBeUndefined();
     expect(v.remembered).toBeLessThanOrEqual(100);
+    // m0 was forgotten within the tolerance: its copy is still refused, and so is anything as old.
+    expect(check(v, first, msg(0))).toBe('stale');
+    const late = env({ id: 'other', ts: msg(899).ts });
+    expect(check(v, sealEnvelope(late, channel, ring(keys)), late)).toBe('stale');
+    // An id from a clock running ahead, forgotten first, does not make current messages stale.
+    const w = verifier(keys, 1_000_000, 2);
+    const ahead = env({ id: 'ahead', ts: 1_000_000 + 200_000 });
+    for (const e of [ahead, env({ id: 'n1', ts: 999_990 }), env({ id: 'n2', ts: 999_995 })]) expect(check(w, sealEnvelope(e, channel, ring(keys)), e)).toBeUndefined();
+    const now1 = env({ id: 'n3', ts: 1_000_001 });
+    expect(check(w, sealEnvelope(now1, channel, ring(keys)), now1)).toBeUndefined();
   });
 
   it('keys files: errors name the file and line, never the secret; a file others can read is refused', () => {
     expect(() => ring('')).toThrow(/lists no key/);
-    expect(() => ring('k1 short-secret')).toThrow(/line 1: the secret of key k1 is shorter than 32/);
+    expect(() => ring('k1 short-secret')).toThrow(/line 1: the secret is shorter than 32/);
     expect(() => ring(`bad/kid ${S1}`)).toThrow(/line 1: the key id/);
-    expect(() => ring(`k1 ${S1}\nk1 ${S2}`)).toThrow(/key id k1 is listed twice/);
+    expect(() => ring(`k1 ${S1}\nk1 ${S2}`)).toThrow(/line 2: the key id is listed twice \(also on line 1\)/);
     try {
       ring(`k1 ${S1}\nk1 ${S2}`);
     } catch (err) {
