@@ -12,14 +12,16 @@
  * main, from the connection-health work); skipped on a tree without it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
-import { trackChild } from '../helpers/reaper.ts';
+import { trackChild, trackTempDir } from '../helpers/reaper.ts';
 import { expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor } from './util.ts';
 
 const TTL = 3;
@@ -58,7 +60,10 @@ describe.skipIf(!READONLY_RECYCLES)('failover behind one endpoint (the old prima
   });
 
   async function redisServer(port: number, extra: string[] = []): Promise<Redis> {
-    const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extra], { stdio: 'ignore' });
+    // Its own folder: a replica's full sync writes an RDB file even with --save ''.
+    const dir = mkdtempSync(join(tmpdir(), 'agentd-failover-'));
+    trackTempDir(dir);
+    const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...extra], { stdio: 'ignore' });
     trackChild(child);
     servers.push(child);
     const c = new Redis({ port, host: '127.0.0.1', retryStrategy: () => 50 });
