@@ -13,6 +13,9 @@
     {1, ms}               the caller holds the lease for ms
     {0, pttl, holder}     another member holds it for pttl more ms
     {0, 0, ''}            released (or it was not the caller's)
+
+  A lease without an expiry (an operator's SET, a restored dump) would never
+  lapse and nobody would sweep the den again: it is taken like a free one.
 ]]
 local ms = tonumber(ARGV[2]) or 0
 local current = redis.call('GET', KEYS[1])
@@ -24,7 +27,7 @@ if current == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ms)
   return {1, ms}
 end
-if not current then
+if not current or redis.call('PTTL', KEYS[1]) == -1 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ms)
   return {1, ms}
 end
