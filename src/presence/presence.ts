@@ -235,7 +235,9 @@ export class Presence extends EventEmitter<PresenceEvents> {
         this.#o.log.info('heartbeat restored');
       }
     } catch (err) {
-      this.#okSince = 0;
+      // The stretch ends only if the next landed beat comes late (above): a failure that the next
+      // beat mends within two intervals is a blip (a killed connection) that no peer's key outlived,
+      // and restarting the probation at each one let a reconnect storm stop every reap forever.
       this.#everFailed = true;
       const error = describeError(err);
       // Over maxmemory Redis refuses SET, SADD and HSET (and so the whole MULTI), but still runs

@@ -1,0 +1,123 @@
+/**
+ * Attacks on the fleet-scale promises (issue 11, docs/peer-health.md) with real
+ * processes: an operator who leaves a sweeper lease without an expiry, and a
+ * reconnect storm (CLIENT KILL every second). Neither may stop a death from
+ * being reported, and neither may report one twice or bury a live agent.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { hasMsg, keys, uniqueId, waitFor } from './util.ts';
+
+const TTL = 3;
+const INTERVAL = 0.5;
+const SWEEP = 0.5;
+const LEASE_MS = 3 * SWEEP * 1000;
+/** Sweep-only bound with a dead sweeper: max(ttl, lease) + sweepInterval (+10 % jitter twice), plus 1 s for process noise. */
+const BOUND_MS = Math.max(TTL * 1000, LEASE_MS) + 1.2 * SWEEP * 1000 + 1000;
+
+interface Agent {
+  readonly id: string;
+  readonly d: DaemonProcess;
+}
+
+describe('attacks on the sweeper lease and the reap grace (daemons as child processes)', () => {
+  let redis: TestRedis;
+  let c: Redis;
+  let observer: Redis;
+  const downs: Array<{ agent: string; at: number }> = [];
+  const daemons: DaemonProcess[] = [];
+
+  beforeAll(async () => {
+    redis = await startRedis({ requireControl: true });
+    c = redis.client({ connectionName: 'attack-cmd' });
+    await c.config('SET', 'notify-keyspace-events', '');
+    observer = redis.client({ connectionName: 'attack-observer' });
+    observer.on('message', (_channel: string, message: string) => {
+      const env = JSON.parse(message) as { data: { agent: string } };
+      downs.push({ agent: env.data.agent, at: Date.now() });
+    });
+    await observer.subscribe(keys.channel('agent_down'));
+  });
+
+  afterEach(async () => {
+    await Promise.all(daemons.splice(0).map((d) => d.stop()));
+  });
+
+  afterAll(async () => {
+    await Promise.all(daemons.splice(0).map((d) => d.stop()));
+    await redis?.stop();
+  });
+
+  async function startGroup(n: number, env: Record<string, string> = {}): Promise<{ den: string; agents: Agent[] }> {
+    const den = uniqueId('den');
+    const agents = Array.from({ length: n }, () => {
+      const id = uniqueId('as');
+      const d = spawnAgentd(['run'], {
+        env: {
+          AGENTD_REDIS_URL: redis.url,
+          AGENTD_AGENT_ID: id,
+          AGENTD_DEN: den,
+          AGENTD_LOG_LEVEL: 'info',
+          AGENTD_HEARTBEAT_TTL: String(TTL),
+          AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
+          AGENTD_SWEEP_INTERVAL: String(SWEEP),
+          AGENTD_WATCH_NOTIFICATIONS: 'off',
+          ...env,
+        },
+      });
+      daemons.push(d);
+      return { id, d };
+    });
+    await Promise.all(agents.map((a) => a.d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    return { den, agents };
+  }
+
+  const downsOf = (id: string) => downs.filter((d) => d.agent === id);
+
+  it.each([
+    ['without an expiry', [] as string[]],
+    ['for a day', ['PX', '86400000']],
+  ])('a lease key an operator left %s, naming no live member, does not stop the den from being swept', async (_what, expiry) => {
+    const { den, agents } = await startGroup(3);
+    await waitFor('a sweeper lease', () => c.get(`den:${den}:sweeper`), 5_000);
+    // A careless operator (or a restore of a dump) leaves a lease whose holder never renews it and never lets it lapse.
+    await c.call('SET', `den:${den}:sweeper`, 'operator 0000', ...expiry);
+    const victim = agents[0]!;
+    const faultAt = Date.now();
+    victim.d.signal('SIGKILL');
+    const down = await waitFor(`agent_down of ${victim.id}`, () => downsOf(victim.id)[0], BOUND_MS + 5_000, 10);
+    expect(down.at - faultAt).toBeLessThan(BOUND_MS);
+    await sleep(2_000);
+    expect(downsOf(victim.id)).toHaveLength(1);
+    for (const a of agents.slice(1)) expect(downsOf(a.id)).toEqual([]);
+  });
+
+  it('a reconnect storm (CLIENT KILL every second) delays deaths by a bounded time, never forever', async () => {
+    const { agents } = await startGroup(3);
+    let storming = true;
+    const storm = (async () => {
+      while (storming) {
+        await c.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes').catch(() => undefined);
+        await sleep(1_000);
+      }
+    })();
+    try {
+      await sleep(2_000);
+      const victim = agents[0]!;
+      victim.d.signal('SIGKILL');
+      const faultAt = Date.now();
+      const down = await waitFor(`agent_down of ${victim.id} during the storm`, () => downsOf(victim.id)[0], 20_000, 20);
+      // The grace of a storm lasts at most max(ttl, interval + reconnectMaxDelayMs) from its first reconnect (2 s before the kill).
+      expect(down.at - faultAt, `reported ${down.at - faultAt} ms after the kill`).toBeLessThan(BOUND_MS + Math.max(TTL * 1000, INTERVAL * 1000 + 1_000));
+      await sleep(2_000);
+      expect(downsOf(victim.id)).toHaveLength(1);
+      for (const a of agents.slice(1)) expect(downsOf(a.id)).toEqual([]);
+    } finally {
+      storming = false;
+      await storm;
+    }
+  });
+});
