@@ -9,6 +9,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { startSentinelTopology, type SentinelTopology } from '../helpers/sentinel.ts';
 import { hasMsg, keys, uniqueId, waitFor } from './util.ts';
 
 const TTL = 3;
@@ -120,4 +121,33 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
       await storm;
     }
   });
+});
+
+describe('a wrong Sentinel master name (real Sentinels)', () => {
+  let topo: SentinelTopology;
+  beforeAll(async () => {
+    topo = await startSentinelTopology({ downAfterMs: 1000, failoverTimeoutMs: 3000 });
+  }, 60_000);
+  afterAll(async () => {
+    await topo?.stop();
+  });
+
+  it('says once per connection which name no Sentinel knows, and names the Sentinels as the target', async () => {
+    const d = spawnAgentd(['run'], {
+      env: { AGENTD_REDIS_SENTINELS: topo.sentinels.join(','), AGENTD_REDIS_SENTINEL_NAME: 'no-such-master', AGENTD_AGENT_ID: uniqueId('as'), AGENTD_LOG_LEVEL: 'info' },
+    });
+    try {
+      await d.waitForLog(hasMsg('redis connection error'), 10_000);
+      // Several retries (1 s apart at most) happen meanwhile; each connection says it once.
+      await sleep(4_000);
+      const errors = d.logs.filter(hasMsg('redis connection error'));
+      expect(errors.map((l) => l.conn).sort()).toEqual(['command', 'subscriber']);
+      for (const l of errors) expect(String(l.err)).toContain('"no-such-master"');
+      const target = d.logs.find(hasMsg('redis target'));
+      expect(target?.sentinels).toEqual([...topo.sentinels]);
+      expect(target?.sentinelName).toBe('no-such-master');
+    } finally {
+      await d.stop();
+    }
+  }, 30_000);
 });
