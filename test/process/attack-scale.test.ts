@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { startProxy } from '../helpers/proxy.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { startSentinelTopology, type SentinelTopology } from '../helpers/sentinel.ts';
 import { hasMsg, keys, uniqueId, waitFor } from './util.ts';
@@ -52,8 +53,7 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
     await redis?.stop();
   });
 
-  async function startGroup(n: number, env: Record<string, string> = {}): Promise<{ den: string; agents: Agent[] }> {
-    const den = uniqueId('den');
+  async function startGroup(n: number, env: Record<string, string> = {}, den = uniqueId('den')): Promise<{ den: string; agents: Agent[] }> {
     const agents = Array.from({ length: n }, () => {
       const id = uniqueId('as');
       const d = spawnAgentd(['run'], {
@@ -94,6 +94,33 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
     await sleep(2_000);
     expect(downsOf(victim.id)).toHaveLength(1);
     for (const a of agents.slice(1)) expect(downsOf(a.id)).toEqual([]);
+  });
+
+  it('the lease holder cut off (packets dropped) while it believes it holds: another member takes over; each death once', async () => {
+    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    try {
+      const { den, agents: [holder] } = await startGroup(1, { AGENTD_REDIS_URL: proxy.url() });
+      await waitFor('the proxied member holds the lease', async () => (await c.get(`den:${den}:sweeper`))?.startsWith(`${holder!.id} `), 5_000);
+      const { agents: [victim, survivor] } = await startGroup(2, {}, den);
+      // Packets dropped and retransmitted once healed (a blackhole whose bytes are discarded for good desyncs
+      // the RESP stream if healed before commandTimeoutMs recycles the connection: not a TCP path).
+      proxy.setMode({ kind: 'pause' });
+      const faultAt = Date.now();
+      victim!.d.signal('SIGKILL');
+      const down = await waitFor(`agent_down of ${victim!.id}`, () => downsOf(victim!.id)[0], BOUND_MS + 5_000, 10);
+      expect(down.at - faultAt).toBeLessThan(BOUND_MS);
+      expect((await c.get(`den:${den}:sweeper`))?.startsWith(`${survivor!.id} `)).toBe(true);
+      // Healed: the old holder finds the lease is another's; nothing is reported twice, the survivor never.
+      proxy.setMode({ kind: 'pass' });
+      await holder!.d.waitForLog(hasMsg('heartbeat restored'), 30_000);
+      await sleep(3 * LEASE_MS);
+      expect(downsOf(victim!.id)).toHaveLength(1);
+      expect(downsOf(holder!.id).length).toBeLessThanOrEqual(1);
+      expect(downsOf(survivor!.id)).toEqual([]);
+      expect((await c.get(`den:${den}:sweeper`))?.startsWith(`${survivor!.id} `)).toBe(true);
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('a reconnect storm (CLIENT KILL every second) delays deaths by a bounded time, never forever', async () => {
