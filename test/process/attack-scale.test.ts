@@ -123,6 +123,21 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
     }
   });
 
+  it('a middlebox that discarded bytes for a moment (shorter than commandTimeoutMs): the daemon beats again, not out of step for ever', async () => {
+    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    try {
+      const { agents: [a] } = await startGroup(1, { AGENTD_REDIS_URL: proxy.url(), AGENTD_REDIS_COMMAND_TIMEOUT_MS: '2000' });
+      proxy.setMode({ kind: 'blackhole' });
+      await a!.d.waitForLog(hasMsg('heartbeat failed'), 5_000);
+      await sleep(500);
+      // Healed before the commandTimeoutMs of no byte back: the requests lost in between are never answered.
+      proxy.setMode({ kind: 'pass' });
+      await a!.d.waitForLog(hasMsg('heartbeat restored'), 2_000 + 2 * 1_000 + 3_000);
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it('a reconnect storm (CLIENT KILL every second) delays deaths by a bounded time, never forever', async () => {
     const { agents } = await startGroup(3);
     let storming = true;
