@@ -201,6 +201,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       this.#lastBeatOk = b.ok;
       if (b.ok) this.#refreshState();
       else this.#degrade('heartbeat failing');
+      this.#checkUnanswered(b);
     });
 
     if (config.watch.enabled) {
@@ -375,6 +376,28 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     const loss = /^(redis (command|subscriber) connection lost|event subscription lost)$/.test(reason);
     this.log[loss && this.#connections.flapping ? 'debug' : 'warn']({ reason }, 'agentd degraded');
     this.emit('degraded', { reason });
+  }
+
+  /** Unix ms of the first of a run of beats unanswered on a ready command connection (0: none). */
+  #unansweredSince = 0;
+
+  /**
+   * A ready command connection on which beats go unanswered for commandTimeoutMs is recycled: a
+   * middlebox that discarded bytes leaves replies out of step with their commands for good (each
+   * reply goes to an older command), and as bytes keep coming back, ioredis's socket timeout never fires.
+   */
+  #checkUnanswered(b: { readonly ok: boolean; readonly error?: string }): void {
+    const limit = this.config.redis.commandTimeoutMs;
+    if (b.ok || limit <= 0 || !/^no answer from redis/.test(b.error ?? '') || this.#connections.command.status !== 'ready') {
+      this.#unansweredSince = 0;
+      return;
+    }
+    const now = Date.now();
+    if (this.#unansweredSince === 0) this.#unansweredSince = now;
+    else if (now - this.#unansweredSince >= limit && this.#connections.recycle('command', 'heartbeats unanswered on a connection that is up')) {
+      this.log.warn({ conn: 'command', unansweredMs: now - this.#unansweredSince }, 'redis connection answers, but not our heartbeats: reconnecting (its replies may be out of step with its commands)');
+      this.#unansweredSince = 0;
+    }
   }
 
   #onConnectionState(change: ConnectionStateChange): void {

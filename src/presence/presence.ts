@@ -111,6 +111,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
   #okSince = 0;
   /** A beat has failed since start: from then on the watcher waits for steadyMs to reach the TTL. */
   #everFailed = false;
+  /** A beat has failed since the last one that landed. */
+  #failedSinceBeat = false;
   /**
    * Redis's clock minus ours, ms, measured with TIME on every beat: lastSeen in
    * the registry is written in Redis time, so a peer's skewed clock cannot make
@@ -223,10 +225,17 @@ export class Presence extends EventEmitter<PresenceEvents> {
       this.#checkTwin(replies[0]?.[1]);
       // A beat that lands long after the last one ends a stretch as a failure does: peers that
       // shared the trouble (a busy or frozen Redis expired every key at once) need their turn to beat.
-      if (this.lastBeatAt > 0 && now - this.lastBeatAt > 2 * this.#o.intervalMs + this.#deadlineMs) {
+      const gap = now - this.lastBeatAt;
+      // A failure since the last landed beat ends the stretch too, unless that beat is recent enough
+      // that every peer beating at our interval still had one landed beat an interval before its key
+      // would expire (a connection killed and back at once): restarting the probation at each such
+      // blip let a reconnect storm hold every reap for as long as it lasted.
+      const blip = this.lastBeatAt > 0 && gap + 2 * this.#o.intervalMs <= this.#o.ttlSeconds * 1000;
+      if ((this.lastBeatAt > 0 && gap > 2 * this.#o.intervalMs + this.#deadlineMs) || (this.#failedSinceBeat && !blip)) {
         this.#okSince = 0;
         this.#everFailed = true;
       }
+      this.#failedSinceBeat = false;
       this.lastBeatAt = now;
       if (this.#okSince === 0) this.#okSince = now;
       result = { ok: true, rejoined: this.#joined && replies[2]?.[1] === 1 };
@@ -235,7 +244,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
         this.#o.log.info('heartbeat restored');
       }
     } catch (err) {
-      this.#okSince = 0;
+      // Whether this ends the steady stretch is decided by the next landed beat (above).
+      this.#failedSinceBeat = true;
       this.#everFailed = true;
       const error = describeError(err);
       // Over maxmemory Redis refuses SET, SADD and HSET (and so the whole MULTI), but still runs

@@ -151,6 +151,9 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   sweeps = 0;
   /** Unix ms until which nobody is reaped (a grace after a reconnect or a failover). */
   #graceUntil = 0;
+  /** Unix ms of the last reconnect's grace request, and of the first of its episode. */
+  #lastGraceAt = Number.NEGATIVE_INFINITY;
+  #graceEpisodeAt = 0;
   #leaseRefused = false;
 
   constructor(options: PeerWatcherOptions) {
@@ -174,7 +177,14 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
    * one heartbeat interval of its own reconnect).
    */
   graceFor(ms: number): void {
-    this.#graceUntil = Math.max(this.#graceUntil, Date.now() + ms);
+    const now = Date.now();
+    // A reconnect within one grace of the last starts no new episode: a reconnect storm (CLIENT
+    // KILL every second) extends the grace to at most max(ttl, ms) from its first reconnect, then
+    // reaping goes on while it lasts (every live agent has beaten on each of its reconnects).
+    if (now - this.#lastGraceAt >= ms) this.#graceEpisodeAt = now;
+    this.#lastGraceAt = now;
+    const cap = this.#graceEpisodeAt + Math.max(this.#o.ttlMs ?? 0, ms);
+    this.#graceUntil = Math.max(this.#graceUntil, Math.min(now + ms, cap));
   }
 
   get #allDens(): boolean {

@@ -141,6 +141,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
   readonly #secrets: string[];
   readonly #connectTimeoutMs: number;
   readonly #minRecycleGapMs: number;
+  readonly #sentinelName: string;
   readonly #lastRecycle: Record<ConnectionRole, number> = { command: 0, subscriber: 0 };
   readonly #flapping: Record<ConnectionRole, boolean> = { command: false, subscriber: false };
   #closing = false;
@@ -150,6 +151,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     this.#log = log.child({ component: 'redis' });
     this.#connectTimeoutMs = config.redis.connectTimeoutMs;
     this.#minRecycleGapMs = config.redis.reconnectMaxDelayMs;
+    this.#sentinelName = config.redis.sentinelName;
     const commandOptions = redisOptions(config, 'command');
     this.#secrets = [commandOptions.password, new URL(config.redis.url).password].filter(
       (s): s is string => typeof s === 'string' && s.length >= 3,
@@ -163,7 +165,8 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     this.#watch(this.subscriber, 'subscriber');
     this.#observeReplies(this.command, 'command');
     this.#observeReplies(this.subscriber, 'subscriber');
-    this.#log.info({ target: redactUrl(config.redis.url), tls: commandOptions.tls !== undefined }, 'redis target');
+    const sentinels = config.redis.sentinels.length > 0 ? { sentinels: [...config.redis.sentinels], sentinelName: config.redis.sentinelName } : { target: redactUrl(config.redis.url) };
+    this.#log.info({ ...sentinels, tls: commandOptions.tls !== undefined }, 'redis target');
     if (commandOptions.tls && config.redis.tls.verify === false) {
       this.#log.warn('TLS certificate verification is OFF (redis.tls.verify=false): the connection can be intercepted');
     }
@@ -228,7 +231,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       this.emit('state', change);
     };
     client.on('error', (err: unknown) => {
-      lastError = this.redact(describeError(err));
+      lastError = this.redact(sentinelError(describeError(err), this.#sentinelName));
       // A recycle was asked for and logged by whoever asked (the probe, a READONLY reply).
       if (err instanceof Error && err.message.startsWith('recycled: ')) return;
       // The same error on every retry is one line, not one per attempt.
@@ -428,4 +431,13 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       }),
     );
   }
+}
+
+/**
+ * ioredis's Sentinel errors made fit for the one-line-per-distinct-error rule: without the retry
+ * delay that changes at every attempt, and naming the master name no Sentinel knows.
+ */
+function sentinelError(message: string, name: string): string {
+  const out = message.replace(/ Retrying from scratch after \d+ms\./g, ' Retrying.');
+  return /No such master with that name/.test(out) ? `${out} (redis.sentinelName "${name}": no Sentinel monitors a master by that name)` : out;
 }

@@ -57,7 +57,7 @@ interface ScriptCommands {
     envelope: string,
   ): Promise<[number, string]>;
   agentdSweepDen(den: string, prefix: string, suffix: string): Promise<[number, ...string[]]>;
-  agentdSweeperLease(lease: string, holder: string, ms: number): Promise<[number, number, string?]>;
+  agentdSweeperLease(lease: string, holder: string, ms: number, heartbeatPrefix: string, heartbeatSuffix: string): Promise<[number, number, string?]>;
   agentdSampleDen(den: string, prefix: string, suffix: string, size: number): Promise<[number, number, number]>;
   agentdRateLimit(key: string, windowSeconds: number): Promise<[number, number]>;
   agentdAppendMessage(key: string, message: string, keep: number, ttlSeconds: number): Promise<number>;
@@ -227,7 +227,7 @@ export type LeaseOutcome = { readonly held: true; readonly ms: number } | { read
  * holder token); `ms` 0 releases it if it is ours.
  */
 export async function sweeperLease(redis: Redis, den: string, holder: string, ms: number): Promise<LeaseOutcome> {
-  const [held, detail, other] = await withScripts(redis).agentdSweeperLease(denSweeperKey(den), holder, Math.max(0, Math.round(ms)));
+  const [held, detail, other] = await withScripts(redis).agentdSweeperLease(denSweeperKey(den), holder, Math.max(0, Math.round(ms)), HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX);
   if (held === 1) return { held: true, ms: detail };
   return { held: false, pttlMs: typeof detail === 'number' ? detail : 0, holder: other ?? '' };
 }
