@@ -113,6 +113,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
   #everFailed = false;
   /** A beat has failed since the last one that landed. */
   #failedSinceBeat = false;
+  /** A beat that may have run unseen (its connection closed while it was in flight) a TTL after the last landed one. */
+  #lostAfterTtl = false;
   /**
    * Redis's clock minus ours, ms, measured with TIME on every beat: lastSeen in
    * the registry is written in Redis time, so a peer's skewed clock cannot make
@@ -238,7 +240,10 @@ export class Presence extends EventEmitter<PresenceEvents> {
       this.#failedSinceBeat = false;
       this.lastBeatAt = now;
       if (this.#okSince === 0) this.#okSince = now;
-      result = { ok: true, rejoined: this.#joined && replies[2]?.[1] === 1 };
+      // A beat lost with its connection may still have run in Redis (SADD and all) after a peer reaped
+      // us: then this SADD finds us in the den, yet nobody has announced our return.
+      result = { ok: true, rejoined: this.#joined && (replies[2]?.[1] === 1 || this.#lostAfterTtl) };
+      this.#lostAfterTtl = false;
       if (this.#failing) {
         this.#failing = false;
         this.#o.log.info('heartbeat restored');
@@ -246,6 +251,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
     } catch (err) {
       // Whether this ends the steady stretch is decided by the next landed beat (above).
       this.#failedSinceBeat = true;
+      // Sent, then its connection went (outcome unknown), a TTL or more after our last landed beat.
+      if (this.#joined && this.lastBeatAt > 0 && now - this.lastBeatAt >= ttlSeconds * 1000 && /max retries per request|Connection is closed|Socket timeout/i.test(describeError(err))) this.#lostAfterTtl = true;
       this.#everFailed = true;
       const error = describeError(err);
       // Over maxmemory Redis refuses SET, SADD and HSET (and so the whole MULTI), but still runs

@@ -267,7 +267,7 @@ describe('peer health (daemons as child processes)', () => {
 
     victim.d.signal('SIGCONT');
     const contAt = Date.now();
-    const back = await waitFor('agent_online (rejoined)', () => membership('agent_online', victim.id).find((m) => m.data['rejoined'] === true), 5_000, 10);
+    const back = await waitFor('agent_online (rejoined)', () => membership('agent_online', victim.id).find((m) => m.data['rejoined'] === true), 5_000, 10).catch((e) => { console.log('VICTIM', JSON.stringify(victim.d.logs.slice(-40).map((l) => [l['time'], l['component'], l['msg'], l['err'] ?? l['reason'] ?? '']))); throw e; });
     detections.push({ scenario: 'SIGCONT -> agent_online (rejoined)', ms: back.at - contAt, via: '-' });
     expect(back.source).toBe(victim.id);
     expect(back.data).toMatchObject({ agent: victim.id, den: victim.den, host: hostname(), rejoined: true });
