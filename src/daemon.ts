@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { EventEmitter } from 'eventemitter3';
 import { Dispatcher, type DrainResult, type DropReason, type HandlerFailedInfo } from './bus/dispatcher.ts';
 import { Intake, type IntakeReason } from './bus/intake.ts';
+import { EventCounters } from './bus/counters.ts';
 import { publishEvent } from './bus/publish.ts';
 import { EventSubscriber } from './bus/subscriber.ts';
 import { exactEventChannels } from './bus/channels.ts';
@@ -122,6 +123,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   readonly #inline: readonly InlinePlugin[];
   readonly #startAbort = new AbortController();
   readonly #intake: Intake;
+  /** Event counts: intake and the dispatcher move them, stats() and /metrics read them. */
+  readonly #counters: EventCounters;
   readonly #probeChannel: string;
   /** Signing keys (security.signing warn or require); never logged. */
   readonly #keys: KeyRing | undefined;
@@ -146,13 +149,17 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#inline = options.plugins ?? [];
     this.#probeChannel = probeChannel(this.agent.id, randomBytes(6).toString('hex'));
 
+    // The parts, each built after what it uses; their events are wired in #wire().
     checkTlsRequired(config);
     this.#keys = config.security.signing === 'off' ? undefined : loadKeys(config.security.keysFile);
     this.#connections = new Connections(config, this.log);
-    this.#connections.on('state', (change) => this.#onConnectionState(change));
+    this.#counters = new EventCounters();
+    this.metrics = new Metrics(this.#counters);
     const { checkInterval, warnRatio, ...memoryOptions } = config.memory;
     this.memory = new AgentMemory(this.#connections.command, this.agent.id, memoryOptions);
     this.#memoryMonitor = new MemoryMonitor(this.#connections.command, { intervalSeconds: checkInterval, warnRatio, log: this.log.child({ component: 'memory' }) });
+    this.#loop = new LoopMonitor((config.heartbeat.ttl - config.heartbeat.interval) * 1000, this.log.child({ component: 'presence' }));
+    const metrics = this.metrics;
 
     this.#dispatcher = new Dispatcher({
       concurrency: config.queue.concurrency,
@@ -161,25 +168,66 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       overflow: config.queue.overflow,
       handlerTimeoutMs: config.queue.handlerTimeoutMs,
       log: this.log.child({ component: 'dispatch' }),
-      onHandlerDone: (plugin, event, seconds, outcome) => this.metrics.handler(plugin, event, seconds, outcome),
+      counters: this.#counters,
+      onHandlerDone: (plugin, event, seconds, outcome) => metrics.handler(plugin, event, seconds, outcome),
     });
-    this.#dispatcher.on('dropped', (d) => this.emit('eventDropped', { reason: d.reason, channel: d.channel, event: d.event }));
-    this.#dispatcher.on('handlerFailed', (info) => this.emit('handlerFailed', info));
 
-    this.durable = new Durable({
+    const durable = new Durable({
       redis: this.#connections.command,
       agent: this.agent,
       config,
       log: this.log.child({ component: 'durable' }),
       ...(this.#keys ? { keys: this.#keys } : {}),
       hooks: {
-        acked: (kind, seconds) => this.metrics.durableAcked(kind, seconds),
-        redelivered: (kind) => this.metrics.durableRedelivered(kind),
-        deadLettered: (kind, reason) => this.metrics.durableDeadLettered(kind, reason),
-        trimmed: (kind, n) => this.metrics.durableTrimmed(kind, n),
-        handlerDone: (plugin, event, seconds, outcome) => this.metrics.handler(plugin, event, seconds, outcome),
+        acked: (kind, seconds) => metrics.durableAcked(kind, seconds),
+        redelivered: (kind) => metrics.durableRedelivered(kind),
+        deadLettered: (kind, reason) => metrics.durableDeadLettered(kind, reason),
+        trimmed: (kind, n) => metrics.durableTrimmed(kind, n),
+        handlerDone: (plugin, event, seconds, outcome) => metrics.handler(plugin, event, seconds, outcome),
       },
     });
+    this.durable = durable;
+
+    const denEvents = new DenEventRing(this.agent.den);
+    this.#denEvents = denEvents;
+    this.#intake = new Intake({
+      probeChannel: this.#probeChannel,
+      maxBytes: config.events.maxBytes,
+      maxDepth: config.events.maxDepth,
+      dispatcher: this.#dispatcher,
+      counters: this.#counters,
+      log: this.log.child({ component: 'intake' }),
+      onDropped: (d) => this.emit('eventDropped', d),
+      onMembership: (event) => {
+        denEvents.observe(event);
+        if (event.event !== 'agent_down') return;
+        const data = event.data as { den?: unknown; agent?: unknown } | null;
+        metrics.agentDown(typeof data?.den === 'string' ? data.den : 'unknown');
+        // A peer's watcher reaped someone: requests waiting on that agent fail now, not at their timeout.
+        durable.peerDown(String(data?.agent));
+      },
+      security: {
+        signing: config.security.signing,
+        channelCheck: config.security.channelCheck,
+        ...(this.#keys ? { verifier: new Verifier({ keys: this.#keys, toleranceMs: config.security.tolerance * 1000 }) } : {}),
+      },
+    });
+
+    const intake = this.#intake;
+    const channels = new Map(config.durable.enabled ? durable.doorbells() : []);
+    const subscriber = new EventSubscriber({
+      subscriber: this.#connections.subscriber,
+      command: this.#connections.command,
+      patterns: config.events.patterns,
+      probeChannel: this.#probeChannel,
+      ...(channels.size > 0 ? { channels } : {}),
+      log: this.log.child({ component: 'subscriber' }),
+      probeIntervalMs: config.events.probeInterval * 1000,
+      probeTimeoutMs: config.events.probeTimeoutMs,
+      onMessage: intake.onMessage,
+      quiet: () => this.#connections.flapping,
+    });
+    this.#subscriber = subscriber;
 
     this.#presence = new Presence({
       redis: this.#connections.command,
@@ -190,22 +238,13 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       ttlSeconds: config.heartbeat.ttl,
       intervalMs: config.heartbeat.interval * 1000,
       log: this.log.child({ component: 'presence' }),
-      beforeRejoin: () => this.#subscriber.whenConfirmed(2_000),
+      beforeRejoin: () => subscriber.whenConfirmed(2_000),
       ...(this.#keys ? { keys: this.#keys } : {}),
     });
-    this.#presence.on('membership', (m) => this.emit('membership', m));
-    this.#loop = new LoopMonitor((config.heartbeat.ttl - config.heartbeat.interval) * 1000, this.log.child({ component: 'presence' }));
-    this.#presence.on('beat', (b) => {
-      this.#loop.check();
-      this.emit('heartbeat', b);
-      this.#lastBeatOk = b.ok;
-      if (b.ok) this.#refreshState();
-      else this.#degrade('heartbeat failing');
-      this.#checkUnanswered(b);
-    });
+    const presence = this.#presence;
 
     if (config.watch.enabled) {
-      this.#watcher = new PeerWatcher({
+      const watcher = new PeerWatcher({
         redis: this.#connections.command,
         agent: this.agent,
         dens: config.watch.dens,
@@ -213,9 +252,9 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         notifications: config.watch.notifications,
         log: this.log.child({ component: 'watcher' }),
         ttlMs: config.heartbeat.ttl * 1000,
-        healthy: () => this.#presence.healthy,
-        steadyMs: () => this.#presence.steadyMs,
-        now: () => this.#presence.redisNow(),
+        healthy: () => presence.healthy,
+        steadyMs: () => presence.steadyMs,
+        now: () => presence.redisNow(),
         massDeathShare: config.watch.massDeathShare,
         massDeathMin: config.watch.massDeathMin,
         massDeathHoldMs: config.watch.massDeathHold * 1000,
@@ -223,48 +262,44 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
         ghosts: config.security.signing === 'require',
         sweeper: config.watch.sweeper,
       });
-      this.#watcher.on('down', (down) => this.emit('peerDown', down));
-      if (config.durable.enabled) this.#watcher.on('down', (down) => void this.durable.handover(down.agent, down.den));
-    }
-    const watcher = this.#watcher;
-    const db = Number(new URL(config.redis.url).pathname.slice(1) || 0);
-    const channels = new Map(config.durable.enabled ? this.durable.doorbells() : []);
-    this.#subscriber = new EventSubscriber({
-      subscriber: this.#connections.subscriber,
-      command: this.#connections.command,
-      patterns: config.events.patterns,
-      probeChannel: this.#probeChannel,
+      this.#watcher = watcher;
       // Heartbeat keys' keyspace notifications only: the expiries of every other key never reach us.
-      ...(watcher && config.watch.notifications !== 'off'
-        ? {
-            patternListeners: new Map([
-              [
-                heartbeatKeyspacePattern(db),
-                (channel: string, event: string) => {
-                  this.metrics.expiryNotification();
-                  watcher.onKeyspace(db, channel, event);
-                },
-              ],
-            ]),
-          }
-        : {}),
-      ...(channels.size > 0 ? { channels } : {}),
-      log: this.log.child({ component: 'subscriber' }),
-      probeIntervalMs: config.events.probeInterval * 1000,
-      probeTimeoutMs: config.events.probeTimeoutMs,
-      onMessage: (channel, payload) => this.#intake.onMessage(channel, payload),
-      quiet: () => this.#connections.flapping,
+      if (config.watch.notifications !== 'off') {
+        const db = Number(new URL(config.redis.url).pathname.slice(1) || 0);
+        subscriber.listenPattern(heartbeatKeyspacePattern(db), (channel, event) => {
+          metrics.expiryNotification();
+          watcher.onKeyspace(db, channel, event);
+        });
+      }
+    }
+
+    metrics.watch({
+      queue: () => ({ waiting: this.#dispatcher.waiting, running: this.#dispatcher.running }),
+      lastBeatAt: () => presence.lastBeatAt,
+      loopDelayMs: () => this.#loop.last.maxMs,
+      connected: (role) => (role === 'command' ? this.#connections.command : this.#connections.subscriber).status === 'ready',
+      subscriptionConfirmed: () => subscriber.confirmed,
+      ready: () => this.#state === 'ready',
+      denMembers: () => this.#denMembers(),
+      redisMemory: () => this.#memoryMonitor.last,
+      durable: () => ({ inFlight: durable.consumer.inFlight, running: durable.consumer.running }),
     });
+    metrics.knowDens([this.agent.den, ...config.watch.dens]);
+    metrics.describe({ agent: this.agent.id, den: this.agent.den, version: VERSION, heartbeatTtlSeconds: config.heartbeat.ttl, heartbeatIntervalSeconds: config.heartbeat.interval, memoryWarnRatio: config.memory.warnRatio });
+    this.#wire();
+  }
+
+  /** The parts' events, each listened to once. */
+  #wire(): void {
+    const { config, metrics } = this;
+    const connections = this.#connections;
+    connections.on('state', (change) => this.#onConnectionState(change));
     // A flapping connection damps the per-loss lines (here too); its end says where the daemon is.
-    this.#connections.on('steady', () => {
-      if (!this.#connections.flapping && this.#state === 'ready') this.log.info({ afterFlapping: true }, 'agentd ready again');
+    connections.on('steady', () => {
+      if (!connections.flapping && this.#state === 'ready') this.log.info({ afterFlapping: true }, 'agentd ready again');
     });
-    this.#subscriber.on('lost', ({ reason }) => this.#degrade(reason));
-    // Open but deaf (a half-open path): drop the socket so ioredis reconnects and we subscribe again.
-    // Always (no minimum gap): a deaf connection left open would never be confirmed again.
-    this.#subscriber.on('deaf', ({ reason }) => this.#connections.recycle('subscriber', reason, 0));
     // NOPERM / READONLY from any command: degraded with the reason until the window passes without one.
-    this.#connections.on('refused', (r) => {
+    connections.on('refused', (r) => {
       // A plugin's own command refused is the plugin's error (its call rejects), not the daemon's state.
       if (!DAEMON_COMMANDS.has(r.command)) return;
       const reason = `redis refused ${r.command.toUpperCase()}: ${r.message}`;
@@ -275,46 +310,36 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       }
       this.#degrade(reason);
     });
+
+    this.#dispatcher.on('dropped', (d) => this.emit('eventDropped', { reason: d.reason, channel: d.channel, event: d.event }));
+    this.#dispatcher.on('handlerFailed', (info) => this.emit('handlerFailed', info));
+
+    this.#subscriber.on('lost', ({ reason }) => this.#degrade(reason));
+    // Open but deaf (a half-open path): drop the socket so ioredis reconnects and we subscribe again.
+    // Always (no minimum gap): a deaf connection left open would never be confirmed again.
+    this.#subscriber.on('deaf', ({ reason }) => connections.recycle('subscriber', reason, 0));
     this.#subscriber.on('confirmed', () => this.#refreshState());
 
-    this.metrics = new Metrics({
-      queue: () => ({ waiting: this.#dispatcher.waiting, running: this.#dispatcher.running }),
-      lastBeatAt: () => this.#presence.lastBeatAt,
-      loopDelayMs: () => this.#loop.last.maxMs,
-      connected: (role) => (role === 'command' ? this.#connections.command : this.#connections.subscriber).status === 'ready',
-      subscriptionConfirmed: () => this.#subscriber.confirmed,
-      ready: () => this.#state === 'ready',
-      denMembers: () => this.#denMembers(),
-      redisMemory: () => this.#memoryMonitor.last,
+    this.#presence.on('membership', (m) => this.emit('membership', m));
+    this.#presence.on('beat', (b) => {
+      this.#loop.check();
+      this.emit('heartbeat', b);
+      this.#lastBeatOk = b.ok;
+      if (b.ok) this.#refreshState();
+      else this.#degrade('heartbeat failing');
+      this.#checkUnanswered(b);
     });
-    this.#dispatcher.on('dropped', (d) => this.metrics.dropped(d.event, d.reason, d.calls));
-    this.metrics.knowDens([this.agent.den, ...config.watch.dens]);
-    this.#watcher?.on('down', () => this.metrics.reaped());
-    this.#watcher?.on('held', (hold) => this.metrics.massDeathHold(hold.den));
-    this.#watcher?.on('ghost', () => this.metrics.ghostRemoved());
-    this.#presence.on('twin', () => this.metrics.duplicateInstance());
-    this.metrics.describe({ agent: this.agent.id, den: this.agent.den, version: VERSION, heartbeatTtlSeconds: config.heartbeat.ttl, heartbeatIntervalSeconds: config.heartbeat.interval, memoryWarnRatio: config.memory.warnRatio });
-    this.#denEvents = new DenEventRing(this.agent.den);
-    this.#intake = new Intake({
-      probeChannel: this.#probeChannel,
-      maxBytes: config.events.maxBytes,
-      maxDepth: config.events.maxDepth,
-      dispatcher: this.#dispatcher,
-      metrics: this.metrics,
-      log: this.log.child({ component: 'intake' }),
-      onDropped: (d) => this.emit('eventDropped', d),
-      onMembership: (event) => {
-        this.#denEvents.observe(event);
-        // A peer's watcher reaped someone: requests waiting on that agent fail now, not at their timeout.
-        if (event.event === 'agent_down') this.durable.peerDown(String((event.data as { agent?: unknown } | null)?.agent));
-      },
-      security: {
-        signing: config.security.signing,
-        channelCheck: config.security.channelCheck,
-        ...(this.#keys ? { verifier: new Verifier({ keys: this.#keys, toleranceMs: config.security.tolerance * 1000 }) } : {}),
-      },
+    this.#presence.on('twin', () => metrics.duplicateInstance());
+
+    const watcher = this.#watcher;
+    if (watcher === undefined) return;
+    watcher.on('down', (down) => {
+      metrics.reaped();
+      this.emit('peerDown', down);
+      if (config.durable.enabled) void this.durable.handover(down.agent, down.den);
     });
-    this.metrics.durableSource(() => ({ inFlight: this.durable.consumer.inFlight, running: this.durable.consumer.running }));
+    watcher.on('held', (hold) => metrics.massDeathHold(hold.den));
+    watcher.on('ghost', () => metrics.ghostRemoved());
   }
 
   get state(): DaemonState {
@@ -327,10 +352,10 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
   }
 
   stats(): DaemonStats {
-    const c = this.#dispatcher.counts;
+    const c = this.#counters;
     return {
-      received: this.#intake.counts.received,
-      invalid: { ...this.#intake.counts.invalid },
+      received: c.received,
+      invalid: { ...c.invalid },
       dispatched: c.dispatched,
       unhandled: c.unhandled,
       completed: c.completed,
@@ -568,7 +593,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     await this.#plugins.setup();
     signal.throwIfAborted();
     this.#dispatcher.setBindings(this.#plugins.bindings());
-    this.metrics.knowTypes(this.#dispatcher.types);
+    this.#counters.know(this.#dispatcher.types);
     const exact = exactEventChannels(this.config.events, this.#plugins.bindings());
     if (exact) this.#subscriber.useChannels(exact);
     await this.#subscriber.start(signal);

@@ -2,8 +2,9 @@ import { EventEmitter } from 'eventemitter3';
 import type { OverflowPolicy } from '../config/schema.ts';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { AgentEvent } from './envelope.ts';
+import { freezeData, type AgentEvent } from './envelope.ts';
 import { Fifo } from './fifo.ts';
+import { EventCounters, type TypeCounts } from './counters.ts';
 
 /** What a handler call can be aborted through: the call's own context (its `signal` is created on first use). */
 export interface Abortable {
@@ -51,23 +52,10 @@ export interface DispatcherOptions {
   readonly overflow: OverflowPolicy;
   readonly handlerTimeoutMs: number;
   readonly log: Logger;
+  /** The daemon's counters (intake moves the same object); a fresh set when absent. */
+  readonly counters?: EventCounters;
   /** Called once per finished call; on the hot path, so no event object is made for it. */
   readonly onHandlerDone?: (plugin: string, event: string, seconds: number, outcome: HandlerOutcome) => void;
-}
-
-export interface DispatcherCounts {
-  /** Events that had at least one handler and were queued. */
-  dispatched: number;
-  /** Events no handler was registered for. */
-  unhandled: number;
-  /** Handler calls that returned or resolved. */
-  completed: number;
-  /** Handler calls that threw or rejected. */
-  failed: number;
-  /** Handler calls stopped at their time limit. */
-  timedOut: number;
-  /** Handler calls dropped, by reason. */
-  dropped: Record<DropReason, number>;
 }
 
 export interface DrainResult {
@@ -142,14 +130,8 @@ const afterDueTimers = (): Promise<void> => new Promise((resolve) => setTimeout(
  * makes drop-oldest an O(1) shift.
  */
 export class Dispatcher extends EventEmitter<DispatcherEvents> {
-  readonly counts: DispatcherCounts = {
-    dispatched: 0,
-    unhandled: 0,
-    completed: 0,
-    failed: 0,
-    timedOut: 0,
-    dropped: { queue_full: 0, evicted: 0, shutdown: 0 },
-  };
+  /** dispatched, unhandled, completed, failed, timedOut and dropped are moved here. */
+  readonly counts: EventCounters;
   readonly #options: DispatcherOptions;
   readonly #log: Logger;
   readonly #byType = new Map<string, readonly Binding[]>();
@@ -181,6 +163,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     super();
     this.#options = options;
     this.#log = options.log;
+    this.counts = options.counters ?? new EventCounters();
   }
 
   /** Replaces the handler table. Each event type gets its own handlers followed by the '*' handlers. */
@@ -216,9 +199,10 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
 
   /**
    * Queues the event's handler calls; says whether it was queued, dropped or
-   * had no handler. `bytes`: the message's size, for queue.maxBytes.
+   * had no handler. `bytes`: the message's size, for queue.maxBytes; `type`:
+   * the event type's counts, when the caller has looked them up already.
    */
-  dispatch(event: AgentEvent, bytes = 0): 'queued' | 'dropped' | 'unhandled' {
+  dispatch(event: AgentEvent, bytes = 0, type: TypeCounts = this.counts.of(event.event)): 'queued' | 'dropped' | 'unhandled' {
     const bindings = this.#byType.get(event.event) ?? this.#wildcard;
     if (bindings.length === 0) {
       this.counts.unhandled++;
@@ -226,14 +210,14 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     }
     const need = bindings.length;
     if (!this.#accepting) {
-      this.#drop('shutdown', event, need);
+      this.#drop('shutdown', event, need, type);
       return 'dropped';
     }
     const maxBytes = this.#options.maxWaitingBytes ?? Infinity;
     const room = this.#options.maxWaiting - this.#waiting.length;
     if (need > room || this.#waitingBytes + bytes > maxBytes) {
       if (this.#options.overflow === 'drop-newest' || need > this.#options.maxWaiting || bytes > maxBytes) {
-        this.#drop('queue_full', event, need);
+        this.#drop('queue_full', event, need, type);
         return 'dropped';
       }
       while (this.#waiting.length > 0 && (this.#options.maxWaiting - this.#waiting.length < need || this.#waitingBytes + bytes > maxBytes)) {
@@ -241,7 +225,13 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
         if (victim) this.#drop('evicted', victim.event, 1);
       }
     }
+    // Handlers of other plugins get the same object: none may change what another sees.
+    if (need > 1) {
+      Object.freeze(event);
+      freezeData(event.data);
+    }
     this.counts.dispatched++;
+    type.dispatched++;
     this.#waitingBytes += bytes;
     let first = true;
     for (const binding of bindings) {
@@ -270,19 +260,23 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   async #work(w: Worker): Promise<void> {
     try {
       let burst = 0;
+      // One clock reading per call: a synchronous call ends when the next one starts.
+      let clock = performance.now();
       for (;;) {
         if (this.#syncMs - this.#syncMsAtTurn > SLICE_MS) {
           await this.#stepAside();
           burst = 0;
+          clock = performance.now();
         }
         const call = this.#take();
         if (call === undefined) return;
         w.call = call;
         this.#busy++;
         let settled: Settled;
-        let endedAt: number;
-        const startedAt = performance.now();
+        const startedAt = clock;
         w.startedAt = startedAt;
+        // Read before the call: a handler that is the only one to get its event may change it.
+        const type = call.event.event;
         try {
           const context = call.binding.context();
           w.context = context;
@@ -297,26 +291,27 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
                 (error: unknown) => resolve({ outcome: 'error', error }),
               );
             });
-            endedAt = performance.now();
+            clock = performance.now();
             burst = 0;
           } else {
             settled = OK;
-            endedAt = performance.now();
-            this.#syncMs += endedAt - startedAt;
+            clock = performance.now();
+            this.#syncMs += clock - startedAt;
           }
         } catch (error) {
           settled = { outcome: 'error', error };
-          endedAt = performance.now();
-          if (w.release === undefined) this.#syncMs += endedAt - startedAt;
+          clock = performance.now();
+          if (w.release === undefined) this.#syncMs += clock - startedAt;
         }
         w.call = undefined;
         w.context = undefined;
         w.release = undefined;
         this.#busy--;
-        this.#settled(call, startedAt, endedAt, settled);
+        this.#settled(call.binding.plugin, type, clock - startedAt, settled);
         if (++burst >= SYNC_BURST) {
           burst = 0;
           await nextTurn();
+          clock = performance.now();
         }
       }
     } catch (err) {
@@ -385,10 +380,8 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     this.#timeoutTimer.unref();
   }
 
-  #settled(call: Call, startedAt: number, endedAt: number, settled: Settled): void {
-    const plugin = call.binding.plugin;
-    const type = call.event.event;
-    const seconds = (endedAt - startedAt) / 1000;
+  #settled(plugin: string, type: string, ms: number, settled: Settled): void {
+    const seconds = ms / 1000;
     this.#options.onHandlerDone?.(plugin, type, seconds, settled.outcome);
     if (settled.outcome === 'ok') {
       this.counts.completed++;
@@ -445,8 +438,9 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     }
   }
 
-  #drop(reason: DropReason, event: AgentEvent, calls: number): void {
+  #drop(reason: DropReason, event: AgentEvent, calls: number, type: TypeCounts = this.counts.of(event.event)): void {
     this.counts.dropped[reason] += calls;
+    type.dropped[reason] += calls;
     try {
       this.emit('dropped', { reason, event: event.event, channel: event.channel, calls });
     } catch (err) {
@@ -520,8 +514,10 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   /** Discards waiting calls and aborts the signals of running ones. */
   abort(): void {
     this.stopAccepting();
-    this.counts.dropped.shutdown += this.#waiting.length;
-    this.#waiting.clear();
+    for (let call = this.#waiting.shift(); call !== undefined; call = this.#waiting.shift()) {
+      this.counts.dropped.shutdown++;
+      this.counts.of(call.event.event).dropped.shutdown++;
+    }
     this.#waitingBytes = 0;
     for (const w of this.#workers) {
       w.context?.abort(SHUTDOWN);

@@ -3,7 +3,12 @@
  * channel, before anything else looks at it.
  */
 
-/** An event as handlers see it. Deeply frozen: handlers of other plugins get the same object. */
+/**
+ * An event as handlers see it. Read-only: when more than one handler gets
+ * the same event, it is deeply frozen (each sees what the publisher sent, not
+ * what another handler made of it); an event only one handler gets is that
+ * handler's own, and not frozen (the types still forbid writes).
+ */
 export interface AgentEvent<Data = unknown> {
   /** Event type, e.g. "new_message". */
   readonly event: string;
@@ -59,11 +64,11 @@ const EMPTY: object = Object.freeze({});
  * refuses nesting deeper than `maxDepth` (the envelope object is level 1) and,
  * when `checkKeys` is set, keys that let JSON reach an object's prototype once
  * a consumer merges it somewhere (`__proto__`, or `constructor.prototype`);
- * JSON.parse itself is safe, the danger is downstream. Everything below the
- * envelope is frozen on the way: handlers of other plugins get the same
- * objects. Output of JSON.parse has no shared or cyclic references.
+ * JSON.parse itself is safe, the danger is downstream. With `freeze`,
+ * everything below the envelope is frozen on the way. Output of JSON.parse
+ * has no shared or cyclic references.
  */
-function walk(root: object, maxDepth: number, checkKeys: boolean): BadInputReason | undefined {
+function walk(root: object, maxDepth: number, checkKeys: boolean, freeze: boolean): BadInputReason | undefined {
   stackValues[0] = root;
   stackDepths[0] = 1;
   stackKeys[0] = undefined;
@@ -76,7 +81,7 @@ function walk(root: object, maxDepth: number, checkKeys: boolean): BadInputReaso
       const parentKey = checkKeys ? stackKeys[top] : undefined;
       stackValues[top] = EMPTY;
       if (depth > maxDepth) return 'too_deep';
-      if (value !== root) Object.freeze(value);
+      if (freeze && value !== root) Object.freeze(value);
       if (Array.isArray(value)) {
         for (let i = 0; i < value.length; i++) {
           const item: unknown = value[i];
@@ -115,11 +120,26 @@ function walk(root: object, maxDepth: number, checkKeys: boolean): BadInputReaso
 }
 
 /**
+ * Deep-freezes a parsed value (JSON.parse output: no cycles), iteratively:
+ * the value may be as deep as events.maxDepth allows.
+ */
+export function freezeData(value: unknown): void {
+  if (value === null || typeof value !== 'object' || Object.isFrozen(value)) return;
+  walk(value, Infinity, false, true);
+  Object.freeze(value);
+}
+
+/**
  * Parses one message. Never throws: every way a message can be bad maps to a
  * reason, and the caller counts and logs it. No step recurses over the
  * message, so its depth cannot exhaust the stack.
+ *
+ * `freeze` false leaves the event unfrozen: the pub/sub dispatcher freezes
+ * it (and its data, `freezeData`) only when more than one handler gets it. Without freezing, a message too short to
+ * nest deeper than `maxDepth` (each level takes two brackets) and without a
+ * dangerous key in its text is not walked at all.
  */
-export function parseEnvelope(channel: string, payload: Buffer | string, maxBytes: number, maxDepth: number = DEFAULT_MAX_DEPTH): ParseResult {
+export function parseEnvelope(channel: string, payload: Buffer | string, maxBytes: number, maxDepth: number = DEFAULT_MAX_DEPTH, freeze = true): ParseResult {
   if (typeof payload === 'string') {
     // A stream entry's field arrives decoded; its UTF-8 size is at most 3 bytes per UTF-16 unit.
     if (payload.length * 3 > maxBytes && Buffer.byteLength(payload) > maxBytes) return { ok: false, reason: 'too_large' };
@@ -138,8 +158,10 @@ export function parseEnvelope(channel: string, payload: Buffer | string, maxByte
   // 7 characters or more, which costs more than the search itself in a message of a few hundred bytes
   // (the three long searches were a third of the time of JSON.parse on a 100-byte message).
   const checkKeys = (text.includes('__p') && text.includes('__proto__')) || (text.includes('ype"') && text.includes('"prototype"')) || text.includes('\\u');
-  const bad = walk(parsed, maxDepth, checkKeys);
-  if (bad !== undefined) return { ok: false, reason: bad };
+  if (freeze || checkKeys || text.length >= 2 * maxDepth + 2) {
+    const bad = walk(parsed, maxDepth, checkKeys, freeze);
+    if (bad !== undefined) return { ok: false, reason: bad };
+  }
   const raw = parsed as Record<string, unknown>;
   const type = raw['event'];
   if (typeof type !== 'string' || type.length === 0 || type.length > MAX_EVENT_TYPE_LENGTH) return { ok: false, reason: 'no_event' };
@@ -151,5 +173,5 @@ export function parseEnvelope(channel: string, payload: Buffer | string, maxByte
   if (typeof source === 'string') event.source = source;
   if (typeof ts === 'number' && Number.isFinite(ts)) event.ts = ts;
   if (typeof den === 'string') event.den = den;
-  return { ok: true, event: Object.freeze(event) };
+  return { ok: true, event: freeze ? Object.freeze(event) : event };
 }

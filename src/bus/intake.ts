@@ -3,6 +3,8 @@ import { describeError } from '../errors.ts';
 import { parseEnvelope, type AgentEvent, type BadInputReason } from './envelope.ts';
 import type { SignatureReason, SigningMode, Verifier } from '../security/signing.ts';
 import { EVENT_CHANNEL_PREFIX } from '../redis/keys.ts';
+import { OWN_EVENT_TYPES } from './channels.ts';
+import type { EventCounters, TypeCounts } from './counters.ts';
 
 /**
  * Why a message was not dispatched: bad input (from the envelope check), or
@@ -23,17 +25,6 @@ export interface IntakeDropped {
   readonly bytes: number;
 }
 
-/** The counters intake moves (the daemon's Metrics). */
-export interface IntakeMetrics {
-  received(type: string): void;
-  agentDown(den: string): void;
-  dispatched(type: string): void;
-  unhandled(): void;
-  dropped(type: string | undefined, reason: string): void;
-  /** A message failed a trust check (counted in warn mode too, where it is still dispatched). */
-  untrusted?(reason: TrustReason): void;
-}
-
 /** The trust checks of intake (docs/security.md). */
 export interface IntakeSecurity {
   /** Signature checking: off, warn (count, log, dispatch) or require (drop). */
@@ -49,25 +40,24 @@ export interface IntakeOptions {
   readonly probeChannel: string;
   readonly maxBytes: number;
   readonly maxDepth: number;
-  readonly dispatcher: { dispatch(event: AgentEvent, bytes: number): 'queued' | 'dropped' | 'unhandled' };
-  readonly metrics: IntakeMetrics;
+  readonly dispatcher: { dispatch(event: AgentEvent, bytes: number, counts?: TypeCounts): 'queued' | 'dropped' | 'unhandled' };
+  /** The daemon's counters (the dispatcher moves the same object). */
+  readonly counters: EventCounters;
   readonly log: Logger;
   /** Told of every message dropped here (the daemon emits it as `eventDropped`). */
   readonly onDropped?: (info: IntakeDropped) => void;
-  /** Told of every valid membership event (agent_online, agent_offline, agent_down), before dispatch. */
+  /** Told of every valid membership event (agent_online, agent_offline, agent_down), before dispatch; it may throw (counted as intake_error). */
   readonly onMembership?: (event: AgentEvent) => void;
   /** Trust checks; absent: none (signing off, no channel check). */
   readonly security?: IntakeSecurity;
 }
 
-const MEMBERSHIP_EVENTS: ReadonlySet<string> = new Set(['agent_online', 'agent_offline', 'agent_down']);
-
-export interface IntakeCounts {
-  /** Messages read from subscribed patterns (valid or not). */
-  received: number;
-  /** Messages not dispatched, by reason. */
-  invalid: Record<IntakeReason, number>;
+/** `channel` (which starts with EVENT_CHANNEL_PREFIX) is `agent:events:<type>`, compared without building that string. */
+function isChannelOf(channel: string, type: string): boolean {
+  return channel.length === EVENT_CHANNEL_PREFIX.length + type.length && channel.endsWith(type);
 }
+
+const MEMBERSHIP_EVENTS: ReadonlySet<string> = new Set(OWN_EVENT_TYPES);
 
 const MAX_CHANNEL_IN_LOG = 200;
 /**
@@ -88,13 +78,8 @@ const BAD_LOG_EVERY_MS = 5_000;
  * dispatcher counts those), or `invalid` under a reason.
  */
 export class Intake {
-  readonly counts: IntakeCounts = {
-    received: 0,
-    invalid: { too_large: 0, not_json: 0, not_object: 0, no_event: 0, forbidden_key: 0, too_deep: 0, intake_error: 0,
-      channel_mismatch: 0, unsigned: 0, bad_signature: 0, unknown_key: 0, stale: 0, replayed: 0 },
-  };
   readonly #o: IntakeOptions;
-  #lastChannel: { readonly bytes: Buffer; readonly name: string } | undefined;
+  readonly #counts: EventCounters;
   /** Bad messages logged in the current window, and those counted but not logged, by reason. */
   #badLogged = 0;
   readonly #badSuppressed = new Map<BadInputReason | TrustReason, number>();
@@ -102,18 +87,18 @@ export class Intake {
 
   constructor(options: IntakeOptions) {
     this.#o = options;
+    this.#counts = options.counters;
   }
 
-  /** One message straight from the socket (ioredis's `pmessageBuffer`). Never throws. */
-  readonly onMessage = (channelBuf: Buffer, payload: Buffer): void => {
-    this.counts.received++;
+  /** One message straight from the socket (its channel decoded). Never throws. */
+  readonly onMessage = (channel: string, payload: Buffer): void => {
+    const counts = this.#counts;
     // Where the message is counted, once it is: a later throw must not count it twice.
     let countedAs: string | undefined;
-    let channel: string | undefined;
     try {
-      channel = this.#channelName(channelBuf);
       if (channel === this.#o.probeChannel) return;
-      const parsed = parseEnvelope(channel, payload, this.#o.maxBytes, this.#o.maxDepth);
+      counts.received++;
+      const parsed = parseEnvelope(channel, payload, this.#o.maxBytes, this.#o.maxDepth, false);
       if (!parsed.ok) {
         countedAs = parsed.reason;
         this.#bad(parsed.reason, channel, payload.length);
@@ -129,45 +114,28 @@ export class Intake {
           return;
         }
       }
-      const metrics = this.#o.metrics;
-      metrics.received(event.event);
-      if (MEMBERSHIP_EVENTS.has(event.event)) {
-        if (event.event === 'agent_down') {
-          const den = (event.data as { den?: unknown } | null)?.den;
-          metrics.agentDown(typeof den === 'string' ? den : 'unknown');
-        }
-        this.#o.onMembership?.(event);
-      }
+      const type = counts.of(event.event);
+      type.received++;
+      if (MEMBERSHIP_EVENTS.has(event.event)) this.#o.onMembership?.(event);
       // From here the dispatcher counts the message (dispatched, unhandled or dropped).
       countedAs = 'dispatch';
-      const outcome = this.#o.dispatcher.dispatch(event, payload.length);
-      if (outcome === 'queued') metrics.dispatched(event.event);
-      else if (outcome === 'unhandled') metrics.unhandled();
+      this.#o.dispatcher.dispatch(event, payload.length, type);
     } catch (err) {
       this.#failed(err, countedAs, channel, payload);
     }
   };
 
-  /** Floods arrive on few channels: reuse the last decoded name when the bytes match. */
-  #channelName(channelBuf: Buffer): string {
-    const last = this.#lastChannel;
-    if (last !== undefined && channelBuf.equals(last.bytes)) return last.name;
-    const name = channelBuf.toString();
-    this.#lastChannel = { bytes: Buffer.from(channelBuf), name };
-    return name;
-  }
-
   /** The trust checks: the reason to drop the message, or undefined to dispatch it (warn mode counts and logs). */
   #trust(security: IntakeSecurity, channel: string, payload: Buffer, event: AgentEvent): TrustReason | undefined {
     // Only agentd's event channels have a type; other subscribed channels are not checked.
-    if (security.channelCheck && channel.startsWith(EVENT_CHANNEL_PREFIX) && channel !== EVENT_CHANNEL_PREFIX + event.event) {
-      this.#o.metrics.untrusted?.('channel_mismatch');
+    if (security.channelCheck && channel.startsWith(EVENT_CHANNEL_PREFIX) && !isChannelOf(channel, event.event)) {
+      this.#counts.untrusted.channel_mismatch++;
       return 'channel_mismatch';
     }
     if (security.signing === 'off' || security.verifier === undefined) return undefined;
     const reason = security.verifier.verify(channel, payload, event.id, event.ts);
     if (reason === undefined) return undefined;
-    this.#o.metrics.untrusted?.(reason);
+    this.#counts.untrusted[reason]++;
     if (security.signing === 'require') return reason;
     // Under the same burst limit as dropped messages: a flood of unsigned messages must not become a log flood.
     this.#logBad(reason, { code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, event: event.event.slice(0, 64) }, 'event failed the signature check; dispatched anyway (security.signing=warn)');
@@ -175,8 +143,7 @@ export class Intake {
   }
 
   #bad(reason: BadInputReason | TrustReason, channel: string, bytes: number): void {
-    this.counts.invalid[reason]++;
-    this.#o.metrics.dropped(undefined, reason);
+    this.#counts.invalid[reason]++;
     // Channel and reason only: the payload may be huge or hostile.
     this.#logBad(reason, { code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, bytes }, 'dropped a bad message');
     this.#o.onDropped?.({ reason, channel, bytes });
@@ -202,17 +169,16 @@ export class Intake {
     const suppressed = Object.fromEntries(this.#badSuppressed);
     this.#badSuppressed.clear();
     this.#o.log.warn(
-      { code: 'AGENTD_ERR_BAD_EVENT', suppressed, burst: BAD_LOG_BURST, windowMs: BAD_LOG_EVERY_MS, totalInvalid: { ...this.counts.invalid } },
+      { code: 'AGENTD_ERR_BAD_EVENT', suppressed, burst: BAD_LOG_BURST, windowMs: BAD_LOG_EVERY_MS, totalInvalid: { ...this.#counts.invalid } },
       'dropped more bad messages than are logged one by one',
     );
   }
 
-  #failed(err: unknown, countedAs: string | undefined, channel: string | undefined, payload: Buffer): void {
+  #failed(err: unknown, countedAs: string | undefined, channel: string, payload: Buffer): void {
     try {
-      const name = channel ?? '(undecodable channel)';
+      const name = channel;
       if (countedAs === undefined) {
-        this.counts.invalid.intake_error++;
-        this.#o.metrics.dropped(undefined, 'intake_error');
+        this.#counts.invalid.intake_error++;
       }
       this.#o.log.error(
         { code: 'AGENTD_ERR_INTAKE', channel: name.slice(0, MAX_CHANNEL_IN_LOG), bytes: payload.length, countedAs: countedAs ?? 'intake_error', err: describeError(err) },

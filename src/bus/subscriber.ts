@@ -29,8 +29,6 @@ export interface EventSubscriberOptions {
   readonly probeChannel: string;
   /** Plain channels to SUBSCRIBE to as well, each with its own listener (e.g. keyspace expiry events). */
   readonly channels?: ReadonlyMap<string, (message: string) => void>;
-  /** Patterns to PSUBSCRIBE to as well, each with its own listener (channel, message); their messages never reach onMessage. */
-  readonly patternListeners?: ReadonlyMap<string, (channel: string, message: string) => void>;
   readonly log: Logger;
   /** Ms between probes of a confirmed subscription (0: probe only after a reconnect). Default 5,000. */
   readonly probeIntervalMs?: number;
@@ -38,8 +36,8 @@ export interface EventSubscriberOptions {
   readonly probeTimeoutMs?: number;
   /** True while the connection flaps: the lost / confirmed again lines go to debug. */
   readonly quiet?: () => boolean;
-  /** Called for every message on a subscribed pattern, straight from the socket. */
-  readonly onMessage: (channel: Buffer, payload: Buffer) => void;
+  /** Called for every message on a subscribed event pattern or channel, straight from the socket (the channel decoded). */
+  readonly onMessage: (channel: string, payload: Buffer) => void;
 }
 
 const DEFAULT_PROBE_INTERVAL_MS = 5_000;
@@ -49,6 +47,22 @@ const RETRY_MS = 250;
 type ProbeOutcome = 'arrived' | 'lost' | 'no-subscriber' | 'not-sent';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
+
+/**
+ * Channel names decoded from the socket's bytes. Messages come on few
+ * channels, and floods on one: the last name is reused while the bytes match.
+ */
+class ChannelNames {
+  #bytes: Buffer | undefined;
+  #name = '';
+
+  of(channel: Buffer): string {
+    if (this.#bytes !== undefined && channel.equals(this.#bytes)) return this.#name;
+    this.#name = channel.toString();
+    this.#bytes = Buffer.from(channel);
+    return this.#name;
+  }
+}
 
 /**
  * Holds the pattern subscription. ioredis calls a connection `ready` before
@@ -73,6 +87,8 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   #eventChannels: ReadonlySet<string> | undefined;
   /** start() was called: only then does a ready connection subscribe (so useChannels() before start() is never raced). */
   #started = false;
+  /** Patterns with a listener of their own (listenPattern): their messages never reach onMessage. */
+  readonly #own = new Map<string, (channel: string, message: string) => void>();
 
   constructor(options: EventSubscriberOptions) {
     super();
@@ -80,21 +96,21 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     this.#probeIntervalMs = options.probeIntervalMs ?? DEFAULT_PROBE_INTERVAL_MS;
     this.#probeTimeoutMs = options.probeTimeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS;
     const { subscriber, probeChannel } = options;
-    const own = options.patternListeners;
+    const own = this.#own;
+    // Buffers only: a 'message' listener would make ioredis decode every payload to a string as well.
+    const names = new ChannelNames();
     subscriber.on('pmessageBuffer', (pattern: string, channel: Buffer, payload: Buffer) => {
       const listener = own?.get(pattern);
       if (listener) listener(channel.toString(), payload.toString());
-      else options.onMessage(channel, payload);
-    });
-    subscriber.on('message', (channel: string, message: string) => {
-      if (channel === probeChannel) {
-        if (this.#probeWaiter?.token === message) this.#probeWaiter.resolve();
-        return;
-      }
-      options.channels?.get(channel)?.(message);
+      else options.onMessage(names.of(channel), payload);
     });
     subscriber.on('messageBuffer', (channel: Buffer, payload: Buffer) => {
-      if (this.#eventChannels?.has(channel.toString())) options.onMessage(channel, payload);
+      const name = names.of(channel);
+      if (this.#eventChannels?.has(name)) {
+        options.onMessage(name, payload);
+      } else if (name === probeChannel) {
+        if (this.#probeWaiter?.token === payload.toString()) this.#probeWaiter.resolve();
+      } else options.channels?.get(name)?.(payload.toString());
     });
     subscriber.on('ready', () => void this.#confirm());
     subscriber.on('close', () => {
@@ -107,6 +123,14 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
         this.emit('lost', { reason: 'event subscription lost' });
       }
     });
+  }
+
+  /**
+   * PSUBSCRIBE to `pattern` as well, with a listener of its own (channel,
+   * message); its messages never reach onMessage. Call before start().
+   */
+  listenPattern(pattern: string, listener: (channel: string, message: string) => void): void {
+    this.#own.set(pattern, listener);
   }
 
   /**
@@ -125,7 +149,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
 
   /** The patterns to PSUBSCRIBE to: the event patterns (unless exact channels replace them) and the listeners'. */
   #patterns(): string[] {
-    return [...(this.#eventChannels ? [] : this.#o.patterns), ...(this.#o.patternListeners?.keys() ?? [])];
+    return [...(this.#eventChannels ? [] : this.#o.patterns), ...this.#own.keys()];
   }
 
   /** The channels to SUBSCRIBE to: the probe, the listeners' and the exact event channels. */

@@ -1,6 +1,6 @@
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { IntakeReason } from '../bus/intake.ts';
-import { TallyCounter, TallyHistogram } from './tally.ts';
+import type { EventCounters } from '../bus/counters.ts';
+import { ReadCounter, TallyCounter, TallyHistogram } from './tally.ts';
 
 /** Read at scrape time, so nothing on the hot path keeps gauges up to date. */
 export interface MetricsSource {
@@ -12,14 +12,14 @@ export interface MetricsSource {
   ready(): boolean;
   denMembers(): Promise<ReadonlyArray<readonly [den: string, members: number]>>;
   redisMemory(): { usedBytes: number; maxBytes: number } | undefined;
+  /** Durable entries read and not yet acknowledged, and those running. */
+  durable(): { inFlight: number; running: number };
 }
 
 export type HandlerOutcome = 'ok' | 'error' | 'timeout' | 'aborted';
 
-/** Event types come from the network: only known ones become label values, the rest are "other". */
+/** Dens not watched here (agent_down comes from the network) count under this label. */
 const OTHER = 'other';
-const MEMBERSHIP = ['agent_online', 'agent_offline', 'agent_down'];
-const BAD_INPUT_REASONS: readonly IntakeReason[] = ['too_large', 'not_json', 'not_object', 'no_event', 'forbidden_key', 'too_deep', 'intake_error'];
 
 /**
  * The daemon's Prometheus metrics, in a registry of its own (several daemons
@@ -28,11 +28,7 @@ const BAD_INPUT_REASONS: readonly IntakeReason[] = ['too_large', 'not_json', 'no
  */
 export class Metrics {
   readonly registry = new Registry();
-  readonly #known = new Set<string>(MEMBERSHIP);
-  readonly #received: TallyCounter;
-  readonly #dispatched: TallyCounter;
-  readonly #dropped: TallyCounter;
-  readonly #unhandled: TallyCounter;
+  readonly #counters: EventCounters;
   readonly #calls: TallyCounter;
   readonly #duration: TallyHistogram;
   readonly #reconnects: TallyCounter;
@@ -47,27 +43,30 @@ export class Metrics {
   readonly #durableDead: TallyCounter;
   readonly #durableTrimmed: TallyCounter;
   readonly #durableLatency: TallyHistogram;
-  #durableRead: () => { inFlight: number; running: number } = () => ({ inFlight: 0, running: 0 });
-  readonly #untrusted: TallyCounter;
   readonly #ghosts: TallyCounter;
   /** Dens that may appear as label values: ours and the ones we watch. */
   readonly #dens = new Set<string>();
 
-  constructor(source: MetricsSource) {
-    const registers = [this.registry];
+  /** `counters`: the daemon's event counters, read when scraped (the same ones stats() reads). */
+  constructor(counters: EventCounters) {
     const registry = this.registry;
+    this.#counters = counters;
     collectDefaultMetrics({ register: this.registry });
-    this.#received = new TallyCounter({ name: 'agentd_events_received_total', help: 'Valid events read from the subscribed patterns, by event type.', labelNames: ['event'], registry });
-    this.#dispatched = new TallyCounter({ name: 'agentd_events_dispatched_total', help: 'Events queued for their handlers, by event type.', labelNames: ['event'], registry });
-    this.#dropped = new TallyCounter({
+    // Event counts: read from the counters at scrape time; every series exists from the start (at 0), for
+    // the same reason as agentd_agents_down_total (see knowDens).
+    const byType = (pick: 'received' | 'dispatched') => () => [...counters.byType()].map(([event, c]) => ({ labels: { event }, value: c[pick] }));
+    new ReadCounter({ name: 'agentd_events_received_total', help: 'Valid events read from the subscribed patterns, by event type.', registry, read: byType('received') });
+    new ReadCounter({ name: 'agentd_events_dispatched_total', help: 'Events queued for their handlers, by event type.', registry, read: byType('dispatched') });
+    new ReadCounter({
       name: 'agentd_events_dropped_total',
       help: 'Events or handler calls dropped, by event type and reason (too_large, not_json, not_object, no_event, forbidden_key, too_deep, intake_error, channel_mismatch, unsigned, bad_signature, unknown_key, stale, replayed, queue_full, evicted, shutdown).',
-      labelNames: ['event', 'reason'],
       registry,
+      read: () => [
+        ...Object.entries(counters.invalid).map(([reason, value]) => ({ labels: { event: 'invalid', reason }, value })),
+        ...[...counters.byType()].flatMap(([event, c]) => Object.entries(c.dropped).map(([reason, value]) => ({ labels: { event, reason }, value }))),
+      ],
     });
-    // Bad-input drops at 0 from the start, for the same reason as agentd_agents_down_total (see knowDens).
-    for (const reason of BAD_INPUT_REASONS) this.#dropped.inc('invalid', reason, undefined, 0);
-    this.#unhandled = new TallyCounter({ name: 'agentd_events_unhandled_total', help: 'Valid events no plugin has a handler for.', labelNames: [], registry });
+    new ReadCounter({ name: 'agentd_events_unhandled_total', help: 'Valid events no plugin has a handler for.', registry, read: () => [{ labels: {}, value: counters.unhandled }] });
     this.#calls = new TallyCounter({ name: 'agentd_handler_calls_total', help: 'Finished handler calls, by plugin, event type and outcome (ok, error, timeout, aborted).', labelNames: ['plugin', 'event', 'outcome'], registry });
     this.#duration = new TallyHistogram({
       name: 'agentd_handler_duration_seconds',
@@ -94,14 +93,21 @@ export class Metrics {
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300],
       registry,
     });
-    this.#untrusted = new TallyCounter({
+    new ReadCounter({
       name: 'agentd_events_untrusted_total',
       help: 'Messages that failed a trust check, by reason (channel_mismatch, unsigned, bad_signature, unknown_key, stale, replayed); dropped unless security.signing=warn lets signature failures through.',
-      labelNames: ['reason'],
       registry,
+      read: () => Object.entries(counters.untrusted).map(([reason, value]) => ({ labels: { reason }, value })),
     });
     this.#ghosts = new TallyCounter({ name: 'agentd_ghosts_removed_total', help: 'Den members without an agentd registry record that this watcher removed quietly (security.signing=require).', labelNames: [], registry });
+  }
 
+  /**
+   * The gauges, read from the daemon when scraped. Called once, when every
+   * part the source reads from exists.
+   */
+  watch(source: MetricsSource): void {
+    const registers = [this.registry];
     const gauge = (name: string, help: string, read: () => number): void => {
       new Gauge({
         name,
@@ -121,8 +127,8 @@ export class Metrics {
     gauge('agentd_event_loop_delay_seconds', 'Longest event-loop delay in the last heartbeat interval.', () => source.loopDelayMs() / 1000);
     gauge('agentd_subscription_confirmed', '1 while the event subscription is confirmed by a probe.', () => (source.subscriptionConfirmed() ? 1 : 0));
     gauge('agentd_ready', '1 while the daemon is ready.', () => (source.ready() ? 1 : 0));
-    gauge('agentd_durable_pending', 'Durable entries read by this agent and not yet acknowledged (running, waiting, or waiting for a retry).', () => this.#durableRead().inFlight);
-    gauge('agentd_durable_running', 'Durable entries whose handlers are running.', () => this.#durableRead().running);
+    gauge('agentd_durable_pending', 'Durable entries read by this agent and not yet acknowledged (running, waiting, or waiting for a retry).', () => source.durable().inFlight);
+    gauge('agentd_durable_running', 'Durable entries whose handlers are running.', () => source.durable().running);
     new Gauge({
       name: 'agentd_redis_connected',
       help: '1 while the connection is ready, by connection (command, subscriber).',
@@ -174,33 +180,8 @@ export class Metrics {
     new Gauge({ name: 'agentd_redis_memory_warn_ratio', help: 'The memory.warnRatio setting: the daemon warns when Redis used memory passes this share of maxmemory.', registers }).set(info.memoryWarnRatio);
   }
 
-  /** Event types that may appear as label values: those some handler is registered for. */
-  knowTypes(types: Iterable<string>): void {
-    for (const t of types) if (t !== '*') this.#known.add(t);
-  }
-
-  #label(type: string | undefined): string {
-    return type !== undefined && this.#known.has(type) ? type : OTHER;
-  }
-
-  received(type: string): void {
-    this.#received.inc(this.#label(type));
-  }
-
-  dispatched(type: string): void {
-    this.#dispatched.inc(this.#label(type));
-  }
-
-  unhandled(): void {
-    this.#unhandled.inc('');
-  }
-
-  dropped(type: string | undefined, reason: string, calls = 1): void {
-    this.#dropped.inc(type === undefined ? 'invalid' : this.#label(type), reason, undefined, calls);
-  }
-
   handler(plugin: string, type: string, seconds: number, outcome: HandlerOutcome): void {
-    this.#calls.inc(plugin, this.#label(type), outcome);
+    this.#calls.inc(plugin, this.#counters.label(type), outcome);
     this.#duration.observe(seconds, plugin);
   }
 
@@ -236,10 +217,6 @@ export class Metrics {
     this.#expiryNotifications.inc('');
   }
 
-  durableSource(read: () => { inFlight: number; running: number }): void {
-    this.#durableRead = read;
-  }
-
   durableAcked(kind: string, latencySeconds: number): void {
     this.#durableAcked.inc(kind);
     this.#durableLatency.observe(latencySeconds, kind);
@@ -255,11 +232,6 @@ export class Metrics {
 
   durableTrimmed(kind: string, count: number): void {
     this.#durableTrimmed.inc(kind, undefined, undefined, count);
-  }
-
-  /** A message failed a trust check (the reason is one of a fixed set). */
-  untrusted(reason: string): void {
-    this.#untrusted.inc(reason);
   }
 
   ghostRemoved(): void {

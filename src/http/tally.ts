@@ -149,3 +149,30 @@ export class TallyHistogram extends Tally {
     return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
   }
 }
+
+/**
+ * A counter whose samples are read from counters kept elsewhere (the daemon's
+ * EventCounters) when /metrics is scraped: nothing is counted twice.
+ */
+export class ReadCounter implements CustomMetric {
+  readonly name: string;
+  readonly help: string;
+  readonly type = 'counter' as const;
+  readonly aggregator = 'sum' as const;
+  readonly #read: () => Sample[];
+
+  constructor(options: { name: string; help: string; registry: Registry; read: () => Sample[] }) {
+    this.name = options.name;
+    this.help = options.help;
+    this.#read = options.read;
+    options.registry.registerMetric(this as never);
+  }
+
+  get() {
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: this.#read() };
+  }
+
+  reset(): void {
+    // The counts belong to their owner.
+  }
+}

@@ -29,6 +29,40 @@ describe('dispatch', () => {
     expect(await ctx.redis.ping()).toBe('PONG');
   });
 
+  it('a handler cannot change what another plugin sees: a shared event is deeply frozen, a single handler gets its own', async () => {
+    const seen: Array<{ plugin: string; data: unknown; error?: string }> = [];
+    const tamper = (plugin: string) => (event: AgentEvent) => {
+      const data = event.data as { n: number; inner: { list: number[]; extra?: number } };
+      try {
+        data.n = 99;
+        data.inner.list.push(4);
+        data.inner.extra = 1;
+        seen.push({ plugin, data: structuredClone(data) });
+      } catch (err) {
+        seen.push({ plugin, data: structuredClone(data), error: (err as Error).name });
+      }
+    };
+    const t = await started(
+      makeDaemon(suite.redis.url, {}, [
+        definePlugin({ name: 'first', handlers: { shared: tamper('first'), own: tamper('first') } }),
+        definePlugin({ name: 'second', handlers: { shared: tamper('second') } }),
+      ]),
+    );
+    const original = { n: 1, inner: { list: [1, 2, 3] } };
+    await send('shared', original);
+    await send('own', original);
+    await until(() => seen.length === 3, 'three handler calls');
+    const shared = seen.slice(0, 2).sort((a, b) => a.plugin.localeCompare(b.plugin));
+    // Each write to the shared event throws (ESM is strict mode): both handlers see the publisher's data.
+    expect(shared).toEqual([
+      { plugin: 'first', data: original, error: 'TypeError' },
+      { plugin: 'second', data: original, error: 'TypeError' },
+    ]);
+    // The event only one handler gets is that handler's to use as it likes; nobody else sees it.
+    expect(seen[2]).toEqual({ plugin: 'first', data: { n: 99, inner: { list: [1, 2, 3, 4], extra: 1 } } });
+    expect(t.daemon.stats().failed).toBe(0);
+  });
+
   it('calls the handlers for the type and the "*" handlers, and counts events nobody handles', async () => {
     const calls: string[] = [];
     const t = await started(

@@ -5,7 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Dispatcher } from '../../src/bus/dispatcher.ts';
-import { Intake, type IntakeMetrics } from '../../src/bus/intake.ts';
+import { Intake } from '../../src/bus/intake.ts';
+import { EventCounters } from '../../src/bus/counters.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
 import { captureLogger, gate, makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
 
@@ -69,33 +70,45 @@ describe('intake isolation', () => {
 
   it('a throw before the message is counted anywhere is counted as intake_error; one after dispatch is not counted twice', () => {
     const { logger, lines } = captureLogger('debug');
-    const dispatcher = new Dispatcher({ concurrency: 1, maxWaiting: 10, overflow: 'drop-newest', handlerTimeoutMs: 1_000, log: logger });
-    const counted: string[] = [];
-    const metrics: IntakeMetrics = {
-      received: (type) => {
-        if (type === 'boom_before') throw new Error('counter broke');
+    const counters = new EventCounters();
+    const dispatcher = new Dispatcher({ concurrency: 1, maxWaiting: 10, overflow: 'drop-newest', handlerTimeoutMs: 1_000, log: logger, counters });
+    const dropped: string[] = [];
+    const intake = new Intake({
+      probeChannel: 'agentd:probe:x',
+      maxBytes: 1024,
+      maxDepth: 64,
+      counters,
+      // Embedding code's listener, before dispatch.
+      onMembership: (event) => {
+        if ((event.data as { boom?: boolean } | null)?.boom) throw new Error('listener broke');
       },
-      agentDown: () => {},
-      dispatched: (type) => {
-        if (type === 'boom_after') throw new Error('counter broke late');
+      onDropped: (d) => void dropped.push(d.reason),
+      // A dispatcher that counts, then throws (a bug after the message was counted).
+      dispatcher: {
+        dispatch: (event, bytes, type) => {
+          const outcome = dispatcher.dispatch(event, bytes, type);
+          if (event.event === 'boom_after') throw new Error('dispatch broke late');
+          return outcome;
+        },
       },
-      unhandled: () => {},
-      dropped: (_type, reason) => void counted.push(reason),
-    };
-    const intake = new Intake({ probeChannel: 'agentd:probe:x', maxBytes: 1024, maxDepth: 64, dispatcher, metrics, log: logger });
+      log: logger,
+    });
     dispatcher.setBindings([{ plugin: 'p', on: '*', context: () => ({ abort() {} }), handler: () => undefined }]);
-    const msg = (type: string): [Buffer, Buffer] => [Buffer.from(`agent:events:${type}`), Buffer.from(JSON.stringify({ event: type, data: null }))];
-    expect(() => intake.onMessage(...msg('boom_before'))).not.toThrow();
+    const msg = (type: string, data: unknown = null): [string, Buffer] => [`agent:events:${type}`, Buffer.from(JSON.stringify({ event: type, data }))];
+    expect(() => intake.onMessage(...msg('agent_online', { boom: true }))).not.toThrow();
     expect(() => intake.onMessage(...msg('boom_after'))).not.toThrow();
     expect(() => intake.onMessage(...msg('fine'))).not.toThrow();
-    expect(intake.counts.received).toBe(3);
-    expect(intake.counts.invalid.intake_error).toBe(1);
-    expect(counted).toEqual(['intake_error']);
-    expect(dispatcher.counts.dispatched).toBe(2);
+    expect(() => intake.onMessage('agentd:probe:x', Buffer.from('token'))).not.toThrow();
+    // The probe is the subscription's, not an event: not counted.
+    expect(counters.received).toBe(3);
+    expect(counters.invalid.intake_error).toBe(1);
+    expect(dropped).toEqual(['intake_error']);
+    expect(counters.dispatched).toBe(2);
+    expect(counters.of('other').dispatched).toBe(2);
     const errors = lines.filter((l) => l['code'] === 'AGENTD_ERR_INTAKE');
     expect(errors.map((l) => [l['countedAs'], l['err']])).toEqual([
-      ['intake_error', 'counter broke'],
-      ['dispatch', 'counter broke late'],
+      ['intake_error', 'listener broke'],
+      ['dispatch', 'dispatch broke late'],
     ]);
     dispatcher.abort();
   });

@@ -9,12 +9,12 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { parseEnvelope, type ParseResult } from '../../src/bus/envelope.ts';
+import { freezeData, parseEnvelope, type ParseResult } from '../../src/bus/envelope.ts';
 import { deeplyFrozen, depthOf, hasDangerousKey, nestedText, payloads } from '../helpers/fuzz.ts';
 
 const CH = 'agent:events:fz';
 
-function oracle(buf: Buffer, maxBytes: number, maxDepth: number, r: ParseResult): void {
+function oracle(buf: Buffer, maxBytes: number, maxDepth: number, r: ParseResult, frozen = true): void {
   if (buf.length > maxBytes) {
     expect(r).toEqual({ ok: false, reason: 'too_large' });
     return;
@@ -51,8 +51,13 @@ function oracle(buf: Buffer, maxBytes: number, maxDepth: number, r: ParseResult)
   expect(r.event.event).toBe(type);
   expect(r.event.channel).toBe(CH);
   expect(r.event.data).toEqual(raw['data'] === undefined ? null : raw['data']);
-  expect(Object.isFrozen(r.event)).toBe(true);
-  expect(deeplyFrozen(r.event.data)).toBe(true);
+  expect(Object.isFrozen(r.event)).toBe(frozen);
+  if (frozen) expect(deeplyFrozen(r.event.data)).toBe(true);
+  else {
+    // Unfrozen parsing (the pub/sub path) validates the same; freezeData then freezes all of it.
+    freezeData(r.event.data);
+    expect(deeplyFrozen(r.event.data)).toBe(true);
+  }
   expect(depthOf(r.event.data)).toBeLessThanOrEqual(maxDepth - 1);
   for (const k of ['id', 'source', 'den'] as const) if (k in r.event) expect(typeof r.event[k]).toBe('string');
   if ('ts' in r.event) expect(Number.isFinite(r.event.ts)).toBe(true);
@@ -69,6 +74,9 @@ describe('parseEnvelope under fuzzing', () => {
         let r: ParseResult | undefined;
         expect(() => (r = parseEnvelope(CH, buf, maxBytes, maxDepth))).not.toThrow();
         oracle(buf, maxBytes, maxDepth, r as ParseResult);
+        // The pub/sub path parses without freezing and skips the walk when the text cannot be deep or dangerous.
+        expect(() => (r = parseEnvelope(CH, buf, maxBytes, maxDepth, false))).not.toThrow();
+        oracle(buf, maxBytes, maxDepth, r as ParseResult, false);
         expect(({} as Record<string, unknown>)['polluted']).toBeUndefined();
       }),
       { numRuns: 1_500 },
@@ -87,11 +95,16 @@ describe('parseEnvelope under fuzzing', () => {
 
   it('counts the envelope as level 1 against maxDepth', () => {
     const at = (depth: number) => Buffer.from(`{"event":"x","data":${nestedText(depth, false)}}`);
-    expect(parseEnvelope(CH, at(63), 1 << 20).ok).toBe(true);
-    expect(parseEnvelope(CH, at(64), 1 << 20)).toEqual({ ok: false, reason: 'too_deep' });
-    expect(parseEnvelope(CH, Buffer.from('{"event":"x","data":1}'), 1 << 20, 1).ok).toBe(true);
-    expect(parseEnvelope(CH, Buffer.from('{"event":"x","data":{}}'), 1 << 20, 1)).toEqual({ ok: false, reason: 'too_deep' });
-    // Members other than data count too: nobody reads them, but nothing deep is walked either.
-    expect(parseEnvelope(CH, Buffer.from(`{"event":"x","junk":${nestedText(64, true)}}`), 1 << 20)).toEqual({ ok: false, reason: 'too_deep' });
+    for (const freeze of [true, false]) {
+      expect(parseEnvelope(CH, at(63), 1 << 20, 64, freeze).ok).toBe(true);
+      expect(parseEnvelope(CH, at(64), 1 << 20, 64, freeze)).toEqual({ ok: false, reason: 'too_deep' });
+      expect(parseEnvelope(CH, Buffer.from('{"event":"x","data":1}'), 1 << 20, 1, freeze).ok).toBe(true);
+      expect(parseEnvelope(CH, Buffer.from('{"event":"x","data":{}}'), 1 << 20, 1, freeze)).toEqual({ ok: false, reason: 'too_deep' });
+      // The shortest text that nests too deep for the limit: {"event":"x","a":[[...]]} at maxDepth 2 (3 levels).
+      expect(parseEnvelope(CH, Buffer.from('{"event":"x","a":[[]]}'), 1 << 20, 2, freeze)).toEqual({ ok: false, reason: 'too_deep' });
+      expect(parseEnvelope(CH, Buffer.from('{"a":[[]],"event":"x"}'), 1 << 20, 2, freeze)).toEqual({ ok: false, reason: 'too_deep' });
+      // Members other than data count too: nobody reads them, but nothing deep is walked either.
+      expect(parseEnvelope(CH, Buffer.from(`{"event":"x","junk":${nestedText(64, true)}}`), 1 << 20, 64, freeze)).toEqual({ ok: false, reason: 'too_deep' });
+    }
   });
 });
