@@ -3,7 +3,12 @@
  * channel, before anything else looks at it.
  */
 
-/** An event as handlers see it. Deeply frozen: handlers of other plugins get the same object. */
+/**
+ * An event as handlers see it. Deeply frozen: handlers of other plugins get the same object.
+ * `Data` is the payload type a plugin declares for the event type (`Plugin<Options, Events>`,
+ * plugins/types.ts); `unknown` unless declared. It is a promise, not a check: `data` is whatever
+ * JSON the publisher sent.
+ */
 export interface AgentEvent<Data = unknown> {
   /** Event type, e.g. "new_message". */
   readonly event: string;
