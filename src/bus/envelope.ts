@@ -8,6 +8,9 @@
  * the same event, it is deeply frozen (each sees what the publisher sent, not
  * what another handler made of it); an event only one handler gets is that
  * handler's own, and not frozen (the types still forbid writes).
+ * `Data` is the payload type a plugin declares for the event type (`Plugin<Options, Events>`,
+ * plugins/types.ts); `unknown` unless declared. It is a promise, not a check: `data` is whatever
+ * JSON the publisher sent.
  */
 export interface AgentEvent<Data = unknown> {
   /** Event type, e.g. "new_message". */

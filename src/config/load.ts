@@ -28,7 +28,8 @@ export interface LoadedConfig {
 
 type SchemaNode = { [key: string]: SchemaNode | unknown };
 
-interface SettingInfo {
+/** One setting as `listSettings()` describes it. */
+export interface SettingInfo {
   readonly key: string;
   readonly env: string;
   readonly arg: string;

@@ -129,6 +129,7 @@ export class PluginHost {
     for (const { loaded, context } of this.#entries) {
       const handlers = loaded.plugin.handlers;
       for (const [on, fn] of Object.entries(handlers)) {
+        if (fn === undefined) continue; // an optional key of a typed plugin's handlers (the loader checked the rest are functions)
         out.push({
           plugin: loaded.plugin.name,
           on,

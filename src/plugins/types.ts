@@ -50,25 +50,66 @@ export interface PluginContext<Options extends object = PluginOptions> {
   submit(type: string, data: unknown, options?: SubmitOptions): Promise<string>;
 }
 
-/** A handler's return value is the reply to a request (ctx.request); for other events it is ignored. */
-export type EventHandler<Options extends object = PluginOptions> = (
-  event: AgentEvent,
-  ctx: PluginContext<Options>,
-) => Promise<unknown> | unknown;
+/**
+ * Payload types by event type, for plugin authors: `{ new_message: { text: string } }`
+ * types `event.data` in the `new_message` handler. The default, every event
+ * type to `unknown`, is what an untyped plugin gets. Add an index signature
+ * (`[type: string]: unknown`) to handle event types the map does not name.
+ *
+ * A promise, not a check: the daemon validates the envelope, never `data`
+ * against these types (any agent may publish any JSON), so a handler that
+ * cannot trust its publishers still checks the fields it reads.
+ */
+export type EventMap = object;
 
-/** A plugin module's default export. */
-export interface Plugin<Options extends object = PluginOptions> {
+/** Every event type, payload `unknown`: the events of an untyped plugin. */
+export type UnknownEvents = Readonly<Record<string, unknown>>;
+
+/**
+ * A handler for events whose `data` is `Data`. Its return value is the reply
+ * to a request (ctx.request); for other events it is ignored.
+ *
+ * The event parameter is compared bivariantly (method syntax), as DOM event
+ * handlers are: a handler that declares a narrower payload
+ * (`(event: AgentEvent<{ text: string }>) => …`) fits where `unknown` is
+ * expected, and a typed plugin fits wherever a `Plugin` is taken.
+ */
+export type EventHandler<Options extends object = PluginOptions, Data = unknown> = {
+  handle(event: AgentEvent<Data>, ctx: PluginContext<Options>): Promise<unknown> | unknown;
+}['handle'];
+
+/** A plugin's `handlers`: one per event type of `Events` (each optional), and `'*'`, which receives every event with `data: unknown`. */
+export type PluginHandlers<Options extends object = PluginOptions, Events extends EventMap = UnknownEvents> = {
+  readonly [Type in keyof Events]?: EventHandler<Options, Events[Type]>;
+} & { readonly '*'?: EventHandler<Options, unknown> };
+
+/**
+ * A plugin module's default export. `Options` types `ctx.options`; `Events`
+ * maps event types to their payloads (see EventMap), e.g.
+ * `Plugin<{ greeting?: string }, { new_message: { text: string } }>`.
+ */
+export interface Plugin<Options extends object = PluginOptions, Events extends EventMap = UnknownEvents> {
   /** Unique among the daemon's plugins; appears in every log line of the plugin. */
   readonly name: string;
   /** Runs before the daemon reports ready, with a time limit; a throw stops the start. */
   setup?(ctx: PluginContext<Options>): Promise<void> | void;
   /** Handlers by event type; '*' receives every event. */
-  readonly handlers: Readonly<Record<string, EventHandler<Options>>>;
+  readonly handlers: PluginHandlers<Options, Events>;
   /** Runs at shutdown, in reverse order of setup. */
   close?(ctx: PluginContext<Options>): Promise<void> | void;
 }
 
-/** The typed identity: gives a plugin object its types, changes nothing. */
-export function definePlugin<Options extends object = PluginOptions>(plugin: Plugin<Options>): Plugin<Options> {
+/**
+ * The typed identity: gives a plugin object its types, changes nothing.
+ * Without type arguments, `Events` is inferred from the handlers: one whose
+ * parameter is annotated (`(event: AgentEvent<{ text: string }>) => …`) has
+ * that payload, the others `unknown`. With `definePlugin<Options, Events>`
+ * every handler is checked against `Events`. (The self-referential bound is
+ * `object` in effect; it keeps `ReturnType<typeof definePlugin>` a plugin
+ * whose handlers may have any event type.)
+ */
+export function definePlugin<Options extends object = PluginOptions, Events extends { readonly [Type in keyof Events]: unknown } = UnknownEvents>(
+  plugin: Plugin<Options, Events>,
+): Plugin<Options, Events> {
   return plugin;
 }

@@ -1,5 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { KeyRing, SigningKey } from './keys.ts';
+import type { SigningMode } from '../config/schema.ts';
 
 /**
  * Signed envelopes (the Standard Webhooks scheme, carried inside the JSON).
@@ -21,7 +22,8 @@ import type { KeyRing, SigningKey } from './keys.ts';
  * reader that does not verify sees one extra field. See docs/security.md.
  */
 
-export type SigningMode = 'off' | 'warn' | 'require';
+/** One type for `security.signing`, declared with the setting. */
+export type { SigningMode };
 export const SIGNING_MODES = ['off', 'warn', 'require'] as const;
 
 /** Why a message failed verification. */
