@@ -9,6 +9,7 @@ export type { AgentInfo, EventHandler, EventMap, Plugin, PluginContext, PluginHa
 export type { AgentEvent, BadInputReason } from './bus/envelope.ts';
 export type { IntakeReason, TrustReason } from './bus/intake.ts';
 export type { Abortable, Binding, DrainResult, DropReason, HandlerFailedInfo, HandlerOutcome } from './bus/dispatcher.ts';
+export type { EventCounters, TypeCounts } from './bus/counters.ts';
 export { makeEnvelope, publishEvent, type Envelope } from './bus/publish.ts';
 export { loadConfig, redactConfig, redactUrl, listSettings, type LoadConfigOptions, type LoadedConfig, type SettingInfo } from './config/load.ts';
 export type { AgentdConfig, DeepPartial, LogLevel, OverflowPolicy, PluginSpec, SigningMode, TlsRequired } from './config/schema.ts';
