@@ -71,6 +71,12 @@ interface Call {
   readonly bytes: number;
 }
 
+/** The handlers of one event type, and whether they have only ever returned synchronously. */
+interface Route {
+  readonly bindings: readonly Binding[];
+  sync: boolean;
+}
+
 /** A worker: runs waiting calls one after another until none is left. */
 interface Worker {
   call: Call | undefined;
@@ -134,8 +140,10 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   readonly counts: EventCounters;
   readonly #options: DispatcherOptions;
   readonly #log: Logger;
-  readonly #byType = new Map<string, readonly Binding[]>();
-  #wildcard: readonly Binding[] = [];
+  readonly #byType = new Map<string, Route>();
+  #wildcard: Route = { bindings: [], sync: true };
+  /** Bindings whose handler returned a promise once: their calls always go through a worker. */
+  readonly #asyncBindings = new Set<Binding>();
   readonly #waiting = new Fifo<Call>();
   /** Sum of `bytes` over the waiting calls. */
   #waitingBytes = 0;
@@ -168,13 +176,13 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
 
   /** Replaces the handler table. Each event type gets its own handlers followed by the '*' handlers. */
   setBindings(bindings: readonly Binding[]): void {
-    this.#wildcard = bindings.filter((b) => b.on === '*');
+    const wildcard = bindings.filter((b) => b.on === '*');
+    const byType = new Map<string, Binding[]>();
+    for (const b of bindings) if (b.on !== '*') byType.set(b.on, [...(byType.get(b.on) ?? []), b]);
+    this.#asyncBindings.clear();
+    this.#wildcard = { bindings: wildcard, sync: true };
     this.#byType.clear();
-    for (const b of bindings) {
-      if (b.on === '*') continue;
-      this.#byType.set(b.on, [...(this.#byType.get(b.on) ?? []), b]);
-    }
-    for (const [type, list] of this.#byType) this.#byType.set(type, [...list, ...this.#wildcard]);
+    for (const [type, list] of byType) this.#byType.set(type, { bindings: [...list, ...wildcard], sync: true });
   }
 
   /** The event types some handler is registered for ('*' excluded). */
@@ -203,7 +211,8 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
    * the event type's counts, when the caller has looked them up already.
    */
   dispatch(event: AgentEvent, bytes = 0, type: TypeCounts = this.counts.of(event.event)): 'queued' | 'dropped' | 'unhandled' {
-    const bindings = this.#byType.get(event.event) ?? this.#wildcard;
+    const route = this.#byType.get(event.event) ?? this.#wildcard;
+    const bindings = route.bindings;
     if (bindings.length === 0) {
       this.counts.unhandled++;
       return 'unhandled';
@@ -232,6 +241,12 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     }
     this.counts.dispatched++;
     type.dispatched++;
+    // Nothing waiting, a free slot, handlers that have only ever returned synchronously, and the slice
+    // not used up (see SLICE_MS): call them right here, without a queue entry, a worker or a microtask.
+    if (route.sync && this.#waiting.length === 0 && this.#busy < this.#options.concurrency && this.#syncMs - this.#syncMsAtTurn <= SLICE_MS) {
+      this.#runInline(bindings, event);
+      return 'queued';
+    }
     this.#waitingBytes += bytes;
     let first = true;
     for (const binding of bindings) {
@@ -246,6 +261,65 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     return 'queued';
   }
 
+  /**
+   * Calls the event's handlers one after another, now. A handler that returns
+   * a promise after all is marked async (its calls go through workers from
+   * now on) and its promise is handed to a worker of its own, with the time
+   * limit as for any call.
+   */
+  #runInline(bindings: readonly Binding[], event: AgentEvent): void {
+    const type = event.event;
+    let startedAt = performance.now();
+    for (const binding of bindings) {
+      this.#busy++;
+      let settled: Settled = OK;
+      let result: unknown;
+      let context: Abortable | undefined;
+      try {
+        context = binding.context();
+        result = binding.handler(event, context as never);
+      } catch (error) {
+        settled = { outcome: 'error', error };
+      }
+      const endedAt = performance.now();
+      this.#syncMs += endedAt - startedAt;
+      this.#busy--;
+      if (settled === OK && isThenable(result)) {
+        this.#markAsync(binding);
+        const worker: Worker = { call: undefined, context: undefined, startedAt, release: undefined };
+        this.#workers.add(worker);
+        void this.#work(worker, { call: { binding, event, bytes: 0 }, context: context!, result, type });
+      } else {
+        try {
+          this.#settled(binding.plugin, type, endedAt - startedAt, settled);
+        } catch (err) {
+          // A broken listener of 'handlerFailed' or of a counter: the other handlers of the event still run.
+          this.#log.error({ err: describeError(err) }, 'a handler-call listener failed');
+        }
+      }
+      startedAt = endedAt;
+    }
+  }
+
+  /** From now on, calls of this binding (and of every event type it handles) go through workers. */
+  #markAsync(binding: Binding): void {
+    if (this.#asyncBindings.has(binding)) return;
+    this.#asyncBindings.add(binding);
+    for (const route of [...this.#byType.values(), this.#wildcard]) if (route.bindings.includes(binding)) route.sync = false;
+  }
+
+  /** Waits for an async call to settle, or for its release (time limit, shutdown). */
+  #settle(w: Worker, result: PromiseLike<unknown>): Promise<Settled> {
+    this.#watchTimeouts();
+    return new Promise<Settled>((resolve) => {
+      w.release = resolve;
+      result.then(
+        () => resolve(OK),
+        (error: unknown) => resolve({ outcome: 'error', error }),
+      );
+    });
+  }
+
   /** Starts a worker for every waiting call no idle worker will take, up to `concurrency` workers. */
   readonly #flush = (): void => {
     this.#flushScheduled = false;
@@ -256,12 +330,27 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     }
   };
 
-  /** Runs waiting calls until none is left. Never rejects. */
-  async #work(w: Worker): Promise<void> {
+  /**
+   * Runs waiting calls until none is left, after the call it was started for
+   * when it adopts one (an inline call that returned a promise). Never rejects.
+   */
+  async #work(w: Worker, adopted?: { readonly call: Call; readonly context: Abortable; readonly result: PromiseLike<unknown>; readonly type: string }): Promise<void> {
     try {
       let burst = 0;
       // One clock reading per call: a synchronous call ends when the next one starts.
       let clock = performance.now();
+      if (adopted !== undefined) {
+        w.call = adopted.call;
+        w.context = adopted.context;
+        this.#busy++;
+        const settled = await this.#settle(w, adopted.result);
+        clock = performance.now();
+        w.call = undefined;
+        w.context = undefined;
+        w.release = undefined;
+        this.#busy--;
+        this.#settled(adopted.call.binding.plugin, adopted.type, clock - w.startedAt, settled);
+      }
       for (;;) {
         if (this.#syncMs - this.#syncMsAtTurn > SLICE_MS) {
           await this.#stepAside();
@@ -283,14 +372,8 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
           const result = call.binding.handler(call.event, context as never);
           if (isThenable(result)) {
             this.#syncMs += performance.now() - startedAt;
-            this.#watchTimeouts();
-            settled = await new Promise<Settled>((resolve) => {
-              w.release = resolve;
-              result.then(
-                () => resolve(OK),
-                (error: unknown) => resolve({ outcome: 'error', error }),
-              );
-            });
+            this.#markAsync(call.binding);
+            settled = await this.#settle(w, result);
             clock = performance.now();
             burst = 0;
           } else {
