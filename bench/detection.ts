@@ -3,20 +3,21 @@
  * agent_down, over many kills; with keyspace expiry notifications and with
  * the sweep alone. Also checks that every death is reported exactly once.
  *
- *   node bench/detection.ts [--kills N] [--json]
+ *   node bench/detection.ts [--kills N] [--json] (--help lists the options)
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { spawnAgentd, type DaemonProcess } from '../test/helpers/daemon.ts';
 import { startRedis } from '../test/helpers/redis.ts';
-import { printTable, summarize } from './stats.ts';
+import { benchOptions } from './args.ts';
+import { output, summarize } from './stats.ts';
+
+const opts = benchOptions('detection', 'Detection time: kill -9 an agent, time until its peers publish agent_down; with and without expiry notifications.');
 
 const TTL = 2;
 const INTERVAL = 0.5;
 const SWEEP = 0.5;
 const WATCHERS = 3;
-const killsAt = process.argv.indexOf('--kills');
-const kills = killsAt > 0 ? Number(process.argv[killsAt + 1]) : 15;
-const json = process.argv.includes('--json');
+const kills = opts.kills;
 
 interface Down {
   agent: string;
@@ -94,8 +95,4 @@ async function run(notifications: 'enable' | 'off') {
 }
 
 const rows = [await run('enable'), await run('off')];
-if (json) console.log(JSON.stringify({ benchmark: 'detection', ttl: TTL, interval: INTERVAL, sweep: SWEEP, watchers: WATCHERS, rows }, null, 2));
-else {
-  console.log(`TTL ${TTL} s, interval ${INTERVAL} s, sweep ${SWEEP} s, ${WATCHERS} watchers`);
-  printTable(rows);
-}
+output(opts.json, 'detection', rows, { ttl: TTL, interval: INTERVAL, sweep: SWEEP, watchers: WATCHERS }, `TTL ${TTL} s, interval ${INTERVAL} s, sweep ${SWEEP} s, ${WATCHERS} watchers`);

@@ -11,39 +11,21 @@
  *   - moleculer: Moleculer's Redis transporter delivering the events to a service
  *                (its own producer, since it speaks its own packet format)
  *
- *   node bench/dispatch.ts [--events N] [--reps R] [--json]
+ *   node bench/dispatch.ts [--events N] [--reps R] [--no-peers] [--json] (--help lists the options)
  */
-import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
+import { benchOptions } from './args.ts';
 import { startRedis } from '../test/helpers/redis.ts';
 import { newSecret, writeKeysFile } from '../test/helpers/keys.ts';
 import { makeEnvelope } from '../src/bus/publish.ts';
 import { parseKeys } from '../src/security/keys.ts';
 import { sealEnvelope } from '../src/security/signing.ts';
-import { CONSUMERS, PEERS_DIR, flood, startConsumer, sleep } from './lib.ts';
-import { median, printTable } from './stats.ts';
+import { CONSUMERS, PEERS_DIR, ensurePeer, flood, startConsumer, sleep } from './lib.ts';
+import { median, output } from './stats.ts';
 
-const run = promisify(execFile);
-const arg = (name: string, fallback: number): number => {
-  const i = process.argv.indexOf(name);
-  return i > 0 ? Number(process.argv[i + 1]) : fallback;
-};
-const EVENTS = arg('--events', 100_000);
-const REPS = arg('--reps', 3);
-const json = process.argv.includes('--json');
-
-async function ensurePeers(): Promise<boolean> {
-  if (existsSync(join(PEERS_DIR, 'node_modules', 'moleculer'))) return true;
-  try {
-    await run('npm', ['install', '--no-audit', '--no-fund', '--prefix', PEERS_DIR], { timeout: 180_000 });
-    return true;
-  } catch (err) {
-    console.error(`moleculer peer not installed (${(err as Error).message.split('\n')[0]}); skipping it`);
-    return false;
-  }
-}
+const opts = benchOptions('dispatch', 'Dispatch throughput: a backlog read after SIGCONT, agentd against the bare ioredis loop.');
+const EVENTS = opts.events;
+const REPS = opts.reps;
 
 const server = await startRedis({ requireControl: true });
 const admin = server.client();
@@ -76,10 +58,9 @@ type Kind = keyof typeof CONSUMERS | 'agentd-signed-off' | 'agentd-require';
 async function once(kind: Kind): Promise<number> {
   const signed = kind === 'agentd-signed-off' || kind === 'agentd-require';
   const script = signed ? CONSUMERS.agentd : CONSUMERS[kind];
-  const args = kind === 'agentd' || signed ? [url, String(EVENTS), String(EVENTS)] : [url, String(EVENTS)];
-  const env = signed ? { BENCH_SIGNING: kind === 'agentd-require' ? 'require' : 'off', BENCH_KEYS_FILE: keysFile } : {};
+  const args = signed ? ['--signing', kind === 'agentd-require' ? 'require' : 'off', '--keys-file', keysFile] : [];
   const messages = signed ? makeSigned() : [];
-  const consumer = await startConsumer(script, args, env);
+  const consumer = await startConsumer(script, kind === 'moleculer' ? [url, String(EVENTS)] : ['--url', url, '--count', String(EVENTS), ...args]);
   if (kind === 'moleculer') {
     // The producer must discover the service before the consumer is stopped.
     const producer = await startConsumer(join(PEERS_DIR, 'producer.mjs'), [url, String(EVENTS)], {}, true);
@@ -100,7 +81,7 @@ async function once(kind: Kind): Promise<number> {
 }
 
 const kinds: Kind[] = ['bare', 'agentd', 'agentd-signed-off', 'agentd-require'];
-if (!process.argv.includes('--no-peers') && (await ensurePeers())) kinds.push('moleculer');
+if (opts.peers && (await ensurePeer('moleculer'))) kinds.push('moleculer');
 const rates: Record<string, number[]> = {};
 try {
   for (let r = 0; r < REPS; r++) {
@@ -119,8 +100,4 @@ const rows: Array<Record<string, string | number>> = kinds.map((kind) => ({
 // Signing cost: require against off, same signed messages, same run.
 const signedOff = median(rates['agentd-signed-off']!);
 rows.push({ consumer: 'require / signed-off', 'events/s (median)': Math.round(median(rates['agentd-require']!)), runs: '', 'ratio to bare': median(rates['agentd-require']!) / signedOff });
-if (json) console.log(JSON.stringify({ benchmark: 'dispatch', events: EVENTS, repetitions: REPS, rows }, null, 2));
-else {
-  console.log(`dispatch throughput: ${EVENTS} events, ${REPS} runs each, backlog read after SIGCONT`);
-  printTable(rows);
-}
+output(opts.json, 'dispatch', rows, { events: EVENTS, repetitions: REPS }, `dispatch throughput: ${EVENTS} events, ${REPS} runs each, backlog read after SIGCONT`);

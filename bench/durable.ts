@@ -13,42 +13,25 @@
  * Request/reply round trip, sequential: agentd ctx.request → another daemon's
  * handler → reply, against a bare ioredis publish → subscriber → publish back.
  *
- *   node bench/durable.ts [--events N] [--reps R] [--requests K] [--json]
+ *   node bench/durable.ts [--events N] [--reps R] [--requests K] [--json] (--help lists the options)
  */
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { benchOptions } from './args.ts';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
-import { AgentDaemon } from '../src/daemon.ts';
-import { loadConfig } from '../src/config/load.ts';
-import { createLogger } from '../src/log.ts';
 import { startRedis } from '../test/helpers/redis.ts';
-import { MESSAGE, PEERS_DIR, startConsumer, sleep } from './lib.ts';
-import { median, printTable, summarize } from './stats.ts';
+import { benchDaemon } from './consumers/daemon.ts';
+import { MESSAGE, PEERS_DIR, ensurePeer, startConsumer, sleep } from './lib.ts';
+import { median, output, summarize } from './stats.ts';
 
 const run = promisify(execFile);
-const arg = (name: string, fallback: number): number => {
-  const i = process.argv.indexOf(name);
-  return i > 0 ? Number(process.argv[i + 1]) : fallback;
-};
-const EVENTS = arg('--events', 50_000);
-const REPS = arg('--reps', 3);
-const REQUESTS = arg('--requests', 2_000);
-const json = process.argv.includes('--json');
+const opts = benchOptions('durable', 'Durable throughput (agentd, the bare XREADGROUP/XACK loop, BullMQ) and request/reply round trips.');
+const EVENTS = opts.events;
+const REPS = opts.reps;
+const REQUESTS = opts.requests;
 const here = (p: string): string => fileURLToPath(new URL(p, import.meta.url));
-
-async function ensureBullmq(): Promise<boolean> {
-  if (existsSync(join(PEERS_DIR, 'node_modules', 'bullmq'))) return true;
-  try {
-    await run('npm', ['install', '--no-audit', '--no-fund', '--prefix', PEERS_DIR], { timeout: 180_000 });
-    return existsSync(join(PEERS_DIR, 'node_modules', 'bullmq'));
-  } catch (err) {
-    console.error(`bullmq peer not installed (${(err as Error).message.split('\n')[0]}); skipping it`);
-    return false;
-  }
-}
 
 const server = await startRedis({ requireControl: true });
 const admin = server.client();
@@ -73,7 +56,8 @@ async function throughput(kind: 'bare' | 'agentd' | 'bullmq', rep: number): Prom
   } else {
     await fillStream(key, EVENTS);
     const script = kind === 'bare' ? here('./consumers/durable-bare.ts') : here('./consumers/durable-agentd.ts');
-    consumer = await startConsumer(script, kind === 'bare' ? [url, key, String(EVENTS), '100'] : [url, den, String(EVENTS), '100'], {}, true);
+    const args = kind === 'bare' ? ['--stream', key, '--batch', '100'] : ['--den', den, '--concurrency', '100'];
+    consumer = await startConsumer(script, ['--url', url, '--count', String(EVENTS), ...args], {}, true);
   }
   await sleep(200);
   consumer.child.stdin!.write('go\n');
@@ -85,7 +69,7 @@ async function throughput(kind: 'bare' | 'agentd' | 'bullmq', rep: number): Prom
 
 async function roundTrips(kind: 'agentd' | 'bare'): Promise<number[]> {
   const target = `echo-${kind}-${process.pid}`;
-  const responder = await startConsumer(here('./consumers/durable-echo.ts'), [kind, url, target]);
+  const responder = await startConsumer(here('./consumers/durable-echo.ts'), ['--kind', kind, '--url', url, '--id', target]);
   const out: number[] = [];
   try {
     if (kind === 'bare') {
@@ -104,11 +88,7 @@ async function roundTrips(kind: 'agentd' | 'bare'): Promise<number[]> {
       sub.disconnect();
       pub.disconnect();
     } else {
-      const { config } = loadConfig({
-        env: {},
-        overrides: { redis: { url }, agent: { id: `req-${process.pid}`, den: 'bench-rr' }, http: { port: 0 }, watch: { enabled: false }, log: { level: 'warn' } },
-      });
-      const daemon = new AgentDaemon({ config, logger: createLogger({ level: 'error', destination: process.stderr }), plugins: [] });
+      const daemon = benchDaemon(url, 'bench-rr', [], {}, `req-${process.pid}`);
       await daemon.start();
       for (let i = 0; i < REQUESTS; i++) {
         const t0 = performance.now();
@@ -124,7 +104,7 @@ async function roundTrips(kind: 'agentd' | 'bare'): Promise<number[]> {
 }
 
 const kinds: Array<'bare' | 'agentd' | 'bullmq'> = ['bare', 'agentd'];
-if (await ensureBullmq()) kinds.push('bullmq');
+if (await ensurePeer('bullmq')) kinds.push('bullmq');
 const rates: Record<string, number[]> = {};
 const rtt: Record<string, number[]> = {};
 try {
@@ -147,8 +127,4 @@ for (const kind of ['bare', 'agentd'] as const) {
 }
 const columns = [...new Set(rows.flatMap((r) => Object.keys(r)))];
 for (const r of rows) for (const c of columns) r[c] ??= '';
-if (json) console.log(JSON.stringify({ benchmark: 'durable', events: EVENTS, repetitions: REPS, requests: REQUESTS, rows }, null, 2));
-else {
-  console.log(`durable: ${EVENTS} entries backlog, ${REPS} runs each; ${REQUESTS} sequential round trips`);
-  printTable(rows);
-}
+output(opts.json, 'durable', rows, { events: EVENTS, repetitions: REPS, requests: REQUESTS }, `durable: ${EVENTS} entries backlog, ${REPS} runs each; ${REQUESTS} sequential round trips`);

@@ -3,18 +3,18 @@
  * published as fast as redis-benchmark can (a backlog, so agentd's queue
  * fills and it drops what does not fit), for agentd (a no-op plugin, default
  * queue settings) and the bare ioredis
- * loop as the baseline, in the same run; median of 3.
+ * loop as the baseline, in the same run; median of 3 (--reps).
  *
- *   node bench/footprint.ts [--events N] [--json]
+ *   node bench/footprint.ts [--events N] [--reps R] [--json] (--help lists the options)
  */
 import { startRedis } from '../test/helpers/redis.ts';
 import { CONSUMERS, flood, rssMiB, sleep, startConsumer } from './lib.ts';
-import { median, printTable } from './stats.ts';
+import { benchOptions } from './args.ts';
+import { median, output } from './stats.ts';
 
-const json = process.argv.includes('--json');
-const i = process.argv.indexOf('--events');
-const EVENTS = i > 0 ? Number(process.argv[i + 1]) : 1_000_000;
-const REPS = 3;
+const opts = benchOptions('footprint', 'Footprint: start to ready, idle RSS and RSS after a flood, agentd against the bare ioredis loop.');
+const EVENTS = opts.events;
+const REPS = opts.reps;
 
 const server = await startRedis({ requireControl: true });
 await server.client().config('SET', 'client-output-buffer-limit', 'pubsub 0 0 0');
@@ -24,8 +24,9 @@ try {
     for (const kind of ['bare', 'agentd'] as const) {
       const t0 = performance.now();
       // agentd with its default queue.max (10,000): under a flood it drops rather than grow.
-      const args = kind === 'agentd' ? [`${server.url}/0`, String(EVENTS), '10000'] : [`${server.url}/0`, String(EVENTS)];
-      const consumer = await startConsumer(CONSUMERS[kind], args, { BENCH_UNTIL: 'received' });
+      // The bare loop reads every event (it has no queue to drop from).
+      const args = kind === 'agentd' ? ['--queue-max', '10000', '--until', 'received'] : [];
+      const consumer = await startConsumer(CONSUMERS[kind], ['--url', `${server.url}/0`, '--count', String(EVENTS), ...args]);
       const ready = performance.now() - t0;
       await sleep(1_000);
       const idle = rssMiB(consumer.child.pid!);
@@ -48,8 +49,4 @@ const rows = [
   { measure: 'idle RSS (MiB)', bare: median(b.idle), agentd: median(a.idle), ratio: median(a.idle) / median(b.idle) },
   { measure: `RSS after ${EVENTS.toLocaleString('en')} events (MiB)`, bare: median(b.after), agentd: median(a.after), ratio: median(a.after) / median(b.after) },
 ];
-if (json) console.log(JSON.stringify({ benchmark: 'footprint', events: EVENTS, repetitions: REPS, rows }, null, 2));
-else {
-  console.log(`footprint: median of ${REPS}; "ready" = process spawned until subscribed (agentd: plugins set up, subscription confirmed, presence written)`);
-  printTable(rows);
-}
+output(opts.json, 'footprint', rows, { events: EVENTS, repetitions: REPS }, `footprint: median of ${REPS}; "ready" = process spawned until subscribed (agentd: plugins set up, subscription confirmed, presence written)`);

@@ -4,23 +4,24 @@
  * events/s. The publisher stamps each message with the monotonic clock
  * (process.hrtime, shared by all processes on the machine) in microseconds.
  *
- *   node bench/latency.ts [--json]
+ *   node bench/latency.ts [--scale F] [--json] (--help lists the options)
  */
 import { Redis } from 'ioredis';
 import { startRedis } from '../test/helpers/redis.ts';
 import { CONSUMERS, startConsumer } from './lib.ts';
-import { printTable } from './stats.ts';
+import { benchOptions } from './args.ts';
+import { output } from './stats.ts';
 
-const json = process.argv.includes('--json');
+const opts = benchOptions('latency', 'Latency publish -> handler start at fixed rates, agentd against the bare ioredis loop.');
 const PLAN = [
-  { rate: 1_000, seconds: 3 },
-  { rate: 10_000, seconds: 2 },
-  { rate: 50_000, seconds: 1 },
+  { rate: 1_000, seconds: 3 * opts.scale },
+  { rate: 10_000, seconds: 2 * opts.scale },
+  { rate: 50_000, seconds: 1 * opts.scale },
 ];
 
 /** Publishes `rate` events a second for `seconds`, spread evenly, each stamped with its send time. */
 async function paced(redis: Redis, rate: number, seconds: number): Promise<number> {
-  const total = rate * seconds;
+  const total = Math.round(rate * seconds);
   const t0 = performance.now();
   let sent = 0;
   while (sent < total) {
@@ -42,8 +43,8 @@ try {
     const results: Record<string, { p50: number; p99: number; p999: number; max: number }> = {};
     let achieved = 0;
     for (const kind of ['bare', 'agentd'] as const) {
-      const total = rate * seconds;
-      const consumer = await startConsumer(CONSUMERS[kind], kind === 'agentd' ? [`${server.url}/0`, String(total)] : [`${server.url}/0`, String(total)]);
+      const total = Math.round(rate * seconds);
+      const consumer = await startConsumer(CONSUMERS[kind], ['--url', `${server.url}/0`, '--count', String(total)]);
       achieved = await paced(publisher, rate, seconds);
       const out = await consumer.result;
       if (consumer.child.exitCode === null) await new Promise((r) => consumer.child.once('exit', r));
@@ -67,8 +68,4 @@ try {
   publisher.disconnect();
   await server.stop();
 }
-if (json) console.log(JSON.stringify({ benchmark: 'latency', rows }, null, 2));
-else {
-  console.log('latency publish -> handler start (ms), agentd vs bare ioredis loop');
-  printTable(rows);
-}
+output(opts.json, 'latency', rows, {}, 'latency publish -> handler start (ms), agentd vs bare ioredis loop');

@@ -1,6 +1,7 @@
 /** Shared plumbing for the benchmarks: consumer processes, floods, RSS. */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -17,6 +18,19 @@ export const CONSUMERS = {
   moleculer: here('./peers/consumer.mjs'),
 } as const;
 export const PEERS_DIR = here('./peers/');
+
+/** Installs bench/peers (Moleculer, BullMQ) on first use; false, with a line on stderr, when `module` is not there after. */
+export async function ensurePeer(module: string): Promise<boolean> {
+  if (existsSync(join(PEERS_DIR, 'node_modules', module))) return true;
+  try {
+    await run('npm', ['install', '--no-audit', '--no-fund', '--prefix', PEERS_DIR], { timeout: 180_000 });
+    if (existsSync(join(PEERS_DIR, 'node_modules', module))) return true;
+    console.error(`${module} peer not installed; skipping it`);
+  } catch (err) {
+    console.error(`${module} peer not installed (${(err as Error).message.split('\n')[0]}); skipping it`);
+  }
+  return false;
+}
 
 export interface Consumer {
   readonly child: ChildProcess;

@@ -7,7 +7,7 @@
  * agentd's side uses one connection (as a daemon does), with C requests in
  * flight; redis-benchmark uses C connections.
  *
- *   node bench/memory.ts [--json]
+ *   node bench/memory.ts [--ops N] [--reps R] [--json] (--help lists the options)
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -15,12 +15,13 @@ import { Redis } from 'ioredis';
 import { AgentMemory } from '../src/memory/memory.ts';
 import { pythonMessageJson } from '../src/memory/python-json.ts';
 import { startRedis } from '../test/helpers/redis.ts';
-import { median, printTable } from './stats.ts';
+import { benchOptions } from './args.ts';
+import { median, output } from './stats.ts';
 
 const run = promisify(execFile);
-const REPS = 3;
-const OPS = 20_000;
-const json = process.argv.includes('--json');
+const opts = benchOptions('memory', 'Memory API throughput (conversation append, cache hit) against redis-benchmark doing the same server work.');
+const REPS = opts.reps;
+const OPS = opts.ops;
 
 async function redisBenchmark(port: number, clients: number, args: string[]): Promise<number> {
   const { stdout } = await run('redis-benchmark', ['-p', String(port), '-c', String(clients), '-n', String(OPS), '--csv', ...args]);
@@ -70,5 +71,4 @@ try {
   redis.disconnect();
   await server.stop();
 }
-if (json) console.log(JSON.stringify({ benchmark: 'memory', ops: OPS, repetitions: REPS, rows }, null, 2));
-else printTable(rows);
+output(opts.json, 'memory', rows, { ops: OPS, repetitions: REPS });

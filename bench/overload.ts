@@ -6,17 +6,18 @@
  * queue.max, drops are counted, Redis never cuts the subscriber off (its
  * client id stays the same), and RSS stays flat.
  *
- *   node bench/overload.ts [--json]
+ *   node bench/overload.ts [--seconds S] [--json] (--help lists the options)
  */
 import { Redis } from 'ioredis';
 import { freePort } from '../test/helpers/ports.ts';
 import { startRedis } from '../test/helpers/redis.ts';
 import { CONSUMERS, rssMiB, startConsumer } from './lib.ts';
-import { printTable } from './stats.ts';
+import { benchOptions } from './args.ts';
+import { output } from './stats.ts';
 
-const json = process.argv.includes('--json');
+const opts = benchOptions('overload', 'Overload: events at twice what the handlers can do; queue bound, counted drops, subscriber kept, RSS flat.');
 const RATE = 10_000;
-const SECONDS = 10;
+const SECONDS = opts.seconds;
 const QUEUE_MAX = 1_000;
 const SPIN_US = 200;
 
@@ -29,12 +30,11 @@ const server = await startRedis({ requireControl: true });
 const admin = new Redis(server.url);
 const publisher = new Redis(server.url);
 const port = await freePort();
-const total = RATE * SECONDS;
-const consumer = await startConsumer(CONSUMERS.agentd, [`${server.url}/0`, String(total), String(QUEUE_MAX), '16'], {
-  BENCH_SPIN_US: String(SPIN_US),
-  BENCH_HTTP_PORT: String(port),
-  BENCH_UNTIL: 'received',
-});
+const total = Math.round(RATE * SECONDS);
+const consumer = await startConsumer(CONSUMERS.agentd, [
+  ...['--url', `${server.url}/0`, '--count', String(total), '--queue-max', String(QUEUE_MAX), '--concurrency', '16'],
+  ...['--spin-us', String(SPIN_US), '--http-port', String(port), '--until', 'received'],
+]);
 const subId = async (): Promise<string | undefined> =>
   String(await admin.client('LIST'))
     .split('\n')
@@ -87,8 +87,4 @@ const row = {
   'RSS MiB 1st half max': Number(rssFirst.toFixed(1)),
   'RSS MiB 2nd half max': Number(rssSecond.toFixed(1)),
 };
-if (json) console.log(JSON.stringify({ benchmark: 'overload', rate: RATE, seconds: SECONDS, spinUs: SPIN_US, rows: [row] }, null, 2));
-else {
-  console.log(`overload: ${RATE}/s for ${SECONDS} s into handlers that take ${SPIN_US} µs each (capacity ≈ ${Math.round(1e6 / SPIN_US)}/s)`);
-  printTable([row]);
-}
+output(opts.json, 'overload', [row], { rate: RATE, seconds: SECONDS, spinUs: SPIN_US }, `overload: ${RATE}/s for ${SECONDS} s into handlers that take ${SPIN_US} µs each (capacity ≈ ${Math.round(1e6 / SPIN_US)}/s)`);

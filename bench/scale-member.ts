@@ -14,41 +14,36 @@
  * "quit".
  */
 import { createInterface } from 'node:readline';
-import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
+import { parseOptions } from './args.ts';
 import { AgentDaemon, loadConfig } from '../src/index.ts';
 import { createLogger } from '../src/log.ts';
 import { Presence } from '../src/presence/presence.ts';
 import { PeerWatcher } from '../src/presence/watcher.ts';
 import { heartbeatKeyspacePattern } from '../src/redis/keys.ts';
 
-const { values: a } = parseArgs({
-  options: {
-    url: { type: 'string' },
-    den: { type: 'string', default: 'scale' },
-    prefix: { type: 'string', default: 'm' },
-    count: { type: 'string', default: '0' },
-    daemons: { type: 'string', default: '0' },
-    victims: { type: 'string', default: '0' },
-    sweeper: { type: 'string', default: 'lease' },
-    ttl: { type: 'string', default: '60' },
-    interval: { type: 'string', default: '20' },
-    sweep: { type: 'string', default: '5' },
-    'victim-ttl': { type: 'string', default: '6' },
-    'victim-interval': { type: 'string', default: '2' },
-    conns: { type: 'string', default: '4' },
-    notify: { type: 'boolean', default: false },
-    'notify-lights': { type: 'boolean', default: false },
-  },
+const a = parseOptions('node bench/scale-member.ts', 'One process of den members for bench/scale.ts (stdin: kill, stats, quit).', {
+  url: { type: 'string', help: 'Redis URL' },
+  den: { type: 'string', default: 'scale', help: 'the den' },
+  prefix: { type: 'string', default: 'm', help: 'agent id prefix' },
+  count: { type: 'number', integer: true, min: 0, default: 0, help: 'light members' },
+  daemons: { type: 'number', integer: true, min: 0, default: 0, help: 'embedded AgentDaemons' },
+  victims: { type: 'number', integer: true, min: 0, default: 0, help: 'light members that stop beating on "kill"' },
+  sweeper: { type: 'string', default: 'lease', choices: ['lease', 'every'], help: 'watch.sweeper' },
+  ttl: { type: 'number', min: 1, default: 60, help: 'heartbeat.ttl, seconds' },
+  interval: { type: 'number', min: 0.1, default: 20, help: 'heartbeat.interval, seconds' },
+  sweep: { type: 'number', min: 0.1, default: 5, help: 'watch.sweepInterval, seconds' },
+  'victim-ttl': { type: 'number', min: 1, default: 6, help: "the victims' heartbeat.ttl" },
+  'victim-interval': { type: 'number', min: 0.1, default: 2, help: "the victims' heartbeat.interval" },
+  conns: { type: 'number', integer: true, min: 1, default: 4, help: 'shared connections of the light members' },
+  notify: { type: 'boolean', help: "the daemons listen to expiry notifications" },
+  'notify-lights': { type: 'boolean', help: 'hand expiry notifications to the light members too' },
 });
-const url = a.url!;
-const sweeper = a.sweeper === 'every' ? 'every' : 'lease';
-const ttl = Number(a.ttl);
-const interval = Number(a.interval);
-const sweep = Number(a.sweep);
+const url = a.url;
+const { sweeper, ttl, interval, sweep } = a;
 const log = createLogger({ level: 'fatal' });
 
-const conns = Array.from({ length: Number(a.conns) }, () => new Redis(url, { enableAutoPipelining: false, maxRetriesPerRequest: null }));
+const conns = Array.from({ length: a.conns }, () => new Redis(url, { enableAutoPipelining: false, maxRetriesPerRequest: null }));
 interface Light {
   readonly id: string;
   readonly presence: Presence;
@@ -56,15 +51,15 @@ interface Light {
 }
 const lights: Light[] = [];
 const victims: Light[] = [];
-const count = Number(a.count);
-const nVictims = Number(a.victims);
+const count = a.count;
+const nVictims = a.victims;
 for (let i = 0; i < count + nVictims; i++) {
   const victim = i >= count;
   const id = `${a.prefix}-${i}`;
   const redis = conns[i % conns.length]!;
-  const agent = { id, den: a.den! };
-  const t = victim ? Number(a['victim-ttl']) : ttl;
-  const iv = victim ? Number(a['victim-interval']) : interval;
+  const agent = { id, den: a.den };
+  const t = victim ? a['victim-ttl'] : ttl;
+  const iv = victim ? a['victim-interval'] : interval;
   const presence = new Presence({ redis, agent, host: 'bench', pid: process.pid, version: 'bench', ttlSeconds: t, intervalMs: iv * 1000, log });
   const watcher = new PeerWatcher({
     redis,
@@ -81,12 +76,12 @@ for (let i = 0; i < count + nVictims; i++) {
 }
 
 const daemons: AgentDaemon[] = [];
-for (let i = 0; i < Number(a.daemons); i++) {
+for (let i = 0; i < a.daemons; i++) {
   const { config } = loadConfig({
     env: {},
     overrides: {
       redis: { url },
-      agent: { id: `${a.prefix}-d${i}`, den: a.den! },
+      agent: { id: `${a.prefix}-d${i}`, den: a.den },
       heartbeat: { ttl, interval },
       watch: { sweepInterval: sweep, sweeper, notifications: a.notify ? 'listen' : 'off' },
       http: { port: 0 },

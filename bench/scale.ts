@@ -21,13 +21,14 @@
  *
  *   npm run bench -- scale [--sizes 100,1000,5000,10000] [--modes lease,every]
  *     [--window 20] [--daemons 20] [--processes 2] [--no-notify] [--notify-lights] [--part presence,delivery] [--json]
+ *   (--help lists the options)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { startRedis, type TestRedis } from '../test/helpers/redis.ts';
+import { benchOptions } from './args.ts';
 import { flood, sleep } from './lib.ts';
 import { printTable } from './stats.ts';
 import { readFileSync } from 'node:fs';
@@ -35,28 +36,10 @@ import { readFileSync } from 'node:fs';
 const SWEEP_LUA = readFileSync(new URL('../src/redis/scripts/sweep-den-1.lua', import.meta.url), 'utf8');
 
 process.env['AGENTD_TEST_REDIS'] ??= 'local';
-const { values: args } = parseArgs({
-  options: {
-    sizes: { type: 'string', default: '100,1000,5000,10000' },
-    modes: { type: 'string', default: 'lease,every' },
-    window: { type: 'string', default: '20' },
-    daemons: { type: 'string', default: '20' },
-    processes: { type: 'string', default: '2' },
-    notify: { type: 'boolean', default: true },
-    // Hand expiry notifications to the light members too (each then reacts as a daemon would). Off by default:
-    // thousands of members reacting in two Node processes starve those processes (not Redis) and delay the sweeper.
-    'notify-lights': { type: 'boolean', default: false },
-    part: { type: 'string', default: 'presence,delivery' },
-    subscribers: { type: 'string', default: '1,10,100,1000' },
-    'max-every': { type: 'string', default: '2000' },
-    json: { type: 'boolean', default: false },
-  },
-  allowPositionals: true,
-});
-const sizes = args.sizes!.split(',').map(Number);
-const modes = args.modes!.split(',') as Array<'lease' | 'every'>;
-const windowS = Number(args.window);
-const parts = new Set(args.part!.split(','));
+const args = benchOptions('scale', 'What one den of N agents costs one Redis, sweeper lease against every member sweeping; PUBLISH fan-out ceiling.');
+const { sizes, modes } = args;
+const windowS = args.window;
+const parts = new Set(args.part);
 const VICTIMS = 10;
 const VICTIM_TTL = 6;
 const VICTIM_INTERVAL = 2;
@@ -113,8 +96,8 @@ async function presenceRun(n: number, mode: 'lease' | 'every'): Promise<Record<s
     await observer.subscribe('agent:events:agent_down');
     const before = await info(c);
 
-    const processes = Math.max(1, Math.min(Number(args.processes), Math.ceil(n / 500)));
-    const daemons = Math.min(Number(args.daemons), n);
+    const processes = Math.max(1, Math.min(args.processes, Math.ceil(n / 500)));
+    const daemons = Math.min(args.daemons, n);
     const members: Member[] = [];
     let assigned = 0;
     for (let p = 0; p < processes; p++) {
@@ -239,7 +222,7 @@ const rows: Array<Record<string, string | number>> = [];
 if (parts.has('presence')) {
   for (const n of sizes) {
     for (const mode of modes) {
-      if (mode === 'every' && n > Number(args['max-every'])) {
+      if (mode === 'every' && n > args['max-every']) {
         // Not run: N members sweeping N members saturates Redis (and the member processes queue without
         // bound). Projected from this size's measured lease row: its cost plus N sweeps per interval.
         const lease = rows.find((r) => r['agents'] === n && r['sweeper'] === 'lease');
@@ -268,7 +251,7 @@ if (parts.has('presence')) {
 }
 const delivery: Array<Record<string, string | number>> = [];
 if (parts.has('delivery')) {
-  for (const s of args.subscribers!.split(',').map(Number)) {
+  for (const s of args.subscribers) {
     for (const kind of ['pattern', 'exact', 'other'] as const) delivery.push(await deliveryRun(s, kind));
   }
 }

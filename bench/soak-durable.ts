@@ -11,7 +11,7 @@
  *      agent process that was SIGKILLed after that start;
  *   3. nothing left pending in the group.
  *
- *   node bench/soak-durable.ts [--minutes N] [--json]
+ *   npm run soak:durable [-- --minutes N] [-- --json] (--help lists the options)
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,14 +20,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { spawnAgentd, type DaemonProcess } from '../test/helpers/daemon.ts';
 import { startRedis } from '../test/helpers/redis.ts';
+import { parseOptions } from './args.ts';
 
-const argv = process.argv.slice(2);
-const option = (name: string): string | undefined => {
-  const i = argv.indexOf(name);
-  return i >= 0 ? argv[i + 1] : undefined;
-};
-const MINUTES = Number(option('--minutes') ?? 3);
-const JSON_OUT = argv.includes('--json');
+const opts = parseOptions('npm run soak:durable --', 'Durable soak: three agents share a den task stream through agent kills and Redis kills; every task accounted for.', {
+  minutes: { type: 'number', default: 3, min: 0.1, help: 'how long tasks are submitted' },
+  json: { type: 'boolean', help: 'the summary as JSON' },
+});
+const MINUTES = opts.minutes;
+const JSON_OUT = opts.json;
 const SECONDS = Math.round(MINUTES * 60);
 const RATE = 200; // tasks per second
 const AGENTS = 3;

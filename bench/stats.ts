@@ -25,3 +25,12 @@ export function printTable(rows: Array<Record<string, string | number>>): void {
   console.log(line(cols));
   for (const r of rows) console.log(line(cols.map((c) => cell(r[c] ?? ''))));
 }
+
+/** How every benchmark ends: with --json one document ({benchmark, ...meta, rows}), else the title and the table. */
+export function output(json: boolean, benchmark: string, rows: Array<Record<string, string | number>>, meta: Record<string, unknown> = {}, title?: string): void {
+  if (json) console.log(JSON.stringify({ benchmark, ...meta, rows }, null, 2));
+  else {
+    if (title !== undefined) console.log(title);
+    printTable(rows);
+  }
+}

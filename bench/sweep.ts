@@ -3,15 +3,17 @@
  * 1,000 and 10,000 live agents, against the obvious client-side baseline
  * (SMEMBERS, then one pipeline of EXISTS) measured in the same run.
  *
- *   node bench/sweep.ts [--json]
+ *   node bench/sweep.ts [--sizes N,N] [--json] (--help lists the options)
  */
 import { Redis } from 'ioredis';
 import { sweepDen } from '../src/redis/scripts.ts';
 import { denMembersKey, heartbeatKey } from '../src/redis/keys.ts';
 import { startRedis } from '../test/helpers/redis.ts';
-import { median, printTable } from './stats.ts';
+import { benchOptions } from './args.ts';
+import { median, output } from './stats.ts';
 
-const SIZES = [100, 1_000, 10_000];
+const opts = benchOptions('sweep', 'Sweep cost per den size: the sweep script against SMEMBERS + a pipeline of EXISTS.');
+const SIZES = opts.sizes;
 const ROUNDS = 7;
 const SWEEPS_PER_ROUND = 20;
 
@@ -44,7 +46,6 @@ async function measure(redis: Redis, run: () => Promise<unknown>): Promise<{ ms:
   return { ms: median(times), commands: Math.round(commands) };
 }
 
-const json = process.argv.includes('--json');
 const server = await startRedis({ requireControl: true });
 const redis = new Redis(server.url);
 const rows: Array<Record<string, string | number>> = [];
@@ -74,5 +75,4 @@ try {
   redis.disconnect();
   await server.stop();
 }
-if (json) console.log(JSON.stringify({ benchmark: 'sweep', rows }, null, 2));
-else printTable(rows);
+output(opts.json, 'sweep', rows);

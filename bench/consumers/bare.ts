@@ -5,14 +5,18 @@
  * of each (now - data.t, on the monotonic clock) when the messages carry
  * one, and its RSS.
  *
- *   node bench/consumers/bare.ts URL COUNT
+ *   node bench/consumers/bare.ts --url URL --count N
  */
 import { latencySummary } from './latency.ts';
 import { Redis } from 'ioredis';
+import { parseOptions } from '../args.ts';
 
-const [url = '', countText = '0'] = process.argv.slice(2);
-const count = Number(countText);
-const sub = new Redis(url, { protocol: 2 });
+const o = parseOptions('node bench/consumers/bare.ts', 'The bare ioredis PSUBSCRIBE + JSON.parse loop; prints one JSON line after COUNT events.', {
+  url: { type: 'string', help: 'Redis URL' },
+  count: { type: 'number', integer: true, min: 1, help: 'events to wait for' },
+});
+const count = o.count;
+const sub = new Redis(o.url, { protocol: 2 });
 let seen = 0;
 let first = 0;
 let sink = 0;

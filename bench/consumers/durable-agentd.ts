@@ -4,45 +4,25 @@
  * {"events", "ms"} from the first handler call to the last acknowledgement
  * once COUNT entries are acknowledged (as the bare loop: first read to last ack).
  *
- *   node bench/consumers/durable-agentd.ts URL DEN COUNT [CONCURRENCY]
+ *   node bench/consumers/durable-agentd.ts --url URL --den DEN --count N [--concurrency N]
  */
-import { AgentDaemon } from '../../src/daemon.ts';
-import { loadConfig } from '../../src/config/load.ts';
-import { createLogger } from '../../src/log.ts';
+import { parseOptions } from '../args.ts';
+import { benchDaemon } from './daemon.ts';
 
-const [url = '', den = '', countText = '0', concurrencyText = '64'] = process.argv.slice(2);
-const count = Number(countText);
-const { config } = loadConfig({
-  env: {},
-  overrides: {
-    redis: { url },
-    agent: { id: `bench-${process.pid}`, den },
-    http: { port: 0 },
-    watch: { enabled: false },
-    durable: { concurrency: Number(concurrencyText), pollInterval: 0.05 },
-    log: { level: 'warn' },
-  },
-});
-const daemon = new AgentDaemon({
-  config,
-  logger: createLogger({ level: 'error', destination: process.stderr }),
-  plugins: [
-    {
-      name: 'noop',
-      handlers: {
-        job: () => {
-          if (first === 0) first = performance.now();
-        },
-      },
-    },
-  ],
+const o = parseOptions('node bench/consumers/durable-agentd.ts', "One agentd reading den:<den>:tasks with a no-op handler, from a line on stdin until COUNT are acknowledged.", {
+  url: { type: 'string', help: 'Redis URL' },
+  den: { type: 'string', help: 'the den whose task stream is read' },
+  count: { type: 'number', integer: true, min: 1, help: 'entries to wait for' },
+  concurrency: { type: 'number', integer: true, min: 1, default: 64, help: 'durable.concurrency' },
 });
 let first = 0;
+const noop = { name: 'noop', handlers: { job: () => void (first ||= performance.now()) } };
+const daemon = benchDaemon(o.url, o.den, [noop], { durable: { concurrency: o.concurrency, pollInterval: 0.05 } });
 console.log(JSON.stringify({ ready: true }));
 await new Promise((r) => process.stdin.once('data', r));
 await daemon.start();
 const timer = setInterval(() => {
-  if (daemon.durable.consumer.counts.acked >= count && daemon.durable.consumer.inFlight === 0) {
+  if (daemon.durable.consumer.counts.acked >= o.count && daemon.durable.consumer.inFlight === 0) {
     clearInterval(timer);
     console.log(JSON.stringify({ events: daemon.durable.consumer.counts.acked, ms: performance.now() - first }));
     void daemon.close({ drainTimeoutMs: 1 }).then(() => process.exit(0));

@@ -4,14 +4,19 @@
  * one XACK per batch). Prints {"events", "ms"} from the first read to the
  * last acknowledgement once COUNT entries are acknowledged.
  *
- *   node bench/consumers/durable-bare.ts URL STREAM COUNT [BATCH]
+ *   node bench/consumers/durable-bare.ts --url URL --stream KEY --count N [--batch N]
  */
 import { Redis } from 'ioredis';
+import { parseOptions } from '../args.ts';
 
-const [url = '', stream = '', countText = '0', batchText = '100'] = process.argv.slice(2);
-const count = Number(countText);
-const batch = Number(batchText);
-const redis = new Redis(url);
+const o = parseOptions('node bench/consumers/durable-bare.ts', 'The bare XREADGROUP/XACK loop, from a line on stdin until COUNT entries are acknowledged.', {
+  url: { type: 'string', help: 'Redis URL' },
+  stream: { type: 'string', help: 'stream key (group agentd)' },
+  count: { type: 'number', integer: true, min: 1, help: 'entries to wait for' },
+  batch: { type: 'number', integer: true, min: 1, default: 100, help: 'XREADGROUP COUNT' },
+});
+const { stream, count, batch } = o;
+const redis = new Redis(o.url);
 console.log(JSON.stringify({ ready: true }));
 await new Promise((r) => process.stdin.once('data', r));
 let acked = 0;

@@ -4,29 +4,23 @@
  * publishes every message of bench:req back on bench:resp. Print
  * {"ready": true} once listening; run until killed.
  *
- *   node bench/consumers/durable-echo.ts agentd|bare URL [AGENT_ID]
+ *   node bench/consumers/durable-echo.ts --kind agentd|bare --url URL [--id AGENT_ID]
  */
 import { Redis } from 'ioredis';
-import { AgentDaemon } from '../../src/daemon.ts';
-import { loadConfig } from '../../src/config/load.ts';
-import { createLogger } from '../../src/log.ts';
+import { parseOptions } from '../args.ts';
+import { benchDaemon } from './daemon.ts';
 
-const [kind = '', url = '', id = `echo-${process.pid}`] = process.argv.slice(2);
-if (kind === 'bare') {
-  const sub = new Redis(url);
-  const pub = new Redis(url);
+const o = parseOptions('node bench/consumers/durable-echo.ts', 'An echo responder (agentd request/reply or bare pub/sub) until killed.', {
+  kind: { type: 'string', choices: ['agentd', 'bare'], help: 'which responder' },
+  url: { type: 'string', help: 'Redis URL' },
+  id: { type: 'string', default: `echo-${process.pid}`, help: "the agentd responder's agent id" },
+});
+if (o.kind === 'bare') {
+  const sub = new Redis(o.url);
+  const pub = new Redis(o.url);
   sub.on('message', (_channel: string, message: string) => void pub.publish('bench:resp', message));
   await sub.subscribe('bench:req');
 } else {
-  const { config } = loadConfig({
-    env: {},
-    overrides: { redis: { url }, agent: { id, den: 'bench-rr' }, http: { port: 0 }, watch: { enabled: false }, log: { level: 'warn' } },
-  });
-  const daemon = new AgentDaemon({
-    config,
-    logger: createLogger({ level: 'error', destination: process.stderr }),
-    plugins: [{ name: 'echo', handlers: { echo: (e) => e.data } }],
-  });
-  await daemon.start();
+  await benchDaemon(o.url, 'bench-rr', [{ name: 'echo', handlers: { echo: (e) => e.data } }], {}, o.id).start();
 }
 console.log(JSON.stringify({ ready: true }));
