@@ -1,6 +1,20 @@
-import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { createRequire } from 'node:module';
+import type { Registry } from 'prom-client';
 import type { EventCounters } from '../bus/counters.ts';
-import { ReadCounter, TallyCounter, TallyHistogram } from './tally.ts';
+import { ReadCounter, TallyCounter, TallyHistogram, type CustomMetric } from './tally.ts';
+
+type PromClient = typeof import('prom-client');
+/** prom-client is loaded when a registry is first needed (/metrics, the status page): a daemon serving neither never loads it. */
+const loadPromClient = (): PromClient => createRequire(import.meta.url)('prom-client') as PromClient;
+
+interface DaemonInfo {
+  agent: string;
+  den: string;
+  version: string;
+  heartbeatTtlSeconds: number;
+  heartbeatIntervalSeconds: number;
+  memoryWarnRatio: number;
+}
 
 /** Read at scrape time, so nothing on the hot path keeps gauges up to date. */
 export interface MetricsSource {
@@ -27,7 +41,11 @@ const OTHER = 'other';
  * the daemon when scraped.
  */
 export class Metrics {
-  readonly registry = new Registry();
+  #registry: Registry | undefined;
+  /** The counters and histograms, registered when the registry is made. */
+  readonly #custom: CustomMetric[] = [];
+  #source: MetricsSource | undefined;
+  #info: DaemonInfo | undefined;
   readonly #counters: EventCounters;
   readonly #calls: TallyCounter;
   readonly #duration: TallyHistogram;
@@ -49,9 +67,8 @@ export class Metrics {
 
   /** `counters`: the daemon's event counters, read when scraped (the same ones stats() reads). */
   constructor(counters: EventCounters) {
-    const registry = this.registry;
+    const registry = this.#custom;
     this.#counters = counters;
-    collectDefaultMetrics({ register: this.registry });
     // Event counts: read from the counters at scrape time; every series exists from the start (at 0), for
     // the same reason as agentd_agents_down_total (see knowDens).
     const byType = (pick: 'received' | 'dispatched') => () => [...counters.byType()].map(([event, c]) => ({ labels: { event }, value: c[pick] }));
@@ -107,7 +124,25 @@ export class Metrics {
    * part the source reads from exists.
    */
   watch(source: MetricsSource): void {
-    const registers = [this.registry];
+    this.#source = source;
+  }
+
+  /** The registry /metrics serves, made (and prom-client loaded) on first use. */
+  get registry(): Registry {
+    if (this.#registry !== undefined) return this.#registry;
+    const prom = loadPromClient();
+    const registry = new prom.Registry();
+    this.#registry = registry;
+    prom.collectDefaultMetrics({ register: registry });
+    for (const m of this.#custom) registry.registerMetric(m as never);
+    if (this.#source !== undefined) this.#gauges(prom, registry, this.#source);
+    if (this.#info !== undefined) this.#infoGauges(prom, registry, this.#info);
+    return registry;
+  }
+
+  #gauges(prom: PromClient, registry: Registry, source: MetricsSource): void {
+    const { Gauge } = prom;
+    const registers = [registry];
     const gauge = (name: string, help: string, read: () => number): void => {
       new Gauge({
         name,
@@ -169,8 +204,13 @@ export class Metrics {
    * `instance` to filter any metric by den or agent), the heartbeat TTL and
    * interval, and the Redis memory warn ratio. Called once.
    */
-  describe(info: { agent: string; den: string; version: string; heartbeatTtlSeconds: number; heartbeatIntervalSeconds: number; memoryWarnRatio: number }): void {
-    const registers = [this.registry];
+  describe(info: DaemonInfo): void {
+    this.#info = info;
+  }
+
+  #infoGauges(prom: PromClient, registry: Registry, info: DaemonInfo): void {
+    const { Gauge } = prom;
+    const registers = [registry];
     new Gauge({ name: 'agentd_agent_info', help: 'Always 1; labels name this daemon: agent id, den and agentd version.', labelNames: ['agent', 'den', 'version'], registers }).set(
       { agent: info.agent, den: info.den, version: info.version },
       1,

@@ -1,4 +1,3 @@
-import type { Registry } from 'prom-client';
 
 /**
  * Counters and histograms kept in plain nested Maps on the hot path, turned
@@ -15,7 +14,8 @@ interface Sample {
   readonly metricName?: string;
 }
 
-interface CustomMetric {
+/** What prom-client's registerMetric takes: Metrics registers these once its registry is made. */
+export interface CustomMetric {
   readonly name: string;
   readonly help: string;
   readonly type: 'counter' | 'histogram';
@@ -41,11 +41,11 @@ abstract class Tally implements CustomMetric {
   protected cells: Cell[] = [];
   #root = new Map<string, unknown>();
 
-  constructor(options: { name: string; help: string; labelNames: readonly string[]; registry: Registry }) {
+  constructor(options: { name: string; help: string; labelNames: readonly string[]; registry: CustomMetric[] }) {
     this.name = options.name;
     this.help = options.help;
     this.labelNames = options.labelNames;
-    options.registry.registerMetric(this as never);
+    options.registry.push(this);
   }
 
   protected abstract newCell(labels: Labels): Cell;
@@ -89,7 +89,7 @@ abstract class Tally implements CustomMetric {
 export class TallyCounter extends Tally {
   readonly type = 'counter' as const;
 
-  constructor(options: { name: string; help: string; labelNames: readonly string[]; registry: Registry }) {
+  constructor(options: { name: string; help: string; labelNames: readonly string[]; registry: CustomMetric[] }) {
     super(options);
     // A counter without labels reads 0 from the start rather than being absent.
     if (this.labelNames.length === 0) this.cell('');
@@ -112,7 +112,7 @@ export class TallyHistogram extends Tally {
   readonly type = 'histogram' as const;
   readonly #bounds: readonly number[];
 
-  constructor(options: { name: string; help: string; labelNames: readonly string[]; buckets: readonly number[]; registry: Registry }) {
+  constructor(options: { name: string; help: string; labelNames: readonly string[]; buckets: readonly number[]; registry: CustomMetric[] }) {
     super(options);
     this.#bounds = [...options.buckets].sort((x, y) => x - y);
   }
@@ -161,11 +161,11 @@ export class ReadCounter implements CustomMetric {
   readonly aggregator = 'sum' as const;
   readonly #read: () => Sample[];
 
-  constructor(options: { name: string; help: string; registry: Registry; read: () => Sample[] }) {
+  constructor(options: { name: string; help: string; registry: CustomMetric[]; read: () => Sample[] }) {
     this.name = options.name;
     this.help = options.help;
     this.#read = options.read;
-    options.registry.registerMetric(this as never);
+    options.registry.push(this);
   }
 
   get() {

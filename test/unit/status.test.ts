@@ -1,7 +1,7 @@
 /** The status page's readers of untrusted input: registry records and membership events from the bus. */
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
-import { TallyCounter, TallyHistogram } from '../../src/http/tally.ts';
+import { TallyCounter, TallyHistogram, type CustomMetric } from '../../src/http/tally.ts';
 import { DenEventRing, handlerRows, parseRecord } from '../../src/http/status.ts';
 
 describe('parseRecord', () => {
@@ -45,8 +45,10 @@ describe('DenEventRing', () => {
 describe('handlerRows', () => {
   it('sums outcomes per plugin and bounds the median and p99 by histogram buckets', async () => {
     const registry = new Registry();
-    const calls = new TallyCounter({ name: 'agentd_handler_calls_total', help: 'h', labelNames: ['plugin', 'event', 'outcome'], registry });
-    const duration = new TallyHistogram({ name: 'agentd_handler_duration_seconds', help: 'h', labelNames: ['plugin'], buckets: [0.01, 0.1, 1], registry });
+    const metrics: CustomMetric[] = [];
+    const calls = new TallyCounter({ name: 'agentd_handler_calls_total', help: 'h', labelNames: ['plugin', 'event', 'outcome'], registry: metrics });
+    const duration = new TallyHistogram({ name: 'agentd_handler_duration_seconds', help: 'h', labelNames: ['plugin'], buckets: [0.01, 0.1, 1], registry: metrics });
+    for (const m of metrics) registry.registerMetric(m as never);
     for (let i = 0; i < 98; i++) {
       calls.inc('p', 'x', 'ok');
       duration.observe(0.005, 'p');
