@@ -14,7 +14,7 @@ import { loadPlugins, validatePlugin, type LoadedPlugin } from './plugins/loader
 import { PluginHost } from './plugins/host.ts';
 import type { AgentInfo, Plugin, PluginOptions } from './plugins/types.ts';
 import { Metrics } from './http/metrics.ts';
-import { startHttpEndpoint, type HttpEndpoint, type Readiness } from './http/server.ts';
+import type { HttpEndpoint, Readiness } from './http/server.ts';
 import { DenEventRing, StatusCollector, type DurableStatus } from './http/status.ts';
 import { streamDepth } from './durable/streams.ts';
 import { AgentMemory } from './memory/memory.ts';
@@ -551,6 +551,8 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     signal.throwIfAborted();
     // Up before Redis, so a supervisor sees "alive, not ready" while we wait.
     if (this.config.http.port !== 0) {
+      // Loaded only when served: node:http alone costs a daemon without an endpoint megabytes and milliseconds.
+      const { startHttpEndpoint } = await import('./http/server.ts');
       this.#http = await startHttpEndpoint({
         host: this.config.http.host,
         port: this.config.http.port,

@@ -3,10 +3,8 @@
  * consumer's own process, on `url`, with the metrics port off (unless
  * overridden), no peer watching, warnings only, errors to stderr.
  */
-import { AgentDaemon, type InlinePlugin } from '../../src/daemon.ts';
-import { loadConfig } from '../../src/config/load.ts';
-import type { AgentdConfig, DeepPartial } from '../../src/config/schema.ts';
-import { createLogger } from '../../src/log.ts';
+// The built package, as production runs it (bench/lib.ts ensureBuilt() builds it when src/ is newer).
+import { AgentDaemon, createLogger, loadConfig, type AgentdConfig, type DeepPartial, type InlinePlugin } from '../../dist/index.js';
 
 export function benchDaemon(url: string, den: string, plugins: InlinePlugin[], overrides: DeepPartial<AgentdConfig> = {}, id = `bench-${process.pid}`): AgentDaemon {
   const { config } = loadConfig({
