@@ -4,6 +4,7 @@ import { ID_PATTERN } from '../config/schema.ts';
 import { describeError } from '../errors.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, denMembersKey, heartbeatKey } from '../redis/keys.ts';
+import { recordObject } from '../presence/record.ts';
 import { withScripts } from '../redis/scripts.ts';
 import type { Readiness } from './server.ts';
 
@@ -229,16 +230,9 @@ interface ParsedRecord {
 }
 
 /** A registry value from Redis (untrusted): a bounded JSON object with the fields we know, each checked; else undefined. */
-export function parseRecord(raw: string | null | undefined): ParsedRecord | undefined {
-  if (typeof raw !== 'string' || raw.length > MAX_RECORD_CHARS) return undefined;
-  let v: unknown;
-  try {
-    v = JSON.parse(raw);
-  } catch {
-    return undefined;
-  }
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) return undefined;
-  const r = v as Record<string, unknown>;
+export function checkedRecord(raw: string | null | undefined): ParsedRecord | undefined {
+  const r = typeof raw === 'string' && raw.length <= MAX_RECORD_CHARS ? recordObject(raw) : undefined;
+  if (r === undefined) return undefined;
   const status = r['status'];
   const version = r['version'];
   return {
@@ -380,7 +374,7 @@ export class StatusCollector {
     for (let i = 2 + n; i + 1 < reply.length; i += 2) {
       const id = String(reply[i]);
       if (!isId(id)) continue;
-      const rec = parseRecord(String(reply[i + 1]));
+      const rec = checkedRecord(String(reply[i + 1]));
       if (rec && (rec.den === agent.den || inDen.has(id))) records.set(id, rec);
     }
     // Den members the script did not return (the set is bigger than MAX_MEMBERS) are left out too.

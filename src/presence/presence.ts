@@ -7,6 +7,7 @@ import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from '../redis/keys.ts';
 import { leaveAgent } from '../redis/scripts.ts';
+import { parseRecord, type UntrustedRecord } from './record.ts';
 import type { KeyRing } from '../security/keys.ts';
 import { sealEnvelope } from '../security/signing.ts';
 
@@ -342,7 +343,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
    */
   async #refuseLiveTwin(): Promise<void> {
     const { redis, agent, host, pid } = this.#o;
-    const read = async (): Promise<{ rec: Partial<RegistryRecord>; alive: boolean }> => {
+    const read = async (): Promise<{ rec: UntrustedRecord; alive: boolean }> => {
       const replies = await withDeadline(redis.multi().hget(REGISTRY_KEY, agent.id).exists(heartbeatKey(agent.id)).time().exec(), this.#deadlineMs);
       this.#measureClock(replies?.[2]?.[1]);
       return { rec: parseRecord(replies?.[0]?.[1] as string | null), alive: replies?.[1]?.[1] === 1 };
@@ -413,16 +414,6 @@ export class Presence extends EventEmitter<PresenceEvents> {
       return;
     }
     this.emit('membership', { type: 'agent_offline', agent: agent.id, den: agent.den });
-  }
-}
-
-function parseRecord(raw: string | null | undefined): Partial<RegistryRecord> {
-  if (!raw) return {};
-  try {
-    const value: unknown = JSON.parse(raw);
-    return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Partial<RegistryRecord>) : {};
-  } catch {
-    return {};
   }
 }
 

@@ -6,7 +6,7 @@ import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, agentOfHeartbeatKey, denMembersKey, heartbeatKey, keyOfKeyspaceChannel } from '../redis/keys.ts';
 import { randomBytes } from 'node:crypto';
 import { reapAgent, sampleDen, sweepDen, sweeperLease } from '../redis/scripts.ts';
-import type { RegistryRecord } from './presence.ts';
+import { parseRecord } from './record.ts';
 import type { KeyRing } from '../security/keys.ts';
 
 export type Detector = 'expiry' | 'sweep';
@@ -91,16 +91,6 @@ export interface PeerWatcherOptions {
 const MAX_PENDING_EXPIRIES = 1_000;
 /** Longer ids in a notification are ignored (agentd's own are at most 128 characters; the sweep sees every id). */
 const MAX_NOTIFIED_ID_LENGTH = 1_024;
-
-function parseRecord(raw: string | null | undefined): Partial<RegistryRecord> {
-  if (!raw) return {};
-  try {
-    const value: unknown = JSON.parse(raw);
-    return value !== null && typeof value === 'object' ? (value as Partial<RegistryRecord>) : {};
-  } catch {
-    return {};
-  }
-}
 
 /**
  * Finds dead peers two ways — keyspace expiry notifications (fast, but lossy)
