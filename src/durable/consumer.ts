@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import type { Binding, HandlerOutcome } from '../bus/dispatcher.ts';
 import { parseEnvelope, type AgentEvent, type Delivery, type StreamKind } from '../bus/envelope.ts';
 import { ID_PATTERN } from '../config/schema.ts';
+import { orAfter } from '../deadline.ts';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { DURABLE_GROUP, deadLetterKey, inboxKey } from '../redis/keys.ts';
@@ -776,12 +777,8 @@ export class DurableConsumer {
     this.#stopped = true;
     this.#queue.clear();
     for (const s of this.#streams) for (const f of s.inflight.values()) clearTimeout(f.retryTimer);
-    let timer: NodeJS.Timeout | undefined;
-    const drained = await Promise.race([
-      this.#queue.onIdle().then(() => true),
-      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), drainMs))),
-    ]);
-    clearTimeout(timer);
+    // ref: stopping waits out the drain as it always did, whatever else is still open.
+    const drained = await orAfter(this.#queue.onIdle().then(() => true), drainMs, false, { ref: true });
     if (!drained) {
       for (const s of this.#streams) for (const f of s.inflight.values()) for (const c of f.contexts ?? []) c.abort(SHUTDOWN);
       for (const call of this.#watched) call.settle('aborted', { ok: false, error: describeError(SHUTDOWN) });

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import { ID_PATTERN } from '../config/schema.ts';
+import { withRedisDeadline } from '../deadline.ts';
 import { describeError } from '../errors.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, denMembersKey, heartbeatKey } from '../redis/keys.ts';
@@ -208,16 +209,6 @@ export interface StatusSource {
   durable?(): Promise<DurableStatus | undefined>;
 }
 
-function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer from redis within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
 interface ParsedRecord {
   readonly den: string | undefined;
   readonly host: string | null;
@@ -328,7 +319,7 @@ export class StatusCollector {
     const stats = s.stats();
     const readiness = s.readiness();
     const [den, handlers, durable] = await Promise.all([
-      (s.redis.status === 'ready' ? withDeadline(this.#members(), REDIS_DEADLINE_MS) : Promise.reject(new Error(`the command connection is ${s.redis.status}`))).then(
+      (s.redis.status === 'ready' ? withRedisDeadline(this.#members(), REDIS_DEADLINE_MS) : Promise.reject(new Error(`the command connection is ${s.redis.status}`))).then(
         (m) => ({ ...m, error: null }),
         (err: unknown) => ({ rows: [] as MemberRow[], leftOut: 0, error: `could not read the den from Redis: ${publicError(err)}` }),
       ),

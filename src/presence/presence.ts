@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import type { Redis } from 'ioredis';
 import { makeEnvelope } from '../bus/publish.ts';
+import { withRedisDeadline } from '../deadline.ts';
 import { AgentdError, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
@@ -79,18 +80,6 @@ export interface PresenceOptions {
   readonly beforeRejoin?: () => Promise<void>;
   /** Signing keys: agent_online and agent_offline are signed with them (security.signing warn or require). */
   readonly keys?: KeyRing;
-}
-
-class DeadlineError extends Error {}
-
-function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new DeadlineError(`no answer from redis within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }
 
 /**
@@ -208,7 +197,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     try {
       let replies: Array<[Error | null, unknown]> | null;
       try {
-        replies = await withDeadline(
+        replies = await withRedisDeadline(
           redis
             .multi()
             .hget(REGISTRY_KEY, agent.id)
@@ -276,7 +265,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
   /** PEXPIRE of the heartbeat key alone; true when the key exists and its TTL was renewed. */
   async #keepAlive(): Promise<boolean> {
     try {
-      const reply = await withDeadline(this.#o.redis.pexpire(heartbeatKey(this.#o.agent.id), this.#o.ttlSeconds * 1000), this.#deadlineMs);
+      const reply = await withRedisDeadline(this.#o.redis.pexpire(heartbeatKey(this.#o.agent.id), this.#o.ttlSeconds * 1000), this.#deadlineMs);
       return reply === 1;
     } catch {
       return false;
@@ -344,7 +333,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
   async #refuseLiveTwin(): Promise<void> {
     const { redis, agent, host, pid } = this.#o;
     const read = async (): Promise<{ rec: UntrustedRecord; alive: boolean }> => {
-      const replies = await withDeadline(redis.multi().hget(REGISTRY_KEY, agent.id).exists(heartbeatKey(agent.id)).time().exec(), this.#deadlineMs);
+      const replies = await withRedisDeadline(redis.multi().hget(REGISTRY_KEY, agent.id).exists(heartbeatKey(agent.id)).time().exec(), this.#deadlineMs);
       this.#measureClock(replies?.[2]?.[1]);
       return { rec: parseRecord(replies?.[0]?.[1] as string | null), alive: replies?.[1]?.[1] === 1 };
     };
@@ -397,7 +386,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       return;
     }
     const data = this.#membershipData({ reason });
-    const outcome = await withDeadline(
+    const outcome = await withRedisDeadline(
       leaveAgent(redis, {
         id: agent.id,
         den: agent.den,

@@ -4,6 +4,7 @@ import { EventEmitter } from 'eventemitter3';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { AgentdConfig } from '../config/schema.ts';
 import { redactUrl } from '../config/load.ts';
+import { orAfter } from '../deadline.ts';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { sentinelOptions } from './sentinel.ts';
@@ -427,7 +428,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       [this.command, this.subscriber].map(async (client) => {
         if (client.status === 'ready') {
           try {
-            await Promise.race([client.quit(), new Promise((r) => setTimeout(r, 1_000).unref())]);
+            await orAfter(client.quit(), 1_000, undefined);
           } catch {
             // Already gone: nothing to flush.
           }

@@ -12,6 +12,7 @@
  * Commands that Lua scripts run are checked the same way, with the keys the
  * scripts touch.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import type { AgentdConfig } from '../config/schema.ts';
 import { AgentdError, describeError } from '../errors.ts';
@@ -347,14 +348,8 @@ export async function preflight(o: PreflightOptions): Promise<ServerInfo> {
     } finally {
       redis.disconnect(false);
     }
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, delay);
-      t.unref();
-      o.signal?.addEventListener('abort', () => {
-        clearTimeout(t);
-        resolve();
-      }, { once: true });
-    });
+    // Cut short by the signal (the abort ends the wait, not the check: the loop sees it).
+    await sleep(delay, undefined, { ref: false, ...(o.signal ? { signal: o.signal } : {}) }).catch(() => undefined);
     delay = Math.min(5_000, delay * 2);
   }
 }
