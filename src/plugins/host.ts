@@ -4,7 +4,7 @@ import type { AgentMemory } from '../memory/memory.ts';
 import type { AgentEvent } from '../bus/envelope.ts';
 import type { DurableApi } from '../durable/durable.ts';
 import { withDeadline } from '../deadline.ts';
-import { AgentdError, describeError } from '../errors.ts';
+import { AgentdError, Code, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { guardRedis } from './guarded-redis.ts';
 import type { LoadedPlugin } from './loader.ts';
@@ -171,7 +171,7 @@ export class PluginHost {
       try {
         await withTimeout(() => plugin.close?.(entry.context), this.#deps.timeoutMs, 'close');
       } catch (err) {
-        this.#deps.log.error({ code: 'AGENTD_ERR_PLUGIN_CLOSE', plugin: plugin.name, err: describeError(err) }, 'plugin close failed');
+        this.#deps.log.error({ code: Code.AGENTD_ERR_PLUGIN_CLOSE, plugin: plugin.name, err: describeError(err) }, 'plugin close failed');
       }
     }
   }

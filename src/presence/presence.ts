@@ -3,7 +3,7 @@ import { EventEmitter } from 'eventemitter3';
 import type { Redis } from 'ioredis';
 import { makeEnvelope } from '../bus/publish.ts';
 import { withRedisDeadline } from '../deadline.ts';
-import { AgentdError, describeError } from '../errors.ts';
+import { AgentdError, Code, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from '../redis/keys.ts';
@@ -253,7 +253,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       if (!this.#failing) {
         this.#failing = true;
         this.#o.log.warn(
-          { code: 'AGENTD_ERR_HEARTBEAT', err: error, keptAlive, lastBeatAgoMs: this.lastBeatAt ? now - this.lastBeatAt : undefined },
+          { code: Code.AGENTD_ERR_HEARTBEAT, err: error, keptAlive, lastBeatAgoMs: this.lastBeatAt ? now - this.lastBeatAt : undefined },
           keptAlive ? 'heartbeat failed; the heartbeat key is kept alive with PEXPIRE while Redis refuses writes' : 'heartbeat failed',
         );
       }
@@ -316,7 +316,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     this.#twin = twin;
     if (first) {
       this.#o.log.error(
-        { code: 'AGENTD_ERR_DUPLICATE_ID', otherHost: twin.host, otherPid: twin.pid, otherInstance: twin.instance, instance: this.instance },
+        { code: Code.AGENTD_ERR_DUPLICATE_ID, otherHost: twin.host, otherPid: twin.pid, otherInstance: twin.instance, instance: this.instance },
         `another instance with agent id ${this.#o.agent.id} is live (host ${twin.host ?? '?'}, pid ${twin.pid ?? '?'}): two daemons share one id; give each its own agent.id`,
       );
     }
