@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import { ID_PATTERN } from '../config/schema.ts';
+import type { DaemonStats } from '../daemon.ts';
 import { withRedisDeadline } from '../deadline.ts';
 import { describeError } from '../errors.ts';
 import type { AgentInfo } from '../plugins/types.ts';
@@ -192,17 +193,7 @@ export interface StatusSource {
   readonly registry: Registry;
   readonly events: DenEventRing;
   readiness(): Readiness;
-  stats(): {
-    readonly received: number;
-    readonly dispatched: number;
-    readonly unhandled: number;
-    readonly waiting: number;
-    readonly running: number;
-    readonly lastBeatAt: number;
-    readonly loopDelayMaxMs: number;
-    readonly dropped: Readonly<Record<string, number>>;
-    readonly invalid: Readonly<Record<string, number>>;
-  };
+  stats(): Pick<DaemonStats, 'received' | 'dispatched' | 'unhandled' | 'waiting' | 'running' | 'lastBeatAt' | 'loopDelayMaxMs' | 'dropped' | 'invalid'>;
   loopDelayMs(): number;
   redisMemory(): { readonly usedBytes: number; readonly maxBytes: number } | undefined;
   /** Durable inbox / den-task depth and dead letters (absent with durable.enabled=false). */
