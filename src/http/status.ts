@@ -114,7 +114,17 @@ export class DenEventRing {
 
 export type MemberStatus = 'online' | 'expired' | 'down' | 'offline' | 'unknown';
 
-export interface MemberRow {
+/** What a member's registry record says, each field checked (null: absent, or not a valid value). */
+export interface RecordFacts {
+  readonly host: string | null;
+  readonly pid: number | null;
+  readonly version: string | null;
+  readonly startedAt: number | null;
+  readonly lastSeen: number | null;
+  readonly downAt: number | null;
+}
+
+export interface MemberRow extends RecordFacts {
   readonly id: string;
   /**
    * online: heartbeat key present; expired: in the den set with no heartbeat (died, not reaped yet);
@@ -122,12 +132,6 @@ export interface MemberRow {
    */
   readonly status: MemberStatus;
   readonly inDen: boolean;
-  readonly host: string | null;
-  readonly pid: number | null;
-  readonly version: string | null;
-  readonly startedAt: number | null;
-  readonly lastSeen: number | null;
-  readonly downAt: number | null;
   /** ms since the heartbeat key's timestamp; null without a heartbeat. */
   readonly heartbeatAgeMs: number | null;
   /** The agent's TTL in ms as Redis sees it (age + remaining), or this daemon's TTL when Redis cannot tell. */
@@ -200,15 +204,9 @@ export interface StatusSource {
   durable?(): Promise<DurableStatus | undefined>;
 }
 
-interface ParsedRecord {
+interface ParsedRecord extends RecordFacts {
   readonly den: string | undefined;
-  readonly host: string | null;
-  readonly pid: number | null;
-  readonly version: string | null;
-  readonly startedAt: number | null;
   readonly status: string | null;
-  readonly lastSeen: number | null;
-  readonly downAt: number | null;
 }
 
 /** A registry value from Redis (untrusted): a bounded JSON object with the fields we know, each checked; else undefined. */
