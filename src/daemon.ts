@@ -23,7 +23,7 @@ import { LoopMonitor } from './presence/loop-monitor.ts';
 import { Presence, type BeatResult, type MembershipChange } from './presence/presence.ts';
 import { PeerWatcher, type AgentDown } from './presence/watcher.ts';
 import { Durable } from './durable/durable.ts';
-import { Connections, createClient, redisOptions, type ConnectionStateChange } from './redis/connection.ts';
+import { Connections, createClient, redisDb, redisOptions, type ConnectionStateChange } from './redis/connection.ts';
 import { DAEMON_COMMANDS, preflight } from './redis/preflight.ts';
 import { deadLetterKey, denMembersKey, denTasksKey, heartbeatKeyspacePattern, inboxKey, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
@@ -265,7 +265,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
       this.#watcher = watcher;
       // Heartbeat keys' keyspace notifications only: the expiries of every other key never reach us.
       if (config.watch.notifications !== 'off') {
-        const db = Number(new URL(config.redis.url).pathname.slice(1) || 0);
+        const db = redisDb(config.redis.url);
         subscriber.listenPattern(heartbeatKeyspacePattern(db), (channel, event) => {
           metrics.expiryNotification();
           watcher.onKeyspace(db, channel, event);

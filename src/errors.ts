@@ -32,6 +32,13 @@ export const ErrorCodes = {
 
 export type ErrorCode = keyof typeof ErrorCodes;
 
+/**
+ * Each code by its own name, for the places the compiler would not check a
+ * string: log lines (`{ code: Code.AGENTD_ERR_HEARTBEAT }`) and messages. A
+ * typo there is then a compile error instead of a code nobody can search for.
+ */
+export const Code: { readonly [C in ErrorCode]: C } = Object.freeze(Object.fromEntries(Object.keys(ErrorCodes).map((c) => [c, c])) as { [C in ErrorCode]: C });
+
 /** Exit code a CLI run ends with when this error stops it. */
 const exitCodes: Partial<Record<ErrorCode, number>> = {
   AGENTD_ERR_CONFIG: 2,

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'eventemitter3';
 import type { OverflowPolicy } from '../config/schema.ts';
-import { describeError } from '../errors.ts';
+import { Code, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { freezeData, type AgentEvent } from './envelope.ts';
 import { Fifo } from './fifo.ts';
@@ -487,10 +487,10 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       this.#failLogged++;
       if (outcome === 'timeout') {
         this.#log.warn(
-          { code: 'AGENTD_ERR_HANDLER_TIMEOUT', plugin, event, timeoutMs: this.#options.handlerTimeoutMs },
+          { code: Code.AGENTD_ERR_HANDLER_TIMEOUT, plugin, event, timeoutMs: this.#options.handlerTimeoutMs },
           'handler timed out; its signal was aborted and its slot freed',
         );
-      } else this.#log.error({ code: 'AGENTD_ERR_HANDLER_FAILED', plugin, event, err }, 'handler failed');
+      } else this.#log.error({ code: Code.AGENTD_ERR_HANDLER_FAILED, plugin, event, err }, 'handler failed');
       return;
     }
     const key = `${outcome}\u0000${plugin}\u0000${event}`;
@@ -515,7 +515,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       const suppressed = rows.filter((r) => r.outcome === outcome).map(({ outcome: _o, ...r }) => r);
       const otherCalls = outcome === 'error' ? other : 0;
       if (suppressed.length === 0 && otherCalls === 0) continue;
-      const fields = { code: outcome === 'error' ? 'AGENTD_ERR_HANDLER_FAILED' : 'AGENTD_ERR_HANDLER_TIMEOUT', suppressed, ...(otherCalls > 0 ? { otherCalls } : {}) };
+      const fields = { code: outcome === 'error' ? Code.AGENTD_ERR_HANDLER_FAILED : Code.AGENTD_ERR_HANDLER_TIMEOUT, suppressed, ...(otherCalls > 0 ? { otherCalls } : {}) };
       if (outcome === 'error') this.#log.error(fields, 'more handler calls failed than are logged one by one');
       else this.#log.warn(fields, 'more handler calls timed out than are logged one by one');
     }

@@ -1,5 +1,5 @@
 import type { Logger } from '../log.ts';
-import { describeError } from '../errors.ts';
+import { Code, describeError } from '../errors.ts';
 import { parseEnvelope, type AgentEvent, type BadInputReason } from './envelope.ts';
 import type { SignatureReason, SigningMode, Verifier } from '../security/signing.ts';
 import { EVENT_CHANNEL_PREFIX } from '../redis/keys.ts';
@@ -138,14 +138,14 @@ export class Intake {
     this.#counts.untrusted[reason]++;
     if (security.signing === 'require') return reason;
     // Under the same burst limit as dropped messages: a flood of unsigned messages must not become a log flood.
-    this.#logBad(reason, { code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, event: event.event.slice(0, 64) }, 'event failed the signature check; dispatched anyway (security.signing=warn)');
+    this.#logBad(reason, { code: Code.AGENTD_ERR_BAD_EVENT, channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, event: event.event.slice(0, 64) }, 'event failed the signature check; dispatched anyway (security.signing=warn)');
     return undefined;
   }
 
   #bad(reason: BadInputReason | TrustReason, channel: string, bytes: number): void {
     this.#counts.invalid[reason]++;
     // Channel and reason only: the payload may be huge or hostile.
-    this.#logBad(reason, { code: 'AGENTD_ERR_BAD_EVENT', channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, bytes }, 'dropped a bad message');
+    this.#logBad(reason, { code: Code.AGENTD_ERR_BAD_EVENT, channel: channel.slice(0, MAX_CHANNEL_IN_LOG), reason, bytes }, 'dropped a bad message');
     this.#o.onDropped?.({ reason, channel, bytes });
   }
 
@@ -169,7 +169,7 @@ export class Intake {
     const suppressed = Object.fromEntries(this.#badSuppressed);
     this.#badSuppressed.clear();
     this.#o.log.warn(
-      { code: 'AGENTD_ERR_BAD_EVENT', suppressed, burst: BAD_LOG_BURST, windowMs: BAD_LOG_EVERY_MS, totalInvalid: { ...this.#counts.invalid } },
+      { code: Code.AGENTD_ERR_BAD_EVENT, suppressed, burst: BAD_LOG_BURST, windowMs: BAD_LOG_EVERY_MS, totalInvalid: { ...this.#counts.invalid } },
       'dropped more bad messages than are logged one by one',
     );
   }
@@ -181,7 +181,7 @@ export class Intake {
         this.#counts.invalid.intake_error++;
       }
       this.#o.log.error(
-        { code: 'AGENTD_ERR_INTAKE', channel: name.slice(0, MAX_CHANNEL_IN_LOG), bytes: payload.length, countedAs: countedAs ?? 'intake_error', err: describeError(err) },
+        { code: Code.AGENTD_ERR_INTAKE, channel: name.slice(0, MAX_CHANNEL_IN_LOG), bytes: payload.length, countedAs: countedAs ?? 'intake_error', err: describeError(err) },
         'a message could not be taken in; it was skipped',
       );
       if (countedAs === undefined) this.#o.onDropped?.({ reason: 'intake_error', channel: name, bytes: payload.length });

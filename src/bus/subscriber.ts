@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'eventemitter3';
 import type { Redis } from 'ioredis';
+import { orAfter } from '../deadline.ts';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 
@@ -45,8 +47,6 @@ const DEFAULT_PROBE_TIMEOUT_MS = 2_000;
 const RETRY_MS = 250;
 
 type ProbeOutcome = 'arrived' | 'lost' | 'no-subscriber' | 'not-sent';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
 
 /**
  * Channel names decoded from the socket's bytes. Messages come on few
@@ -189,7 +189,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
         this.off('confirmed', done);
         resolve();
       };
-      const timer = setTimeout(done, timeoutMs);
+      const timer = setTimeout(done, timeoutMs).unref();
       this.once('confirmed', done);
     });
   }
@@ -213,9 +213,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
             log.debug({ err: describeError(err) }, 'subscription confirmation attempt failed');
             return false;
           });
-          let timer: NodeJS.Timeout | undefined;
-          const answered = await Promise.race([subscribing, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2 * this.#probeTimeoutMs)))]);
-          clearTimeout(timer);
+          const answered = await orAfter(subscribing, 2 * this.#probeTimeoutMs, undefined);
           if (answered === undefined) {
             const reason = `SUBSCRIBE not answered within ${2 * this.#probeTimeoutMs} ms (2 × events.probeTimeoutMs): the subscriber connection is deaf`;
             log.debug({ reason }, 'subscription confirmation attempt failed');
@@ -236,7 +234,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
         } catch (err) {
           log.debug({ err: describeError(err) }, 'subscription confirmation attempt failed');
         }
-        await sleep(RETRY_MS);
+        await sleep(RETRY_MS, undefined, { ref: false });
       }
     } finally {
       this.#confirming = false;
@@ -295,33 +293,26 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     if (command.status !== 'ready') return 'not-sent';
     const token = randomBytes(8).toString('hex');
     let arrivedNow = false;
-    let wake: (() => void) | undefined;
+    let arrive!: () => void;
+    const arrival = new Promise<undefined>((resolve) => (arrive = () => resolve(undefined)));
     this.#probeWaiter = {
       token,
       resolve: () => {
         arrivedNow = true;
-        wake?.();
+        arrive();
       },
     };
-    const wait = (ms: number): Promise<void> =>
-      new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, ms);
-        wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
     try {
       const published = command.publish(this.#o.probeChannel, token).then(
         (n) => n,
         () => undefined,
       );
-      let receivers: number | undefined | 'late' = 'late';
-      await Promise.race([published.then((n) => void (receivers = n)), wait(this.#probeTimeoutMs)]);
+      // Whichever comes first: the PUBLISH answer, the token, or the deadline.
+      const receivers = await orAfter(Promise.race([published, arrival]), this.#probeTimeoutMs, 'late' as const);
       if (arrivedNow) return 'arrived';
       if (receivers === 'late' || receivers === undefined) return 'not-sent';
       if (receivers === 0) return 'no-subscriber';
-      await wait(this.#probeTimeoutMs);
+      await orAfter(arrival, this.#probeTimeoutMs, undefined);
       return arrivedNow ? 'arrived' : 'lost';
     } finally {
       if (this.#probeWaiter?.token === token) this.#probeWaiter = undefined;
@@ -337,10 +328,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     if (subscriber.status !== 'ready') return;
     const psub = this.#patterns();
     try {
-      await Promise.race([
-        Promise.all([psub.length > 0 ? subscriber.punsubscribe(...psub) : undefined, subscriber.unsubscribe(...this.#channels())]),
-        sleep(1_000),
-      ]);
+      await orAfter(Promise.all([psub.length > 0 ? subscriber.punsubscribe(...psub) : undefined, subscriber.unsubscribe(...this.#channels())]), 1_000, undefined);
     } catch {
       // The connection is closing anyway.
     }

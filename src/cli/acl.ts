@@ -2,6 +2,7 @@ import { AgentdError } from '../errors.ts';
 import type { AgentdConfig } from '../config/schema.ts';
 import { ID_PATTERN } from '../config/schema.ts';
 import { REGISTRY_KEY, deadLetterKey, denMembersKey, denSweeperKey, denTasksKey, eventChannel, heartbeatKey, heartbeatKeyspacePattern, inboxKey } from '../redis/keys.ts';
+import { redisDb } from '../redis/connection.ts';
 import { neededCommands } from '../redis/preflight.ts';
 
 /**
@@ -12,10 +13,6 @@ import { neededCommands } from '../redis/preflight.ts';
 
 /** What ctx.memory runs (docs/memory.md), on the agent's own keys only. */
 const MEMORY_COMMANDS = ['get', 'set', 'del', 'unlink', 'rpush', 'ltrim', 'llen', 'lrange', 'expire', 'incr', 'pttl', 'hset', 'hgetall', 'scan', 'evalsha', 'eval'];
-
-function dbOf(config: AgentdConfig): number {
-  return Number(new URL(config.redis.url).pathname.slice(1) || 0);
-}
 
 function checkId(what: string, id: string | undefined): string {
   if (id === undefined || !ID_PATTERN.test(id)) {
@@ -49,14 +46,14 @@ export function agentAclRule(config: AgentdConfig, agentId: string | undefined, 
     keys.push(`~${inboxKey('*')}`, `~${denTasksKey(d)}`, `~${deadLetterKey(denTasksKey(d))}`);
     channels.push(inboxKey('*'), denTasksKey(d));
   }
-  if (config.watch.enabled && config.watch.notifications !== 'off') channels.push(heartbeatKeyspacePattern(dbOf(config)));
+  if (config.watch.enabled && config.watch.notifications !== 'off') channels.push(heartbeatKeyspacePattern(redisDb(config.redis.url)));
   return [`ACL SETUSER ${user ?? `agent-${id}`} on >PASSWORD resetkeys resetchannels -@all`, ...commands, ...keys, ...channels.map((c) => `&${c}`)].join(' ');
 }
 
 /** The CLI's read-only commands (members, watch, memory context, memory stats): read keys, subscribe. */
 export function cliAclRule(config: AgentdConfig, user = 'agentd-cli'): string {
   const commands = ['+ping', '+client|setname', '+quit', '+info', '+smembers', '+pttl', '+hgetall', '+hget', '+lrange', '+psubscribe', '+punsubscribe'];
-  if (dbOf(config) !== 0) commands.push('+select');
+  if (redisDb(config.redis.url) !== 0) commands.push('+select');
   const keys = ['%R~agent:*', '%R~den:*', `%R~${REGISTRY_KEY}`];
   const channels = [...new Set([...config.events.patterns, eventChannel('*')])];
   return [`ACL SETUSER ${user} on >PASSWORD resetkeys resetchannels -@all`, ...commands, ...keys, ...channels.map((c) => `&${c}`)].join(' ');

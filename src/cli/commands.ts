@@ -10,7 +10,7 @@ import type { AgentdConfig } from '../config/schema.ts';
 import { ID_PATTERN } from '../config/schema.ts';
 import { AgentdError, describeError } from '../errors.ts';
 import { AgentMemory, clearAgentMemory, redisMemoryStats } from '../memory/memory.ts';
-import type { RegistryRecord } from '../presence/presence.ts';
+import { parseRecord, type UntrustedRecord } from '../presence/record.ts';
 import { createClient, redisOptions } from '../redis/connection.ts';
 import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from '../redis/keys.ts';
 
@@ -63,18 +63,10 @@ export async function listMembers(redis: Redis, den: string): Promise<MemberRow[
   pipeline.hgetall(REGISTRY_KEY);
   const replies = (await pipeline.exec()) ?? [];
   const registry = (replies[ids.length]?.[1] as Record<string, string> | undefined) ?? {};
-  const parse = (raw: string | undefined): Partial<RegistryRecord> => {
-    try {
-      const v: unknown = raw ? JSON.parse(raw) : {};
-      return v !== null && typeof v === 'object' ? (v as Partial<RegistryRecord>) : {};
-    } catch {
-      return {}; // a record another program wrote badly; show what we can
-    }
-  };
   // Fields of the wrong type (records other programs wrote) are shown as absent: printing them could fail.
   const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
   const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
-  const row = (id: string, rec: Partial<RegistryRecord>, pttl: unknown, status: string | null): MemberRow => ({
+  const row = (id: string, rec: UntrustedRecord, pttl: unknown, status: string | null): MemberRow => ({
     id,
     den,
     host: str(rec.host),
@@ -86,13 +78,13 @@ export async function listMembers(redis: Redis, den: string): Promise<MemberRow[
     ...(typeof rec.downAt === 'number' ? { downAt: rec.downAt } : {}),
   });
   const online = ids.map((id, i) => {
-    const rec = parse(registry[id]);
+    const rec = parseRecord(registry[id]);
     return row(id, rec, replies[i]?.[1], typeof rec.status === 'string' ? rec.status : 'online');
   });
   const members = new Set(ids);
   const down = Object.entries(registry)
     .filter(([id]) => !members.has(id))
-    .map(([id, raw]) => [id, parse(raw)] as const)
+    .map(([id, raw]) => [id, parseRecord(raw)] as const)
     .filter(([, rec]) => rec.den === den && rec.status === 'down')
     .map(([id, rec]) => row(id, rec, null, 'down'))
     .sort((a, b) => a.id.localeCompare(b.id));

@@ -9,6 +9,7 @@ import { makeEnvelope } from '../bus/publish.ts';
 import type { AgentdConfig } from '../config/schema.ts';
 import { ID_PATTERN } from '../config/schema.ts';
 import { appendEnvelope, targetState } from '../durable/durable.ts';
+import { REQUEST_FAILURE_CODES, type RequestFailure } from '../durable/errors.ts';
 import { appendEntry, entryTime, parseEntries } from '../durable/streams.ts';
 import { AgentdError } from '../errors.ts';
 import { loadKeys, type KeyRing } from '../security/keys.ts';
@@ -87,15 +88,16 @@ export async function requestCommand(config: AgentdConfig, positionals: readonly
   // A reply inbox of this run's own: a daemon with the same agent id must not take the reply.
   const replyTo = `cli-${config.agent.id.slice(0, 100)}-${randomBytes(4).toString('hex')}`;
   const envelope = { ...makeEnvelope(type, parseJson(dataText), { id: config.agent.id, den: config.agent.den }), replyTo };
-  const fail = (reason: string, message: string): number => {
+  const fail = (reason: RequestFailure, what: string): number => {
+    const message = `${what} [${REQUEST_FAILURE_CODES[reason]}]`;
     io.stderr.write(`agentd: ${message}\n`);
     if (json) io.stdout.write(`${JSON.stringify({ ok: false, reason, message, id: envelope.id })}\n`);
     return 1;
   };
   return withRedis(connect, config, async (r) => {
     const state = await targetState(r, target);
-    if (state === 'unknown') return fail('no_such_agent', `request ${type} to ${target}: no such agent (no heartbeat, no registry record) [AGENTD_ERR_NO_SUCH_AGENT]`);
-    if (state === 'down') return fail('agent_down', `request ${type} to ${target}: the agent is down or offline [AGENTD_ERR_AGENT_DOWN]`);
+    if (state === 'unknown') return fail('no_such_agent', `request ${type} to ${target}: no such agent (no heartbeat, no registry record)`);
+    if (state === 'down') return fail('agent_down', `request ${type} to ${target}: the agent is down or offline`);
     const reply = inboxKey(replyTo);
     try {
       await appendEnvelope(r, inboxKey(target), envelope, config.durable.maxLen, signingKeys(config));
@@ -120,11 +122,11 @@ export async function requestCommand(config: AgentdConfig, positionals: readonly
             }
             const error = (env['error'] ?? {}) as { code?: unknown; message?: unknown };
             const code = error.code === 'dead_lettered' ? 'dead_lettered' : 'handler_failed';
-            return fail(code, `request ${type} to ${target} failed: ${String(error.message ?? 'no message')} [${code === 'dead_lettered' ? 'AGENTD_ERR_DEAD_LETTERED' : 'AGENTD_ERR_REQUEST_FAILED'}]`);
+            return fail(code, `request ${type} to ${target} failed: ${String(error.message ?? 'no message')}`);
           }
         }
       }
-      return fail('timeout', `request ${type} to ${target}: no reply within ${timeoutMs} ms [AGENTD_ERR_REQUEST_TIMEOUT]`);
+      return fail('timeout', `request ${type} to ${target}: no reply within ${timeoutMs} ms`);
     } finally {
       await r.del(reply).catch(() => undefined);
     }

@@ -3,7 +3,8 @@ import type { Redis } from 'ioredis';
 import type { Binding, HandlerOutcome } from '../bus/dispatcher.ts';
 import { parseEnvelope, type AgentEvent, type Delivery, type StreamKind } from '../bus/envelope.ts';
 import { ID_PATTERN } from '../config/schema.ts';
-import { describeError } from '../errors.ts';
+import { orAfter } from '../deadline.ts';
+import { Code, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { DURABLE_GROUP, deadLetterKey, inboxKey } from '../redis/keys.ts';
 import { withScripts } from '../redis/scripts.ts';
@@ -467,7 +468,7 @@ export class DurableConsumer {
     if (trust === undefined || trust.signing === 'off') return undefined;
     const reason = checkSignature(trust.keys, stream, Buffer.from(envelope), event.id, event.ts);
     if (reason !== undefined && log) {
-      this.#o.log.warn({ code: 'AGENTD_ERR_BAD_EVENT', stream: stream.slice(0, 200), reason, event: event.event.slice(0, 64) }, trust.signing === 'require' ? 'durable entry failed the signature check; dead-lettered' : 'durable entry failed the signature check; handled anyway (security.signing=warn)');
+      this.#o.log.warn({ code: Code.AGENTD_ERR_BAD_EVENT, stream: stream.slice(0, 200), reason, event: event.event.slice(0, 64) }, trust.signing === 'require' ? 'durable entry failed the signature check; dead-lettered' : 'durable entry failed the signature check; handled anyway (security.signing=warn)');
     }
     return reason;
   }
@@ -701,7 +702,7 @@ export class DurableConsumer {
     s.inflight.delete(f.id);
     this.counts.deadLettered++;
     this.#o.hooks?.deadLettered?.(s.kind, reason);
-    this.#o.log.error({ code: 'AGENTD_ERR_DEAD_LETTERED', stream: s.key, dead, id: e.id, attempts, reason, err: error }, 'durable entry moved to its dead-letter stream');
+    this.#o.log.error({ code: Code.AGENTD_ERR_DEAD_LETTERED, stream: s.key, dead, id: e.id, attempts, reason, err: error }, 'durable entry moved to its dead-letter stream');
     if (replyTo) await this.#reply(replyTo, { ok: false, error: { code: reason === 'failed' ? 'handler_failed' : 'dead_lettered', message: error } });
   }
 
@@ -722,7 +723,7 @@ export class DurableConsumer {
     const length = await this.#o.redis.xlen(s.key).catch(() => -1);
     const capped = length < 0 || length >= this.#o.maxLen;
     this.#o.log.error(
-      { code: 'AGENTD_ERR_TRIMMED', stream: s.key, count: ids.length, ids: ids.slice(0, 10), via, maxLen: this.#o.maxLen, length },
+      { code: Code.AGENTD_ERR_TRIMMED, stream: s.key, count: ids.length, ids: ids.slice(0, 10), via, maxLen: this.#o.maxLen, length },
       capped
         ? 'durable entries were trimmed from their stream before they were acknowledged (stream over durable.maxLen)'
         : 'durable entries vanished from their stream before they were acknowledged (the stream is under durable.maxLen: cut by a smaller MAXLEN of another writer, deleted, or lost with a Redis restart without persistence)',
@@ -776,12 +777,8 @@ export class DurableConsumer {
     this.#stopped = true;
     this.#queue.clear();
     for (const s of this.#streams) for (const f of s.inflight.values()) clearTimeout(f.retryTimer);
-    let timer: NodeJS.Timeout | undefined;
-    const drained = await Promise.race([
-      this.#queue.onIdle().then(() => true),
-      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), drainMs))),
-    ]);
-    clearTimeout(timer);
+    // ref: stopping waits out the drain as it always did, whatever else is still open.
+    const drained = await orAfter(this.#queue.onIdle().then(() => true), drainMs, false, { ref: true });
     if (!drained) {
       for (const s of this.#streams) for (const f of s.inflight.values()) for (const c of f.contexts ?? []) c.abort(SHUTDOWN);
       for (const call of this.#watched) call.settle('aborted', { ok: false, error: describeError(SHUTDOWN) });

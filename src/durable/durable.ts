@@ -6,7 +6,7 @@ import type { KeyRing } from '../security/keys.ts';
 import { sealEnvelope } from '../security/signing.ts';
 import type { AgentdConfig } from '../config/schema.ts';
 import { ID_PATTERN } from '../config/schema.ts';
-import { AgentdError, describeError } from '../errors.ts';
+import { AgentdError, Code, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { DURABLE_GROUP, REGISTRY_KEY, deadLetterKey, denMembersKey, denTasksKey, heartbeatKey, inboxKey } from '../redis/keys.ts';
@@ -304,7 +304,7 @@ export class Durable implements DurableApi {
       if (n > 0) {
         moved += n;
         this.#o.hooks?.deadLettered?.('inbox', 'retention');
-        this.#o.log.error({ code: 'AGENTD_ERR_DEAD_LETTERED', peer: id, stream: inbox, entries: n, reason: 'retention' }, 'inbox of an absent agent dead-lettered after durable.retention');
+        this.#o.log.error({ code: Code.AGENTD_ERR_DEAD_LETTERED, peer: id, stream: inbox, entries: n, reason: 'retention' }, 'inbox of an absent agent dead-lettered after durable.retention');
       }
     }
     return moved;

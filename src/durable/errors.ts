@@ -3,7 +3,8 @@ import { AgentdError, type ErrorCode } from '../errors.ts';
 /** Why a request did not get a value back. */
 export type RequestFailure = 'timeout' | 'handler_failed' | 'dead_lettered' | 'agent_down' | 'no_such_agent';
 
-const CODES: Record<RequestFailure, ErrorCode> = {
+/** The catalog code of each way a request fails. */
+export const REQUEST_FAILURE_CODES: Readonly<Record<RequestFailure, ErrorCode>> = {
   timeout: 'AGENTD_ERR_REQUEST_TIMEOUT',
   handler_failed: 'AGENTD_ERR_REQUEST_FAILED',
   dead_lettered: 'AGENTD_ERR_DEAD_LETTERED',
@@ -20,7 +21,7 @@ export class RequestError extends AgentdError {
   readonly requestId: string;
 
   constructor(reason: RequestFailure, message: string, target: string, requestId: string) {
-    super(CODES[reason], message);
+    super(REQUEST_FAILURE_CODES[reason], message);
     this.name = 'RequestError';
     this.reason = reason;
     this.target = target;

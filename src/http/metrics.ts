@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module';
 import type { Registry } from 'prom-client';
 import type { EventCounters } from '../bus/counters.ts';
+import type { HandlerOutcome } from '../bus/dispatcher.ts';
 import { ReadCounter, TallyCounter, TallyHistogram, type CustomMetric } from './tally.ts';
 
 type PromClient = typeof import('prom-client');
@@ -29,8 +30,6 @@ export interface MetricsSource {
   /** Durable entries read and not yet acknowledged, and those running. */
   durable(): { inFlight: number; running: number };
 }
-
-export type HandlerOutcome = 'ok' | 'error' | 'timeout' | 'aborted';
 
 /** Dens not watched here (agent_down comes from the network) count under this label. */
 const OTHER = 'other';

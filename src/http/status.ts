@@ -1,9 +1,12 @@
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import { ID_PATTERN } from '../config/schema.ts';
+import type { DaemonStats } from '../daemon.ts';
+import { withRedisDeadline } from '../deadline.ts';
 import { describeError } from '../errors.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, denMembersKey, heartbeatKey } from '../redis/keys.ts';
+import { recordObject } from '../presence/record.ts';
 import { withScripts } from '../redis/scripts.ts';
 import type { Readiness } from './server.ts';
 
@@ -111,7 +114,17 @@ export class DenEventRing {
 
 export type MemberStatus = 'online' | 'expired' | 'down' | 'offline' | 'unknown';
 
-export interface MemberRow {
+/** What a member's registry record says, each field checked (null: absent, or not a valid value). */
+export interface RecordFacts {
+  readonly host: string | null;
+  readonly pid: number | null;
+  readonly version: string | null;
+  readonly startedAt: number | null;
+  readonly lastSeen: number | null;
+  readonly downAt: number | null;
+}
+
+export interface MemberRow extends RecordFacts {
   readonly id: string;
   /**
    * online: heartbeat key present; expired: in the den set with no heartbeat (died, not reaped yet);
@@ -119,12 +132,6 @@ export interface MemberRow {
    */
   readonly status: MemberStatus;
   readonly inDen: boolean;
-  readonly host: string | null;
-  readonly pid: number | null;
-  readonly version: string | null;
-  readonly startedAt: number | null;
-  readonly lastSeen: number | null;
-  readonly downAt: number | null;
   /** ms since the heartbeat key's timestamp; null without a heartbeat. */
   readonly heartbeatAgeMs: number | null;
   /** The agent's TTL in ms as Redis sees it (age + remaining), or this daemon's TTL when Redis cannot tell. */
@@ -190,55 +197,22 @@ export interface StatusSource {
   readonly registry: Registry;
   readonly events: DenEventRing;
   readiness(): Readiness;
-  stats(): {
-    readonly received: number;
-    readonly dispatched: number;
-    readonly unhandled: number;
-    readonly waiting: number;
-    readonly running: number;
-    readonly lastBeatAt: number;
-    readonly loopDelayMaxMs: number;
-    readonly dropped: Readonly<Record<string, number>>;
-    readonly invalid: Readonly<Record<string, number>>;
-  };
+  stats(): Pick<DaemonStats, 'received' | 'dispatched' | 'unhandled' | 'waiting' | 'running' | 'lastBeatAt' | 'loopDelayMaxMs' | 'dropped' | 'invalid'>;
   loopDelayMs(): number;
   redisMemory(): { readonly usedBytes: number; readonly maxBytes: number } | undefined;
   /** Durable inbox / den-task depth and dead letters (absent with durable.enabled=false). */
   durable?(): Promise<DurableStatus | undefined>;
 }
 
-function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer from redis within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-interface ParsedRecord {
+interface ParsedRecord extends RecordFacts {
   readonly den: string | undefined;
-  readonly host: string | null;
-  readonly pid: number | null;
-  readonly version: string | null;
-  readonly startedAt: number | null;
   readonly status: string | null;
-  readonly lastSeen: number | null;
-  readonly downAt: number | null;
 }
 
 /** A registry value from Redis (untrusted): a bounded JSON object with the fields we know, each checked; else undefined. */
-export function parseRecord(raw: string | null | undefined): ParsedRecord | undefined {
-  if (typeof raw !== 'string' || raw.length > MAX_RECORD_CHARS) return undefined;
-  let v: unknown;
-  try {
-    v = JSON.parse(raw);
-  } catch {
-    return undefined;
-  }
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) return undefined;
-  const r = v as Record<string, unknown>;
+export function checkedRecord(raw: string | null | undefined): ParsedRecord | undefined {
+  const r = typeof raw === 'string' && raw.length <= MAX_RECORD_CHARS ? recordObject(raw) : undefined;
+  if (r === undefined) return undefined;
   const status = r['status'];
   const version = r['version'];
   return {
@@ -334,7 +308,7 @@ export class StatusCollector {
     const stats = s.stats();
     const readiness = s.readiness();
     const [den, handlers, durable] = await Promise.all([
-      (s.redis.status === 'ready' ? withDeadline(this.#members(), REDIS_DEADLINE_MS) : Promise.reject(new Error(`the command connection is ${s.redis.status}`))).then(
+      (s.redis.status === 'ready' ? withRedisDeadline(this.#members(), REDIS_DEADLINE_MS) : Promise.reject(new Error(`the command connection is ${s.redis.status}`))).then(
         (m) => ({ ...m, error: null }),
         (err: unknown) => ({ rows: [] as MemberRow[], leftOut: 0, error: `could not read the den from Redis: ${publicError(err)}` }),
       ),
@@ -380,7 +354,7 @@ export class StatusCollector {
     for (let i = 2 + n; i + 1 < reply.length; i += 2) {
       const id = String(reply[i]);
       if (!isId(id)) continue;
-      const rec = parseRecord(String(reply[i + 1]));
+      const rec = checkedRecord(String(reply[i + 1]));
       if (rec && (rec.den === agent.den || inDen.has(id))) records.set(id, rec);
     }
     // Den members the script did not return (the set is bigger than MAX_MEMBERS) are left out too.

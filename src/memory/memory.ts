@@ -1,28 +1,16 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { schema } from '../config/schema.ts';
+import { schema, type AgentdConfig } from '../config/schema.ts';
 import { AgentdError } from '../errors.ts';
 import { heartbeatKey, memoryKeys } from '../redis/keys.ts';
 import { appendMessage, rateLimitHit } from '../redis/scripts.ts';
 import { pythonMessageJson } from './python-json.ts';
 
-/** TTLs and sizes; the defaults are the reference article's recommendations. */
-export interface MemoryOptions {
-  /** Conversation messages kept per session. @defaultValue 20 */
-  readonly maxMessages: number;
-  /** Session (conversation window) TTL, seconds. @defaultValue 3600 */
-  readonly sessionTtl: number;
-  /** LLM response cache TTL, seconds. @defaultValue 3600 */
-  readonly cacheTtl: number;
-  /** Task status TTL, seconds. @defaultValue 86400 */
-  readonly taskTtl: number;
-  /** Topic memory (HASH) TTL, seconds. @defaultValue 86400 */
-  readonly topicTtl: number;
-  /** User preferences TTL, seconds. @defaultValue 604800 */
-  readonly prefsTtl: number;
-  /** Default rate-limit window, seconds. @defaultValue 60 */
-  readonly rateLimitWindow: number;
-}
+/**
+ * TTLs and sizes: the `memory.*` settings the API uses (each documented on
+ * AgentdConfig); the defaults are the reference article's recommendations.
+ */
+export type MemoryOptions = Pick<AgentdConfig['memory'], 'maxMessages' | 'sessionTtl' | 'cacheTtl' | 'taskTtl' | 'topicTtl' | 'prefsTtl' | 'rateLimitWindow'>;
 
 /** The defaults come from the settings schema, so the config and the API cannot disagree. */
 export const defaultMemoryOptions: MemoryOptions = Object.freeze({

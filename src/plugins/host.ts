@@ -3,7 +3,8 @@ import type { Abortable, Binding } from '../bus/dispatcher.ts';
 import type { AgentMemory } from '../memory/memory.ts';
 import type { AgentEvent } from '../bus/envelope.ts';
 import type { DurableApi } from '../durable/durable.ts';
-import { AgentdError, describeError } from '../errors.ts';
+import { withDeadline } from '../deadline.ts';
+import { AgentdError, Code, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { guardRedis } from './guarded-redis.ts';
 import type { LoadedPlugin } from './loader.ts';
@@ -25,14 +26,9 @@ interface Entry {
   readonly context: PluginContext<PluginOptions>;
 }
 
+/** Runs `work` (a plugin's setup or close) with a time limit; the timer keeps the process alive, as the plugin may hold nothing open. */
 function withTimeout<T>(work: () => Promise<T> | T, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    Promise.resolve().then(work),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
+  return withDeadline(Promise.resolve().then(work), ms, () => new Error(`${what} did not finish within ${ms} ms`), { ref: true });
 }
 
 /**
@@ -175,7 +171,7 @@ export class PluginHost {
       try {
         await withTimeout(() => plugin.close?.(entry.context), this.#deps.timeoutMs, 'close');
       } catch (err) {
-        this.#deps.log.error({ code: 'AGENTD_ERR_PLUGIN_CLOSE', plugin: plugin.name, err: describeError(err) }, 'plugin close failed');
+        this.#deps.log.error({ code: Code.AGENTD_ERR_PLUGIN_CLOSE, plugin: plugin.name, err: describeError(err) }, 'plugin close failed');
       }
     }
   }

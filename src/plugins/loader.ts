@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { PluginSpec } from '../config/schema.ts';
+import { withDeadline } from '../deadline.ts';
 import { AgentdError, describeError } from '../errors.ts';
 import type { Plugin, PluginOptions } from './types.ts';
 
@@ -46,14 +47,8 @@ class LoadTimeout extends Error {}
 
 function importWithin(module: string, ms: number | undefined): Promise<unknown> {
   if (ms === undefined) return import(module);
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    import(module),
-    // Not unref'd: a top-level await that holds nothing open would otherwise let the event loop run dry.
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new LoadTimeout()), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
+  // ref: a top-level await that holds nothing open would otherwise let the event loop run dry.
+  return withDeadline(import(module), ms, () => new LoadTimeout(), { ref: true });
 }
 
 /**

@@ -2,11 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import type { Redis } from 'ioredis';
 import { makeEnvelope } from '../bus/publish.ts';
-import { AgentdError, describeError } from '../errors.ts';
+import { withRedisDeadline } from '../deadline.ts';
+import { AgentdError, Code, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, denMembersKey, eventChannel, heartbeatKey } from '../redis/keys.ts';
 import { leaveAgent } from '../redis/scripts.ts';
+import { parseRecord, type UntrustedRecord } from './record.ts';
 import type { KeyRing } from '../security/keys.ts';
 import { sealEnvelope } from '../security/signing.ts';
 
@@ -78,18 +80,6 @@ export interface PresenceOptions {
   readonly beforeRejoin?: () => Promise<void>;
   /** Signing keys: agent_online and agent_offline are signed with them (security.signing warn or require). */
   readonly keys?: KeyRing;
-}
-
-class DeadlineError extends Error {}
-
-function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new DeadlineError(`no answer from redis within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }
 
 /**
@@ -207,7 +197,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     try {
       let replies: Array<[Error | null, unknown]> | null;
       try {
-        replies = await withDeadline(
+        replies = await withRedisDeadline(
           redis
             .multi()
             .hget(REGISTRY_KEY, agent.id)
@@ -263,7 +253,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       if (!this.#failing) {
         this.#failing = true;
         this.#o.log.warn(
-          { code: 'AGENTD_ERR_HEARTBEAT', err: error, keptAlive, lastBeatAgoMs: this.lastBeatAt ? now - this.lastBeatAt : undefined },
+          { code: Code.AGENTD_ERR_HEARTBEAT, err: error, keptAlive, lastBeatAgoMs: this.lastBeatAt ? now - this.lastBeatAt : undefined },
           keptAlive ? 'heartbeat failed; the heartbeat key is kept alive with PEXPIRE while Redis refuses writes' : 'heartbeat failed',
         );
       }
@@ -275,7 +265,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
   /** PEXPIRE of the heartbeat key alone; true when the key exists and its TTL was renewed. */
   async #keepAlive(): Promise<boolean> {
     try {
-      const reply = await withDeadline(this.#o.redis.pexpire(heartbeatKey(this.#o.agent.id), this.#o.ttlSeconds * 1000), this.#deadlineMs);
+      const reply = await withRedisDeadline(this.#o.redis.pexpire(heartbeatKey(this.#o.agent.id), this.#o.ttlSeconds * 1000), this.#deadlineMs);
       return reply === 1;
     } catch {
       return false;
@@ -326,7 +316,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
     this.#twin = twin;
     if (first) {
       this.#o.log.error(
-        { code: 'AGENTD_ERR_DUPLICATE_ID', otherHost: twin.host, otherPid: twin.pid, otherInstance: twin.instance, instance: this.instance },
+        { code: Code.AGENTD_ERR_DUPLICATE_ID, otherHost: twin.host, otherPid: twin.pid, otherInstance: twin.instance, instance: this.instance },
         `another instance with agent id ${this.#o.agent.id} is live (host ${twin.host ?? '?'}, pid ${twin.pid ?? '?'}): two daemons share one id; give each its own agent.id`,
       );
     }
@@ -342,8 +332,8 @@ export class Presence extends EventEmitter<PresenceEvents> {
    */
   async #refuseLiveTwin(): Promise<void> {
     const { redis, agent, host, pid } = this.#o;
-    const read = async (): Promise<{ rec: Partial<RegistryRecord>; alive: boolean }> => {
-      const replies = await withDeadline(redis.multi().hget(REGISTRY_KEY, agent.id).exists(heartbeatKey(agent.id)).time().exec(), this.#deadlineMs);
+    const read = async (): Promise<{ rec: UntrustedRecord; alive: boolean }> => {
+      const replies = await withRedisDeadline(redis.multi().hget(REGISTRY_KEY, agent.id).exists(heartbeatKey(agent.id)).time().exec(), this.#deadlineMs);
       this.#measureClock(replies?.[2]?.[1]);
       return { rec: parseRecord(replies?.[0]?.[1] as string | null), alive: replies?.[1]?.[1] === 1 };
     };
@@ -396,7 +386,7 @@ export class Presence extends EventEmitter<PresenceEvents> {
       return;
     }
     const data = this.#membershipData({ reason });
-    const outcome = await withDeadline(
+    const outcome = await withRedisDeadline(
       leaveAgent(redis, {
         id: agent.id,
         den: agent.den,
@@ -413,16 +403,6 @@ export class Presence extends EventEmitter<PresenceEvents> {
       return;
     }
     this.emit('membership', { type: 'agent_offline', agent: agent.id, den: agent.den });
-  }
-}
-
-function parseRecord(raw: string | null | undefined): Partial<RegistryRecord> {
-  if (!raw) return {};
-  try {
-    const value: unknown = JSON.parse(raw);
-    return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Partial<RegistryRecord>) : {};
-  } catch {
-    return {};
   }
 }
 

@@ -6,7 +6,7 @@ import type { AgentInfo } from '../plugins/types.ts';
 import { REGISTRY_KEY, agentOfHeartbeatKey, denMembersKey, heartbeatKey, keyOfKeyspaceChannel } from '../redis/keys.ts';
 import { randomBytes } from 'node:crypto';
 import { reapAgent, sampleDen, sweepDen, sweeperLease } from '../redis/scripts.ts';
-import type { RegistryRecord } from './presence.ts';
+import { parseRecord } from './record.ts';
 import type { KeyRing } from '../security/keys.ts';
 
 export type Detector = 'expiry' | 'sweep';
@@ -27,14 +27,6 @@ export interface AgentDown {
   readonly via: Detector;
 }
 
-export interface SweepResult {
-  readonly dens: number;
-  readonly members: number;
-  readonly missing: number;
-  readonly reaped: number;
-  readonly ms: number;
-}
-
 /** A sweep found so much of a den dead at once that it reaped none of it. */
 export interface MassDeathHold {
   readonly den: string;
@@ -44,7 +36,6 @@ export interface MassDeathHold {
 
 interface WatcherEvents {
   down: (down: AgentDown) => void;
-  sweep: (result: SweepResult) => void;
   /** A mass-death hold started in a den (once per episode). */
   held: (hold: MassDeathHold) => void;
   /** A den member without an agentd registry record was removed quietly (no agent_down). */
@@ -100,16 +91,6 @@ export interface PeerWatcherOptions {
 const MAX_PENDING_EXPIRIES = 1_000;
 /** Longer ids in a notification are ignored (agentd's own are at most 128 characters; the sweep sees every id). */
 const MAX_NOTIFIED_ID_LENGTH = 1_024;
-
-function parseRecord(raw: string | null | undefined): Partial<RegistryRecord> {
-  if (!raw) return {};
-  try {
-    const value: unknown = JSON.parse(raw);
-    return value !== null && typeof value === 'object' ? (value as Partial<RegistryRecord>) : {};
-  } catch {
-    return {};
-  }
-}
 
 /**
  * Finds dead peers two ways — keyspace expiry notifications (fast, but lossy)
@@ -424,7 +405,7 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
   async tick(): Promise<number> {
     if (this.#o.redis.status !== 'ready') return this.#nextDelay();
     if ((this.#o.sweeper ?? 'lease') === 'every') {
-      await this.sweep();
+      await this.#sweep();
       return this.#nextDelay();
     }
     const dens = await this.#densToSweep();
@@ -459,38 +440,28 @@ export class PeerWatcher extends EventEmitter<WatcherEvents> {
       }
     }
     for (const den of [...this.#leases]) if (!dens.includes(den)) this.#leases.delete(den);
-    if (mine.length > 0) await this.sweep(mine);
+    if (mine.length > 0) await this.#sweep(mine);
     return Math.max(next, 10);
   }
 
   /** One pass over the watched dens (or `only` these): one script call per den, one reap per dead member. */
-  async sweep(only?: readonly string[]): Promise<SweepResult | undefined> {
-    if (this.#sweeping || this.#o.redis.status !== 'ready') return undefined;
+  async #sweep(only?: readonly string[]): Promise<void> {
+    if (this.#sweeping || this.#o.redis.status !== 'ready') return;
     this.#sweeping = true;
-    const t0 = performance.now();
-    let members = 0;
-    let missing = 0;
-    let reaped = 0;
     try {
       const dens = only ? [...only] : await this.#densToSweep();
       for (const den of dens) {
         this.sweeps++;
         const found = await sweepDen(this.#o.redis, den);
-        members += found.members;
         // Our own beat will put us back.
         const dead = found.missing.filter((id) => id !== this.#o.agent.id);
-        missing += dead.length;
         this.#trackMissing(den, dead, true);
         // Health checked after the round trip: a sweep sent just before Redis froze answers only after it resumes.
         if (!this.#healthy() || this.#inGrace() || this.#brake(den, found.members, dead.length)) continue;
-        for (const id of dead) if (this.#healthy() && (await this.#reap(id, den, 'sweep'))) reaped++;
+        for (const id of dead) if (this.#healthy()) await this.#reap(id, den, 'sweep');
       }
-      const result = { dens: dens.length, members, missing, reaped, ms: performance.now() - t0 };
-      this.emit('sweep', result);
-      return result;
     } catch (err) {
       this.#o.log.debug({ err: describeError(err) }, 'sweep failed; retrying at the next interval');
-      return undefined;
     } finally {
       this.#sweeping = false;
     }

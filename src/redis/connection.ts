@@ -4,6 +4,7 @@ import { EventEmitter } from 'eventemitter3';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { AgentdConfig } from '../config/schema.ts';
 import { redactUrl } from '../config/load.ts';
+import { orAfter } from '../deadline.ts';
 import { describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { sentinelOptions } from './sentinel.ts';
@@ -39,6 +40,12 @@ export function reconnectDelay(attempt: number, maxDelayMs: number, random: () =
   return Math.round(base / 2 + (random() * base) / 2);
 }
 
+/** The database number a redis:// URL selects: its path, 0 when it has none (config load checked that it is a number). */
+export function redisDb(url: string): number {
+  const db = new URL(url).pathname.replace(/^\//, '');
+  return db === '' ? 0 : Number(db);
+}
+
 /** The connection options both clients share, built from the config alone (secrets read from files here). */
 export function redisOptions(config: AgentdConfig, role: ConnectionRole): RedisOptions {
   const url = new URL(config.redis.url);
@@ -47,11 +54,10 @@ export function redisOptions(config: AgentdConfig, role: ConnectionRole): RedisO
   if (config.redis.passwordFile !== '') {
     password = readFileSync(config.redis.passwordFile, 'utf8').split(/\r?\n/, 1)[0] ?? '';
   }
-  const db = url.pathname.replace(/^\//, '');
   const options: RedisOptions = {
     host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
     port: url.port === '' ? 6379 : Number(url.port),
-    db: db === '' ? 0 : Number(db),
+    db: redisDb(config.redis.url),
     connectionName: `agentd:${config.agent.id}:${role === 'command' ? 'cmd' : 'sub'}`,
     // RESP2: the protocol every Redis-compatible server and proxy speaks; nothing here needs RESP3.
     protocol: 2,
@@ -422,7 +428,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
       [this.command, this.subscriber].map(async (client) => {
         if (client.status === 'ready') {
           try {
-            await Promise.race([client.quit(), new Promise((r) => setTimeout(r, 1_000).unref())]);
+            await orAfter(client.quit(), 1_000, undefined);
           } catch {
             // Already gone: nothing to flush.
           }

@@ -21,11 +21,6 @@ export function agentOfHeartbeatKey(key: string): string | undefined {
   return id.length > 0 && !id.includes(':') ? id : undefined;
 }
 
-/** The channel on which Redis announces expired keys of database `db` (notify-keyspace-events with E and x). */
-export function expiredEventsChannel(db: number): string {
-  return `__keyevent@${db}__:expired`;
-}
-
 /**
  * The keyspace-notification pattern for heartbeat keys of database `db`
  * (notify-keyspace-events with K and x): the channel names the key, the

@@ -12,10 +12,12 @@
  * Commands that Lua scripts run are checked the same way, with the keys the
  * scripts touch.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import type { AgentdConfig } from '../config/schema.ts';
 import { AgentdError, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { redisDb } from './connection.ts';
 import { DURABLE_GROUP, REGISTRY_KEY, deadLetterKey, denMembersKey, denSweeperKey, denTasksKey, eventChannel, heartbeatKey, heartbeatKeyspacePattern, inboxKey } from './keys.ts';
 
 /** A command the daemon sends, with the keys/channels of one example call, and the feature that needs it. */
@@ -46,10 +48,6 @@ export interface PreflightOptions {
 const SAMPLE_PEER = 'agentd-preflight-peer';
 const ANY_SHA = '0000000000000000000000000000000000000000';
 
-function dbOf(config: AgentdConfig): number {
-  return Number(new URL(config.redis.url).pathname.slice(1) || 0);
-}
-
 /**
  * The pattern the watcher subscribes to for heartbeat expiries (only heartbeat
  * keys' keyspace channels), or undefined when it does not. An ACL grants it
@@ -57,7 +55,7 @@ function dbOf(config: AgentdConfig): number {
  * rule's patterns as a string.
  */
 export function expiryChannelOf(config: AgentdConfig): string | undefined {
-  return config.watch.enabled && config.watch.notifications !== 'off' ? heartbeatKeyspacePattern(dbOf(config)) : undefined;
+  return config.watch.enabled && config.watch.notifications !== 'off' ? heartbeatKeyspacePattern(redisDb(config.redis.url)) : undefined;
 }
 
 /** Every command the daemon itself sends with the settings given (plugins' own commands are not here). */
@@ -69,7 +67,7 @@ export function neededCommands(config: AgentdConfig, probe: string): NeededComma
   const add = (feature: string, what: string, ...args: string[]): void => {
     out.push({ feature, what, args });
   };
-  const db = dbOf(config);
+  const db = redisDb(config.redis.url);
   if (db !== 0) add('connection', `SELECT ${db}`, 'SELECT', String(db));
   add('connection', 'INFO', 'INFO', 'server');
   // Presence: one MULTI per beat and per leave.
@@ -350,14 +348,8 @@ export async function preflight(o: PreflightOptions): Promise<ServerInfo> {
     } finally {
       redis.disconnect(false);
     }
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, delay);
-      t.unref();
-      o.signal?.addEventListener('abort', () => {
-        clearTimeout(t);
-        resolve();
-      }, { once: true });
-    });
+    // Cut short by the signal (the abort ends the wait, not the check: the loop sees it).
+    await sleep(delay, undefined, { ref: false, ...(o.signal ? { signal: o.signal } : {}) }).catch(() => undefined);
     delay = Math.min(5_000, delay * 2);
   }
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Redis } from 'ioredis';
+import { parseRecord } from '../presence/record.ts';
 import type { KeyRing } from '../security/keys.ts';
 import { sealEnvelope } from '../security/signing.ts';
 import { HEARTBEAT_PREFIX, HEARTBEAT_SUFFIX, REGISTRY_KEY, denMembersKey, denSweeperKey, eventChannel, heartbeatKey } from './keys.ts';
@@ -135,16 +136,11 @@ export interface ReapRequest {
 
 /** host and lastSeen of a registry record, read exactly as the reap script reads them. */
 function recordFacts(raw: string | null): { host: string | null; lastSeen: number | null } {
-  if (raw === null || !/^\s*\{/.test(raw)) return { host: null, lastSeen: null };
-  try {
-    const rec = JSON.parse(raw) as Record<string, unknown>;
-    if (rec === null || typeof rec !== 'object') return { host: null, lastSeen: null };
-    const host = typeof rec['host'] === 'string' ? rec['host'] : null;
-    const lastSeen = typeof rec['lastSeen'] === 'number' && Number.isFinite(rec['lastSeen']) ? rec['lastSeen'] : null;
-    return { host, lastSeen };
-  } catch {
-    return { host: null, lastSeen: null };
-  }
+  const rec = raw !== null && /^\s*\{/.test(raw) ? parseRecord(raw) : {};
+  return {
+    host: typeof rec.host === 'string' ? rec.host : null,
+    lastSeen: typeof rec.lastSeen === 'number' && Number.isFinite(rec.lastSeen) ? rec.lastSeen : null,
+  };
 }
 
 /**

@@ -24,11 +24,9 @@ import type { SigningMode } from '../config/schema.ts';
 
 /** One type for `security.signing`, declared with the setting. */
 export type { SigningMode };
-export const SIGNING_MODES = ['off', 'warn', 'require'] as const;
 
 /** Why a message failed verification. */
 export type SignatureReason = 'unsigned' | 'bad_signature' | 'unknown_key' | 'stale' | 'replayed';
-export const SIGNATURE_REASONS: readonly SignatureReason[] = ['unsigned', 'bad_signature', 'unknown_key', 'stale', 'replayed'];
 
 const TAIL_START = Buffer.from(',"sig":"v1,');
 const CLOSE = Buffer.from('}');

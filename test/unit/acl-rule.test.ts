@@ -23,4 +23,12 @@ describe('agentd acl', () => {
     expect(cli).not.toContain('+publish');
     expect(cli.filter((w) => w.startsWith('~'))).toEqual([]);
   });
+
+  it('follows the database the URL selects: SELECT for the CLI, that database\'s keyspace channel for the agent', () => {
+    const db3 = loadConfig({ env: { AGENTD_REDIS_URL: 'redis://127.0.0.1:6379/3' }, args: [], file: undefined }).config;
+    expect(cliAclRule(db3).split(' ')).toContain('+select');
+    expect(cliAclRule(config).split(' ')).not.toContain('+select');
+    expect(agentAclRule(db3, 'a1', 'blue')).toContain('&__keyspace@3__:agent:*:heartbeat');
+    expect(agentAclRule(config, 'a1', 'blue')).toContain('&__keyspace@0__:agent:*:heartbeat');
+  });
 });

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { settingsMarkdown } from '../../src/config/table.ts';
 import { listSettings } from '../../src/config/load.ts';
-import { ErrorCodes } from '../../src/errors.ts';
+import { AgentdError, Code, ErrorCodes, type ErrorCode } from '../../src/errors.ts';
 
 const read = (path: string) => readFileSync(new URL(`../../${path}`, import.meta.url), 'utf8');
 
@@ -20,6 +20,18 @@ describe('docs match the code', () => {
     for (const code of Object.keys(ErrorCodes)) expect(doc, code).toContain(`## ${code}`);
     const documented = [...doc.matchAll(/^## (AGENTD_ERR_\w+)/gm)].map((m) => m[1]);
     expect(documented.sort()).toEqual(Object.keys(ErrorCodes).sort());
+  });
+
+  it('lists every code in the table of docs/errors.md with its exit code and meaning', () => {
+    const doc = read('docs/errors.md');
+    const rows = new Map([...doc.matchAll(/^\| `(AGENTD_ERR_\w+)` \| ([^|]*) \| ([^|]*) \|$/gm)].map((m) => [m[1], { exit: m[2]!.trim(), meaning: m[3]!.trim() }]));
+    expect([...rows.keys()].sort()).toEqual(Object.keys(ErrorCodes).sort());
+    for (const [code, meaning] of Object.entries(ErrorCodes) as Array<[ErrorCode, string]>) {
+      expect(rows.get(code)?.meaning, code).toBe(meaning);
+      expect(rows.get(code)?.exit, code).toMatch(new RegExp(`^${new AgentdError(code, '').exitCode}\\b`));
+      expect(Code[code], 'Code names each code by itself').toBe(code);
+    }
+    expect(Object.keys(Code).sort()).toEqual(Object.keys(ErrorCodes).sort());
   });
 
   it('config/agentd.json holds exactly the schema defaults (agent.id aside)', () => {

@@ -2,17 +2,17 @@
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { TallyCounter, TallyHistogram, type CustomMetric } from '../../src/http/tally.ts';
-import { DenEventRing, handlerRows, parseRecord } from '../../src/http/status.ts';
+import { DenEventRing, checkedRecord, handlerRows } from '../../src/http/status.ts';
 
-describe('parseRecord', () => {
+describe('checkedRecord', () => {
   it('reads a record agentd writes', () => {
-    const r = parseRecord(JSON.stringify({ id: 'a', den: 'd', host: 'vm-1', pid: 42, version: '0.1.0', startedAt: 1, status: 'online', lastSeen: 2 }));
+    const r = checkedRecord(JSON.stringify({ id: 'a', den: 'd', host: 'vm-1', pid: 42, version: '0.1.0', startedAt: 1, status: 'online', lastSeen: 2 }));
     expect(r).toEqual({ den: 'd', host: 'vm-1', pid: 42, version: '0.1.0', startedAt: 1, status: 'online', lastSeen: 2, downAt: null });
   });
 
   it('refuses what is not a bounded JSON object, and drops fields of the wrong shape', () => {
-    for (const raw of [null, undefined, 'not json', '[1,2]', '"s"', '42', 'null', `{"pad":"${'x'.repeat(5_000)}"}`]) expect(parseRecord(raw), String(raw)).toBeUndefined();
-    const r = parseRecord(JSON.stringify({ den: 'a:b', host: '<img src=x>', pid: '1', version: 'v'.repeat(100), startedAt: 'now', status: 'zombie', lastSeen: null, __proto__: { x: 1 } }));
+    for (const raw of [null, undefined, 'not json', '[1,2]', '"s"', '42', 'null', `{"pad":"${'x'.repeat(5_000)}"}`]) expect(checkedRecord(raw), String(raw)).toBeUndefined();
+    const r = checkedRecord(JSON.stringify({ den: 'a:b', host: '<img src=x>', pid: '1', version: 'v'.repeat(100), startedAt: 'now', status: 'zombie', lastSeen: null, __proto__: { x: 1 } }));
     expect(r).toEqual({ den: undefined, host: null, pid: null, version: null, startedAt: null, status: null, lastSeen: null, downAt: null });
   });
 });
