@@ -12,7 +12,7 @@ import type { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, uniqueId, waitFor } from '../process/util.ts';
+import { hasMsg, uniqueId, waitFor } from '../helpers/util.ts';
 
 const WORKER = fileURLToPath(new URL('../fixtures/plugins/durable-worker.js', import.meta.url));
 const HOSTILE = fileURLToPath(new URL('../fixtures/plugins/durable-hostile.js', import.meta.url));

@@ -13,7 +13,7 @@ import type { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, uniqueId, waitFor } from '../process/util.ts';
+import { hasMsg, uniqueId, waitFor } from '../helpers/util.ts';
 
 const WORKER = fileURLToPath(new URL('../fixtures/plugins/durable-worker.js', import.meta.url));
 const TTL = 2;

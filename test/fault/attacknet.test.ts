@@ -27,8 +27,8 @@ import { freePort } from '../helpers/ports.ts';
 import { startProxy } from '../helpers/proxy.ts';
 import { FLAP_LOSSES, FLAP_WINDOW_MS } from '../../src/redis/connection.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, keys, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet } from './helpers.ts';
+import { expectSound, httpGet } from '../helpers/process.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL_S = 6;
 /** Ends 2.5 s before the peer's fourth beat interval (4 × 2.9 s) after its last landed beat. */

@@ -11,8 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor } from '../process/util.ts';
-import { metric, scrape } from './helpers.ts';
+import { expectNoFatal, isAlive, scrape } from '../helpers/process.ts';
+import { hasMsg, keys, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const EACH = 5_000;
 const BAD = { not_json: 'not json', no_event: '{"data":1}' } as const;

@@ -17,8 +17,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { collectMessages, hasMsg, keys, readRecords, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, fixture, logTime, metric, scrape } from './helpers.ts';
+import { expectSound, fixture, readRecords, scrape } from '../helpers/process.ts';
+import { collect, hasMsg, keys, logTime, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const HANDLER_TIMEOUT_MS = 300;
 const TTL_S = 2;
@@ -80,7 +80,7 @@ describe('fault 9: bad handlers', () => {
     const watcher = spawnAgentd(['run'], { env: { ...fast, AGENTD_AGENT_ID: watcherId } });
     daemons.push(d, watcher);
     const c: Redis = redis.client({ connectionName: 'fault9-cmd' });
-    const membership = await collectMessages(redis.client({ connectionName: 'fault9-observer' }), 'agent:events:agent_*');
+    const membership = await collect(redis.client({ connectionName: 'fault9-observer' }), 'agent:events:agent_*');
     await Promise.all([d.waitForLog(hasMsg('agentd ready'), 15_000), watcher.waitForLog(hasMsg('agentd ready'), 15_000)]);
     await sleep(1_000);
 

@@ -16,8 +16,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, collectMessages, hasMsg, keys, uniqueId, waitFor, type RawMessage } from '../process/util.ts';
-import { expectSound, metric, recordedUids, scrape } from './helpers.ts';
+import { expectSound, recordedUids, RECORDER, scrape } from '../helpers/process.ts';
+import { collect, type Collected, hasMsg, keys, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const EVENTS = 1_000;
 
@@ -25,14 +25,14 @@ describe('fault 6: graceful stop with 1,000 events queued', () => {
   let redis: TestRedis;
   let tmp: string;
   let c: Redis;
-  let offline: RawMessage[];
+  let offline: Collected[];
   const daemons: DaemonProcess[] = [];
 
   beforeAll(async () => {
     redis = await startRedis({ requireControl: true });
     tmp = await mkdtemp(join(tmpdir(), 'agentd-fault6-'));
     c = redis.client({ connectionName: 'fault6-cmd' });
-    offline = await collectMessages(redis.client({ connectionName: 'fault6-observer' }), keys.channel('agent_offline'));
+    offline = await collect(redis.client({ connectionName: 'fault6-observer' }), keys.channel('agent_offline'));
   });
 
   afterEach(async () => {

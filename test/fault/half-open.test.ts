@@ -24,8 +24,8 @@ import { freePort } from '../helpers/ports.ts';
 import { startProxy, type ProxiedConnection, type TcpProxy } from '../helpers/proxy.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { KEEPALIVE_MS } from '../../src/redis/connection.ts';
-import { RECORDER, hasMsg, keys, readRecords, seedMessage, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet } from './helpers.ts';
+import { expectSound, httpGet, readRecords, RECORDER } from '../helpers/process.ts';
+import { hasMsg, keys, seedMessage, uniqueId, waitFor } from '../helpers/util.ts';
 
 const INTERVAL_S = 1;
 const TTL_S = 6;

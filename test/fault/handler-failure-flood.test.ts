@@ -13,8 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor } from '../process/util.ts';
-import { fixture, metric, scrape } from './helpers.ts';
+import { expectNoFatal, fixture, isAlive, scrape } from '../helpers/process.ts';
+import { hasMsg, keys, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const EVENTS = 3_000;
 

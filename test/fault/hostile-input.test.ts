@@ -20,8 +20,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, keys, readRecords, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, fixture, mb, metric, rssKb, scrape } from './helpers.ts';
+import { expectSound, fixture, mb, readRecords, rssKb, scrape } from '../helpers/process.ts';
+import { hasMsg, keys, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 /** In every hostile payload; must never show up in a log line. */
 const MARK = 'HOSTILE-PAYLOAD-MARK';

@@ -16,8 +16,8 @@ import { schema } from '../../src/config/schema.ts';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor } from '../process/util.ts';
-import { mb, metric, rssKb, scrape } from './helpers.ts';
+import { expectNoFatal, isAlive, mb, RECORDER, rssKb, scrape } from '../helpers/process.ts';
+import { hasMsg, keys, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const EVENTS = 200;
 const SIZE = 1_000_000;

@@ -26,8 +26,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { trackChild } from '../helpers/reaper.ts';
-import { hasMsg, keys, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet } from './helpers.ts';
+import { expectSound, httpGet } from '../helpers/process.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const tag = `${process.pid % 10_000}${randomInt(100, 999)}`;
 const NS = `agentd-t${tag}`;

@@ -17,8 +17,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor } from '../process/util.ts';
-import { metric, scrape } from './helpers.ts';
+import { expectNoFatal, isAlive, scrape } from '../helpers/process.ts';
+import { hasMsg, keys, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const run = promisify(execFile);
 const SEED = new URL('../interop/seed_agent.py', import.meta.url).pathname;

@@ -13,8 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, isAlive, keys, readRecords, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, fixture, metric, scrape } from './helpers.ts';
+import { expectSound, fixture, isAlive, readRecords, scrape } from '../helpers/process.ts';
+import { hasMsg, keys, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TYPES = ['null-proto', 'message-getter', 'tostring', 'proxy', 'huge', 'cause-cycle', 'symbol'];
 

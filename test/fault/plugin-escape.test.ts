@@ -15,8 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { collectMessages, expectNoFatal, hasMsg, isAlive, keys, seedMessage, uniqueId, waitFor, type RawMessage } from '../process/util.ts';
-import { fixture, httpGet } from './helpers.ts';
+import { expectNoFatal, fixture, httpGet, isAlive } from '../helpers/process.ts';
+import { collect, type Collected, hasMsg, keys, seedMessage, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL_S = 2;
 const INTERVAL_S = 0.5;
@@ -25,7 +25,7 @@ const SWEEP_S = 0.3;
 describe('plugin escapes around the guarded ctx.redis', () => {
   let redis: TestRedis;
   let c: Redis;
-  let downs: RawMessage[];
+  let downs: Collected[];
   let peer: DaemonProcess;
   const den = uniqueId('escden');
   const env = (id: string): Record<string, string> => ({
@@ -40,7 +40,7 @@ describe('plugin escapes around the guarded ctx.redis', () => {
   beforeAll(async () => {
     redis = await startRedis({ requireControl: true });
     c = redis.client({ connectionName: 'escape-cmd' });
-    downs = await collectMessages(redis.client({ connectionName: 'escape-down' }), keys.channel('agent_down'));
+    downs = await collect(redis.client({ connectionName: 'escape-down' }), keys.channel('agent_down'));
     peer = spawnAgentd(['run'], { env: env(uniqueId('escpeer')) });
     await peer.waitForLog(hasMsg('agentd ready'), 15_000);
   });

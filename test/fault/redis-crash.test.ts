@@ -17,8 +17,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, hasMsg, isAlive, keys, readRecords, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet, logTime } from './helpers.ts';
+import { expectSound, httpGet, isAlive, readRecords, RECORDER } from '../helpers/process.ts';
+import { hasMsg, keys, logTime, uniqueId, waitFor } from '../helpers/util.ts';
 
 const OUTAGE_MS = 5_000;
 const DEADLINE_MS = 2_000;

@@ -16,8 +16,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, hasMsg, isAlive, keys, readRecords, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet, logTime, mb, rssKb } from './helpers.ts';
+import { expectSound, httpGet, isAlive, mb, readRecords, RECORDER, rssKb } from '../helpers/process.ts';
+import { hasMsg, keys, logTime, uniqueId, waitFor } from '../helpers/util.ts';
 
 const FREEZE_MS = 30_000;
 const TTL_S = 6;

@@ -19,8 +19,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, hasMsg, isAlive, keys, readRecords, uniqueId, waitFor, type LogLine } from '../process/util.ts';
-import { expectSound, fixture, httpGet, logTime, mb, rssKb } from './helpers.ts';
+import { expectSound, fixture, httpGet, isAlive, mb, readRecords, RECORDER, rssKb } from '../helpers/process.ts';
+import { hasMsg, keys, type LogLine, logTime, uniqueId, waitFor } from '../helpers/util.ts';
 
 const OUTAGE_MS = 60_000;
 /** src/redis/connection.ts: one 'redis reconnecting' info line when reconnecting starts, then one per 30 s. */

@@ -21,8 +21,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, hasMsg, keys, parseClientList, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, mb, metric, recordedUids, rssKb, scrape } from './helpers.ts';
+import { expectSound, mb, recordedUids, RECORDER, rssKb, scrape } from '../helpers/process.ts';
+import { hasMsg, keys, metric, parseClientList, uniqueId, waitFor } from '../helpers/util.ts';
 
 const EVENTS = 50_000;
 const CHUNK = 2_000;

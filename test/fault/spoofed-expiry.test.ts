@@ -13,8 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { collectMessages, expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor, type RawMessage } from '../process/util.ts';
-import { metric, scrape } from './helpers.ts';
+import { expectNoFatal, isAlive, scrape } from '../helpers/process.ts';
+import { collect, type Collected, hasMsg, keys, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL_S = 2;
 const SPOOFS = 20_000;
@@ -29,7 +29,7 @@ async function registryReads(c: Redis): Promise<number> {
 describe('spoofed keyspace expiry notifications', () => {
   let redis: TestRedis;
   let c: Redis;
-  let downs: RawMessage[];
+  let downs: Collected[];
   const daemons: DaemonProcess[] = [];
   const den = uniqueId('spoofden');
   const spawn = (id: string, extra: Record<string, string> = {}): DaemonProcess => {
@@ -43,7 +43,7 @@ describe('spoofed keyspace expiry notifications', () => {
   beforeAll(async () => {
     redis = await startRedis({ requireControl: true });
     c = redis.client({ connectionName: 'spoof-cmd' });
-    downs = await collectMessages(redis.client({ connectionName: 'spoof-down' }), keys.channel('agent_down'));
+    downs = await collect(redis.client({ connectionName: 'spoof-down' }), keys.channel('agent_down'));
   });
 
   afterAll(async () => {

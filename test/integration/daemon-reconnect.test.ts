@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentEvent } from '../../src/bus/envelope.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
-import { makeDaemon, until, type TestDaemon } from '../helpers/inproc.ts';
+import { makeDaemon, type TestDaemon } from '../helpers/inproc.ts';
+import { waitFor } from '../helpers/util.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 
 let redis: TestRedis;
@@ -34,26 +35,26 @@ describe('Redis restart', () => {
     t.daemon.on('ready', ({ again }) => states.push(again ? 'ready-again' : 'ready'));
 
     await redis.kill('SIGKILL');
-    await until(() => t.daemon.state === 'degraded', 'the daemon to notice');
+    await waitFor('the daemon to notice', () => t.daemon.state === 'degraded');
     // While Redis is down, publishing from a plugin fails fast instead of queueing for later.
     await expect(t.daemon.publish('during_outage', {})).rejects.toThrow();
     await new Promise((r) => setTimeout(r, 500));
     await redis.start(); // same port, empty dataset
     const back = Date.now();
 
-    await until(() => t.daemon.state === 'ready', 'ready again', 5_000);
+    await waitFor('ready again', () => t.daemon.state === 'ready', 5_000);
     const client = redis.client();
     // Presence is re-asserted at once, not at the next 20 s beat.
-    await until(async () => (await client.sismember(`den:${den}:online_agents`, id)) === 1, 'den membership', 3_000);
+    await waitFor('den membership', async () => (await client.sismember(`den:${den}:online_agents`, id)) === 1, 3_000);
     expect(Date.now() - back).toBeLessThan(2_500);
     expect(await client.pttl(`agent:${id}:heartbeat`)).toBeGreaterThan(50_000);
     expect(JSON.parse((await client.hget('global:agent_registry', id)) ?? '{}')).toMatchObject({ status: 'online' });
 
     // agent_online {rejoined: true} went out (our own subscriber may not have been back yet to see it).
-    await until(() => membership.length === 1, 'agent_online rejoined');
+    await waitFor('agent_online rejoined', () => membership.length === 1);
     expect(membership).toEqual([{ type: 'agent_online', agent: id, den, rejoined: true }]);
     await client.publish('agent:events:after_restart', JSON.stringify({ event: 'after_restart', data: { n: 1 } }));
-    await until(() => seen.some((e) => e.event === 'after_restart'), 'an event published after the restart');
+    await waitFor('an event published after the restart', () => seen.some((e) => e.event === 'after_restart'));
     expect(seen.some((e) => e.event === 'during_outage')).toBe(false);
     expect(states).toEqual(['degraded', 'ready-again']);
     expect(t.lines.some((l) => l.msg === 'event subscription confirmed again; events published during the gap were missed')).toBe(true);

@@ -3,7 +3,8 @@ import type { AgentDaemon } from '../../src/daemon.ts';
 import { AgentdError } from '../../src/errors.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
 import { freePort } from '../helpers/ports.ts';
-import { makeDaemon, until, type TestDaemon } from '../helpers/inproc.ts';
+import { makeDaemon, type TestDaemon } from '../helpers/inproc.ts';
+import { waitFor } from '../helpers/util.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 
 let redis: TestRedis;
@@ -70,7 +71,7 @@ describe('health and metrics endpoint', () => {
       { queue: { handlerTimeoutMs: 100 }, events: { subscribe: 'pattern' } },
     );
     // Our own agent_online (which no handler takes) must be counted before the first scrape.
-    await until(() => t.daemon.stats().unhandled === 1, 'own agent_online');
+    await waitFor('own agent_online', () => t.daemon.stats().unhandled === 1);
     const before = await (await fetch(`${t.base}/metrics`)).text();
     const pub = redis.client();
     for (let i = 0; i < 7; i++) await pub.publish('agent:events:job', JSON.stringify({ event: 'job', data: i }));
@@ -78,7 +79,7 @@ describe('health and metrics endpoint', () => {
     await pub.publish('agent:events:job', 'not json');
     // On its own channel: on another type's channel it would be refused as channel_mismatch (issue 12).
     await pub.publish('agent:events:random-type-from-the-network', JSON.stringify({ event: 'random-type-from-the-network', data: 1 }));
-    await until(() => calls === 7 && t.daemon.stats().failed === 2 && t.daemon.stats().invalid.not_json === 1 && t.daemon.stats().unhandled >= 1, 'all events handled');
+    await waitFor('all events handled', () => calls === 7 && t.daemon.stats().failed === 2 && t.daemon.stats().invalid.not_json === 1 && t.daemon.stats().unhandled >= 1);
     const after = await (await fetch(`${t.base}/metrics`)).text();
     const delta = (name: string, labels: Record<string, string> = {}) => (sample(after, name, labels) ?? 0) - (sample(before, name, labels) ?? 0);
     expect(delta('agentd_events_received_total', { event: 'job' })).toBe(7);
@@ -110,7 +111,7 @@ describe('health and metrics endpoint', () => {
     );
     const pub = redis.client();
     for (let i = 0; i < 10; i++) await pub.publish('agent:events:job', JSON.stringify({ event: 'job', data: i }));
-    await until(() => t.daemon.stats().dropped.queue_full === 7, 'seven drops');
+    await waitFor('seven drops', () => t.daemon.stats().dropped.queue_full === 7);
     const text = await (await fetch(`${t.base}/metrics`)).text();
     expect(sample(text, 'agentd_events_dropped_total', { event: 'job', reason: 'queue_full' })).toBe(7);
     expect(sample(text, 'agentd_queue_waiting')).toBe(2);
@@ -121,7 +122,7 @@ describe('health and metrics endpoint', () => {
     const t = await withEndpoint();
     expect((await fetch(`${t.base}/readyz`)).status).toBe(200);
     await redis.kill('SIGKILL');
-    await until(async () => (await fetch(`${t.base}/readyz`)).status === 503, '/readyz to turn 503');
+    await waitFor('/readyz to turn 503', async () => (await fetch(`${t.base}/readyz`)).status === 503);
     const body = (await (await fetch(`${t.base}/readyz`)).json()) as { reasons: string[]; state: string };
     expect(body.state).toBe('degraded');
     expect(body.reasons.join('; ')).toMatch(/redis command connection is (reconnecting|connecting|close)/);
@@ -130,7 +131,7 @@ describe('health and metrics endpoint', () => {
     expect(sample(metrics, 'agentd_ready')).toBe(0);
     expect(sample(metrics, 'agentd_redis_connected', { conn: 'command' })).toBe(0);
     await redis.start();
-    await until(async () => (await fetch(`${t.base}/readyz`)).status === 200, '/readyz to turn 200 again', 10_000);
+    await waitFor('/readyz to turn 200 again', async () => (await fetch(`${t.base}/readyz`)).status === 200, 10_000);
     const again = await (await fetch(`${t.base}/metrics`)).text();
     expect(sample(again, 'agentd_redis_reconnects_total', { conn: 'command' })).toBeGreaterThanOrEqual(1);
   });

@@ -8,7 +8,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentDaemon } from '../../src/daemon.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
 import { freePort } from '../helpers/ports.ts';
-import { gate, makeDaemon, until } from '../helpers/inproc.ts';
+import { makeDaemon } from '../helpers/inproc.ts';
+import { gate, waitFor } from '../helpers/util.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 
 let redis: TestRedis;
@@ -57,18 +58,18 @@ describe('status page: durable depth', () => {
     await admin.xadd(`den:${den}:tasks`, '*', 'envelope', envelope('fail'));
     const read = async (): Promise<DurableJson> => (await (await fetch(`http://127.0.0.1:${port}/status.json`)).json()) as DurableJson;
     let last: DurableJson | undefined;
-    await until(async () => {
+    await waitFor('durable depth on /status.json', async () => {
       last = await read();
       const d = last.durable;
       return d !== null && d.inbox.pending === 2 && d.deadLetters.denTasks === 1;
-    }, 'durable depth on /status.json', 10_000);
+    }, 10_000);
     expect(last?.durable).toEqual({
       inbox: { length: 2, pending: 2 },
       denTasks: { length: 1, pending: 0 },
       deadLetters: { inbox: 0, denTasks: 1 },
     });
     held.open();
-    await until(async () => (await read()).durable?.inbox.pending === 0, 'inbox acknowledged', 10_000);
+    await waitFor('inbox acknowledged', async () => (await read()).durable?.inbox.pending === 0, 10_000);
   });
 
   it('is null with durable messages off', async () => {

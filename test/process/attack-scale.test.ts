@@ -11,7 +11,7 @@ import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startProxy } from '../helpers/proxy.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { startSentinelTopology, type SentinelTopology } from '../helpers/sentinel.ts';
-import { hasMsg, keys, uniqueId, waitFor } from './util.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL = 3;
 const INTERVAL = 0.5;

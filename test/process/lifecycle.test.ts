@@ -12,20 +12,8 @@ import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import {
-  PACKAGE_VERSION,
-  RECORDER,
-  collectMessages,
-  expectNoFatal,
-  hasMsg,
-  isAlive,
-  keys,
-  parseClientList,
-  readRecords,
-  seedMessage,
-  uniqueId,
-  waitFor,
-} from './util.ts';
+import { expectNoFatal, isAlive, PACKAGE_VERSION, readRecords, RECORDER } from '../helpers/process.ts';
+import { collect, hasMsg, keys, parseClientList, seedMessage, uniqueId, waitFor } from '../helpers/util.ts';
 
 const execFileP = promisify(execFile);
 const TEST_CLIENT_NAME = 'lifecycle-test';
@@ -172,7 +160,7 @@ describe('agentd run (child process)', () => {
     await ready(d);
 
     const watcher = redis.client({ connectionName: TEST_CLIENT_NAME });
-    const seen = await collectMessages(watcher, keys.channel('agent_offline'));
+    const seen = await collect(watcher, keys.channel('agent_offline'));
 
     const channel = keys.channel('new_message');
     const pipe = c.pipeline();

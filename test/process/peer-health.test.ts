@@ -13,7 +13,8 @@ import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { expectNoFatal, hasMsg, isAlive, keys, parseClientList, uniqueId, waitFor } from './util.ts';
+import { expectNoFatal, isAlive } from '../helpers/process.ts';
+import { hasMsg, keys, parseClientList, uniqueId, waitFor } from '../helpers/util.ts';
 
 const SPIN = fileURLToPath(new URL('../fixtures/plugins/spin.js', import.meta.url));
 

@@ -11,7 +11,8 @@ import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, collectMessages, expectNoFatal, hasMsg, isAlive, keys, readRecords, seedMessage, uniqueId, waitFor } from './util.ts';
+import { expectNoFatal, isAlive, readRecords, RECORDER } from '../helpers/process.ts';
+import { collect, hasMsg, keys, seedMessage, uniqueId, waitFor } from '../helpers/util.ts';
 
 describe('agentd run survives Redis faults', () => {
   let redis: TestRedis;
@@ -63,7 +64,7 @@ describe('agentd run survives Redis faults', () => {
     // A watcher that reconnects every 20 ms, so it is subscribed again well before the daemon
     // (whose back-off is 0.5-1 s after a few failed attempts) re-registers.
     const watcher = redis.client({ retryStrategy: () => 20, connectionName: 'restart-watcher' });
-    const online = await collectMessages(watcher, keys.channel('agent_online'));
+    const online = await collect(watcher, keys.channel('agent_online'));
 
     await redis.kill('SIGKILL');
     await sleep(3_000); // long enough for the daemon's reconnect back-off to reach its 1 s cap
