@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, expect } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from './daemon.ts';
 import { freePort } from './ports.ts';
+import { startProxy, type TcpProxy } from './proxy.ts';
 import type { StartRedisOptions } from './redis.ts';
 import { redisFixture, type RedisFixture } from './suite.ts';
 import { hasMsg, uniqueId, type LogLine } from './util.ts';
@@ -80,6 +81,8 @@ export interface ProcessSuite extends RedisFixture {
   start(opts?: AgentOptions): Promise<Agent>;
   /** Starts `n` daemons in one den (opts.den or a fresh one) and waits for all to be ready. */
   group(n: number, opts?: AgentOptions, optsOf?: (i: number) => AgentOptions): Promise<{ den: string; agents: Agent[] }>;
+  /** A TCP proxy in front of the suite Redis (test/helpers/proxy.ts), closed after the test. */
+  proxy(): Promise<TcpProxy>;
   /** Stops `d` with the test's daemons (for processes a test spawns itself). */
   track<T extends DaemonProcess>(d: T): T;
 }
@@ -94,8 +97,8 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
   const base = redisFixture(options.redis);
   let tmp: string | undefined;
   let inTest = false;
-  const ofTest: DaemonProcess[] = [];
-  const ofFile: DaemonProcess[] = [];
+  const ofTest: Array<{ stop(): Promise<void> }> = [];
+  const ofFile: Array<{ stop(): Promise<void> }> = [];
   beforeAll(async () => {
     tmp = await mkdtemp(join(tmpdir(), 'agentd-test-'));
   });
@@ -111,7 +114,7 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
     if (tmp) await rm(tmp, { recursive: true, force: true });
   });
 
-  const track = <T extends DaemonProcess>(d: T): T => {
+  const track = <T extends { stop(): Promise<void> }>(d: T): T => {
     (inTest ? ofTest : ofFile).push(d);
     return d;
   };
@@ -175,6 +178,11 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
       );
       await Promise.all(agents.map((a) => a.ready()));
       return { den, agents };
+    },
+    async proxy() {
+      const p = await startProxy({ host: base.redis.host, port: base.redis.port });
+      track({ stop: () => p.close() });
+      return p;
     },
     track,
   };
