@@ -31,9 +31,6 @@ export const FIXTURES = fileURLToPath(new URL('../fixtures/plugins/', import.met
 export const fixture = (name: string): string => `${FIXTURES}${name}`;
 /** Records every event it gets to $RECORD_FILE (one JSON line each); see readRecords. */
 export const RECORDER = fixture('recorder.js');
-export const PACKAGE_VERSION = (
-  JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
-).version;
 
 const READY_TIMEOUT_MS = 20_000;
 
@@ -185,6 +182,20 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
       return p;
     },
     track,
+  };
+}
+
+/**
+ * The settings of a peer-health test: short heartbeats and sweeps, info logs (the
+ * 'agent down' lines are read from them), and keyspace notifications as asked.
+ */
+export function peerHealthEnv(o: { ttl: number; interval: number; sweep: number; notifications?: 'enable' | 'off' }): Record<string, string> {
+  return {
+    AGENTD_LOG_LEVEL: 'info',
+    AGENTD_HEARTBEAT_TTL: String(o.ttl),
+    AGENTD_HEARTBEAT_INTERVAL: String(o.interval),
+    AGENTD_SWEEP_INTERVAL: String(o.sweep),
+    ...(o.notifications ? { AGENTD_WATCH_NOTIFICATIONS: o.notifications } : {}),
   };
 }
 

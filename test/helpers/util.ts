@@ -4,8 +4,14 @@
  * the contract's key names. No vitest import here: bench/ may use these too.
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
+
+/** package.json's version: what the registry record and `agentd --version` must say. */
+export const PACKAGE_VERSION = (
+  JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+).version;
 
 /** A parsed log line (pino JSON); `{ raw }` for a line that was not JSON. */
 export type LogLine = Record<string, unknown> & { msg?: string };

@@ -6,10 +6,9 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startProxy } from '../helpers/proxy.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DaemonProcess } from '../helpers/daemon.ts';
+import { peerHealthEnv, processSuite } from '../helpers/process.ts';
 import { startSentinelTopology, type SentinelTopology } from '../helpers/sentinel.ts';
 import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
@@ -25,18 +24,17 @@ interface Agent {
   readonly d: DaemonProcess;
 }
 
+const suite = processSuite({ redis: { requireControl: true }, env: peerHealthEnv({ ttl: TTL, interval: INTERVAL, sweep: SWEEP, notifications: 'off' }) });
+
 describe('attacks on the sweeper lease and the reap grace (daemons as child processes)', () => {
-  let redis: TestRedis;
   let c: Redis;
   let observer: Redis;
   const downs: Array<{ agent: string; at: number }> = [];
-  const daemons: DaemonProcess[] = [];
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    c = redis.client({ connectionName: 'attack-cmd' });
+    c = suite.redis.client({ connectionName: 'attack-cmd' });
     await c.config('SET', 'notify-keyspace-events', '');
-    observer = redis.client({ connectionName: 'attack-observer' });
+    observer = suite.redis.client({ connectionName: 'attack-observer' });
     observer.on('message', (_channel: string, message: string) => {
       const env = JSON.parse(message) as { data: { agent: string } };
       downs.push({ agent: env.data.agent, at: Date.now() });
@@ -44,36 +42,9 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
     await observer.subscribe(keys.channel('agent_down'));
   });
 
-  afterEach(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  });
-
-  afterAll(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-    await redis?.stop();
-  });
-
   async function startGroup(n: number, env: Record<string, string> = {}, den = uniqueId('den')): Promise<{ den: string; agents: Agent[] }> {
-    const agents = Array.from({ length: n }, () => {
-      const id = uniqueId('as');
-      const d = spawnAgentd(['run'], {
-        env: {
-          AGENTD_REDIS_URL: redis.url,
-          AGENTD_AGENT_ID: id,
-          AGENTD_DEN: den,
-          AGENTD_LOG_LEVEL: 'info',
-          AGENTD_HEARTBEAT_TTL: String(TTL),
-          AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
-          AGENTD_SWEEP_INTERVAL: String(SWEEP),
-          AGENTD_WATCH_NOTIFICATIONS: 'off',
-          ...env,
-        },
-      });
-      daemons.push(d);
-      return { id, d };
-    });
-    await Promise.all(agents.map((a) => a.d.waitForLog(hasMsg('agentd ready'), 20_000)));
-    return { den, agents };
+    const { agents } = await suite.group(n, { den, env });
+    return { den, agents: agents.map((d) => ({ id: d.id, d })) };
   }
 
   const downsOf = (id: string) => downs.filter((d) => d.agent === id);
@@ -97,7 +68,7 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
   });
 
   it('the lease holder cut off (packets dropped) while it believes it holds: another member takes over; each death once', async () => {
-    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    const proxy = await suite.proxy();
     try {
       const { den, agents: [holder] } = await startGroup(1, { AGENTD_REDIS_URL: proxy.url() });
       await waitFor('the proxied member holds the lease', async () => (await c.get(`den:${den}:sweeper`))?.startsWith(`${holder!.id} `), 5_000);
@@ -124,7 +95,7 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
   });
 
   it('a middlebox that discarded bytes for a moment (shorter than commandTimeoutMs): the daemon beats again, not out of step for ever', async () => {
-    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    const proxy = await suite.proxy();
     try {
       const { agents: [a] } = await startGroup(1, { AGENTD_REDIS_URL: proxy.url(), AGENTD_REDIS_COMMAND_TIMEOUT_MS: '2000' });
       proxy.setMode({ kind: 'blackhole' });
@@ -175,8 +146,8 @@ describe('a wrong Sentinel master name (real Sentinels)', () => {
   });
 
   it('says once per connection which name no Sentinel knows, and names the Sentinels as the target', async () => {
-    const d = spawnAgentd(['run'], {
-      env: { AGENTD_REDIS_SENTINELS: topo.sentinels.join(','), AGENTD_REDIS_SENTINEL_NAME: 'no-such-master', AGENTD_AGENT_ID: uniqueId('as'), AGENTD_LOG_LEVEL: 'info' },
+    const d = await suite.spawn({
+      env: { AGENTD_REDIS_SENTINELS: topo.sentinels.join(','), AGENTD_REDIS_SENTINEL_NAME: 'no-such-master', AGENTD_LOG_LEVEL: 'info' },
     });
     try {
       await d.waitForLog(hasMsg('redis connection error'), 10_000);

@@ -12,8 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, type RunAgentdResult } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { FIXTURES, PACKAGE_VERSION } from '../helpers/process.ts';
-import { uniqueId } from '../helpers/util.ts';
+import { FIXTURES } from '../helpers/process.ts';
+import { PACKAGE_VERSION, uniqueId } from '../helpers/util.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const plugin = (name: string): string => join(FIXTURES, name);

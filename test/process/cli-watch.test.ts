@@ -12,8 +12,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess, type RunAgentdResult } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { PACKAGE_VERSION } from '../helpers/process.ts';
-import { hasMsg, keys, parseClientList, uniqueId, waitFor } from '../helpers/util.ts';
+import { hasMsg, keys, PACKAGE_VERSION, parseClientList, uniqueId, waitFor } from '../helpers/util.ts';
 
 const execFileP = promisify(execFile);
 const SEED_AGENT = fileURLToPath(new URL('../interop/seed_agent.py', import.meta.url));

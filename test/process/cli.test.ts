@@ -10,8 +10,8 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess, type RunAgentdResult } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { FIXTURES, PACKAGE_VERSION, readRecords, RECORDER } from '../helpers/process.ts';
-import { collect, hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
+import { FIXTURES, readRecords, RECORDER } from '../helpers/process.ts';
+import { collect, hasMsg, keys, PACKAGE_VERSION, uniqueId, waitFor } from '../helpers/util.ts';
 
 const plugin = (name: string): string => join(FIXTURES, name);
 

@@ -8,11 +8,10 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { isAlive } from '../helpers/process.ts';
-import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { DaemonProcess } from '../helpers/daemon.ts';
+import { isAlive, peerHealthEnv, processSuite } from '../helpers/process.ts';
+import { keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL = 3;
 const INTERVAL = 0.5;
@@ -33,18 +32,17 @@ interface Down {
   readonly at: number;
 }
 
+const suite = processSuite({ redis: { requireControl: true }, env: peerHealthEnv({ ttl: TTL, interval: INTERVAL, sweep: SWEEP, notifications: 'off' }) });
+
 describe('sweeper lease (daemons as child processes)', () => {
-  let redis: TestRedis;
   let c: Redis;
   let observer: Redis;
   const downs: Down[] = [];
-  const daemons: DaemonProcess[] = [];
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    c = redis.client({ connectionName: 'lease-cmd' });
+    c = suite.redis.client({ connectionName: 'lease-cmd' });
     await c.config('SET', 'notify-keyspace-events', '');
-    observer = redis.client({ connectionName: 'lease-observer' });
+    observer = suite.redis.client({ connectionName: 'lease-observer' });
     observer.on('message', (_channel: string, message: string) => {
       const env = JSON.parse(message) as { data: { agent: string; detectedBy: string } };
       downs.push({ agent: env.data.agent, detectedBy: env.data.detectedBy, at: Date.now() });
@@ -52,39 +50,9 @@ describe('sweeper lease (daemons as child processes)', () => {
     await observer.subscribe(keys.channel('agent_down'));
   });
 
-  afterEach(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  });
-
-  afterAll(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-    await redis?.stop();
-  });
-
-  function startAgent(den: string, env: Record<string, string> = {}): Agent {
-    const id = uniqueId('sl');
-    const d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_LOG_LEVEL: 'info',
-        AGENTD_HEARTBEAT_TTL: String(TTL),
-        AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
-        AGENTD_SWEEP_INTERVAL: String(SWEEP),
-        AGENTD_WATCH_NOTIFICATIONS: 'off',
-        ...env,
-      },
-    });
-    daemons.push(d);
-    return { id, d };
-  }
-
   async function startGroup(n: number, env: Record<string, string> = {}, envOf?: (i: number) => Record<string, string>): Promise<{ den: string; agents: Agent[] }> {
-    const den = uniqueId('den');
-    const agents = Array.from({ length: n }, (_, i) => startAgent(den, { ...env, ...envOf?.(i) }));
-    await Promise.all(agents.map((a) => a.d.waitForLog(hasMsg('agentd ready'), 20_000)));
-    return { den, agents };
+    const { den, agents } = await suite.group(n, { env }, (i) => ({ env: envOf?.(i) ?? {} }));
+    return { den, agents: agents.map((d) => ({ id: d.id, d })) };
   }
 
   async function holderOf(den: string, agents: readonly Agent[]): Promise<Agent> {
