@@ -21,7 +21,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, expect } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from './daemon.ts';
 import { freePort } from './ports.ts';
 import { startProxy, type TcpProxy } from './proxy.ts';
-import type { StartRedisOptions } from './redis.ts';
+import { startRedis, type StartRedisOptions, type TestRedis } from './redis.ts';
 import { redisFixture, type RedisFixture } from './suite.ts';
 import { hasMsg, uniqueId, type LogLine } from './util.ts';
 
@@ -78,6 +78,8 @@ export interface ProcessSuite extends RedisFixture {
   start(opts?: AgentOptions): Promise<Agent>;
   /** Starts `n` daemons in one den (opts.den or a fresh one) and waits for all to be ready. */
   group(n: number, opts?: AgentOptions, optsOf?: (i: number) => AgentOptions): Promise<{ den: string; agents: Agent[] }>;
+  /** A Redis of the test's own (stopped after it), for tests that need a server of their own (AOF, OOM). */
+  freshRedis(options?: StartRedisOptions): Promise<TestRedis>;
   /** A TCP proxy in front of the suite Redis (test/helpers/proxy.ts), closed after the test. */
   proxy(): Promise<TcpProxy>;
   /** Stops `d` with the test's daemons (for processes a test spawns itself). */
@@ -85,13 +87,18 @@ export interface ProcessSuite extends RedisFixture {
 }
 
 export interface ProcessSuiteOptions {
-  redis?: StartRedisOptions;
+  /** The file's Redis; false: none (each test gets its own with freshRedis, and passes redisUrl). */
+  redis?: StartRedisOptions | false;
   /** Environment every daemon of the file gets. */
   env?: Record<string, string>;
 }
 
 export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
-  const base = redisFixture(options.redis);
+  const base = options.redis === false ? undefined : redisFixture(options.redis);
+  const must = (): RedisFixture => {
+    if (base === undefined) throw new Error('processSuite({ redis: false }) has no Redis of its own: use freshRedis() and redisUrl');
+    return base;
+  };
   let tmp: string | undefined;
   let inTest = false;
   const ofTest: Array<{ stop(): Promise<void> }> = [];
@@ -123,7 +130,7 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
     const file = opts.file ?? join(tmp, `${id}.jsonl`);
     const httpPort = opts.http ? await freePort() : 0;
     const env: Record<string, string> = {
-      AGENTD_REDIS_URL: opts.redisUrl ?? base.redis.url,
+      AGENTD_REDIS_URL: opts.redisUrl ?? must().redis.url,
       AGENTD_AGENT_ID: id,
       AGENTD_DEN: den,
       RECORD_FILE: file,
@@ -154,10 +161,10 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
 
   return {
     get redis() {
-      return base.redis;
+      return must().redis;
     },
     get cmd() {
-      return base.cmd;
+      return must().cmd;
     },
     get tmp() {
       if (tmp === undefined) throw new Error('processSuite: tmp only inside tests and hooks');
@@ -176,8 +183,11 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
       await Promise.all(agents.map((a) => a.ready()));
       return { den, agents };
     },
+    async freshRedis(redisOptions) {
+      return track(await startRedis(redisOptions));
+    },
     async proxy() {
-      const p = await startProxy({ host: base.redis.host, port: base.redis.port });
+      const p = await startProxy({ host: must().redis.host, port: must().redis.port });
       track({ stop: () => p.close() });
       return p;
     },
@@ -208,13 +218,13 @@ export interface Recorded {
   at: number;
 }
 
-/** What the recorder fixture wrote so far (one JSON object per line). */
-export function readRecords(file: string): Recorded[] {
+/** What the recorder fixture (or another that writes one JSON object per line) wrote so far. */
+export function readRecords<T = Recorded>(file: string): T[] {
   if (!existsSync(file)) return [];
   return readFileSync(file, 'utf8')
     .split('\n')
     .filter((l) => l.trim() !== '')
-    .map((l) => JSON.parse(l) as Recorded);
+    .map((l) => JSON.parse(l) as T);
 }
 
 /** The `uid`s of recorded events (records without one, e.g. agent_online, are skipped). */
