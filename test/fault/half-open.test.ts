@@ -18,16 +18,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import type { ProxiedConnection, TcpProxy } from '../helpers/proxy.ts';
 import { KEEPALIVE_MS } from '../../src/redis/connection.ts';
-import { expectSound, httpGet, processSuite, readRecords } from '../helpers/process.ts';
+import { expectSound, HALF_OPEN, halfOpenEnv, httpGet, processSuite, readRecords } from '../helpers/process.ts';
 import { hasMsg, keys, seedMessage, waitFor } from '../helpers/util.ts';
 
-const INTERVAL_S = 1;
-const TTL_S = 6;
-const PROBE_INTERVAL_S = 1;
-const PROBE_TIMEOUT_MS = 500;
-const CONNECT_TIMEOUT_MS = 1_000;
-const COMMAND_TIMEOUT_MS = 1_000;
-const RECONNECT_MAX_MS = 500;
+const {
+  intervalS: INTERVAL_S,
+  probeIntervalS: PROBE_INTERVAL_S,
+  probeTimeoutMs: PROBE_TIMEOUT_MS,
+  connectTimeoutMs: CONNECT_TIMEOUT_MS,
+  commandTimeoutMs: COMMAND_TIMEOUT_MS,
+  reconnectMaxMs: RECONNECT_MAX_MS,
+} = HALF_OPEN;
 /** Worst case of the periodic probe: a full interval, the PUBLISH answer's wait, then the arrival's. */
 const SUB_NOTICE_BOUND_MS = PROBE_INTERVAL_S * 1000 + 2 * PROBE_TIMEOUT_MS;
 const HEAL_BOUND_MS = 2_000;
@@ -36,18 +37,7 @@ const CLOSE_SEEN_MS = 250;
 /** Resolution of the /readyz polling (not slack on the bounds). */
 const POLL_MS = 20;
 
-const suite = processSuite({
-  redis: { requireControl: true },
-  env: {
-    AGENTD_HEARTBEAT_TTL: String(TTL_S),
-    AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL_S),
-    AGENTD_EVENT_PROBE_INTERVAL: String(PROBE_INTERVAL_S),
-    AGENTD_EVENT_PROBE_TIMEOUT_MS: String(PROBE_TIMEOUT_MS),
-    AGENTD_REDIS_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
-    AGENTD_REDIS_COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS),
-    AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: String(RECONNECT_MAX_MS),
-  },
-});
+const suite = processSuite({ redis: { requireControl: true }, env: halfOpenEnv() });
 
 describe('faults 14/15: half-open connections through a TCP proxy', () => {
   let proxy: TcpProxy;

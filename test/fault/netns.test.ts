@@ -17,17 +17,13 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { trackChild } from '../helpers/reaper.ts';
-import { expectSound, httpGet } from '../helpers/process.ts';
-import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
+import { expectSound, HALF_OPEN, halfOpenEnv, httpGet, processSuite } from '../helpers/process.ts';
+import { hasMsg, keys, waitFor } from '../helpers/util.ts';
 
 const tag = `${process.pid % 10_000}${randomInt(100, 999)}`;
 const NS = `agentd-t${tag}`;
@@ -60,19 +56,21 @@ function netnsAvailable(): boolean {
 
 const available = netnsAvailable();
 
-const INTERVAL_S = 1;
-const PROBE_INTERVAL_S = 1;
-const PROBE_TIMEOUT_MS = 500;
-const CONNECT_TIMEOUT_MS = 1_000;
-const COMMAND_TIMEOUT_MS = 1_000;
-const RECONNECT_MAX_MS = 500;
+const {
+  intervalS: INTERVAL_S,
+  probeIntervalS: PROBE_INTERVAL_S,
+  probeTimeoutMs: PROBE_TIMEOUT_MS,
+  connectTimeoutMs: CONNECT_TIMEOUT_MS,
+  commandTimeoutMs: COMMAND_TIMEOUT_MS,
+  reconnectMaxMs: RECONNECT_MAX_MS,
+} = HALF_OPEN;
+/** The Redis runs in the namespace: the suite gives only the daemons and a temp folder. */
+const suite = processSuite({ redis: false, env: halfOpenEnv() });
 
 describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a network namespace', () => {
   let redisProc: ChildProcess | undefined;
   let port = 0;
   let admin: Redis;
-  let tmp: string;
-  let d: DaemonProcess | undefined;
   const rules: string[][] = [];
 
   const drop = (...rule: string[]): void => {
@@ -90,7 +88,7 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
   };
 
   beforeAll(async () => {
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-netns-'));
+    const tmp = suite.tmp;
     sh('ip', 'netns', 'add', NS);
     sh('ip', 'link', 'add', VETH_HOST, 'type', 'veth', 'peer', 'name', VETH_NS);
     sh('ip', 'link', 'set', VETH_NS, 'netns', NS);
@@ -114,8 +112,6 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
 
   afterEach(async () => {
     clearRules();
-    await d?.stop();
-    d = undefined;
   });
 
   afterAll(async () => {
@@ -132,29 +128,16 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
         // not made
       }
     }
-    if (tmp) await rm(tmp, { recursive: true, force: true });
   });
 
   async function start() {
-    const id = uniqueId('ns');
-    const httpPort = await freePort();
-    d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: `redis://${NS_IP}:${port}/0`,
-        // A test namespace address, not loopback: plain redis:// must be allowed explicitly (redis.tls.required).
-        AGENTD_REDIS_TLS_REQUIRED: 'false',
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: uniqueId('nsden'),
-        AGENTD_HEARTBEAT_TTL: '6',
-        AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL_S),
-        AGENTD_EVENT_PROBE_INTERVAL: String(PROBE_INTERVAL_S),
-        AGENTD_EVENT_PROBE_TIMEOUT_MS: String(PROBE_TIMEOUT_MS),
-        AGENTD_REDIS_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
-        AGENTD_REDIS_COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS),
-        AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: String(RECONNECT_MAX_MS),
-        AGENTD_HTTP_PORT: String(httpPort),
-      },
+    const d = await suite.spawn({
+      redisUrl: `redis://${NS_IP}:${port}/0`,
+      http: true,
+      // A test namespace address, not loopback: plain redis:// must be allowed explicitly (redis.tls.required).
+      env: { AGENTD_REDIS_TLS_REQUIRED: 'false' },
     });
+    const { id, httpPort } = d;
     await d.waitForLog(hasMsg('agentd ready'), 15_000);
     return { d, id, httpPort };
   }

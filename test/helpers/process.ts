@@ -209,6 +209,27 @@ export function peerHealthEnv(o: { ttl: number; interval: number; sweep: number;
   };
 }
 
+/** The settings of the half-open tests (through a proxy, or iptables in a network namespace): every deadline short. */
+export const HALF_OPEN = {
+  ttlS: 6,
+  intervalS: 1,
+  probeIntervalS: 1,
+  probeTimeoutMs: 500,
+  connectTimeoutMs: 1_000,
+  commandTimeoutMs: 1_000,
+  reconnectMaxMs: 500,
+} as const;
+
+export const halfOpenEnv = (): Record<string, string> => ({
+  AGENTD_HEARTBEAT_TTL: String(HALF_OPEN.ttlS),
+  AGENTD_HEARTBEAT_INTERVAL: String(HALF_OPEN.intervalS),
+  AGENTD_EVENT_PROBE_INTERVAL: String(HALF_OPEN.probeIntervalS),
+  AGENTD_EVENT_PROBE_TIMEOUT_MS: String(HALF_OPEN.probeTimeoutMs),
+  AGENTD_REDIS_CONNECT_TIMEOUT_MS: String(HALF_OPEN.connectTimeoutMs),
+  AGENTD_REDIS_COMMAND_TIMEOUT_MS: String(HALF_OPEN.commandTimeoutMs),
+  AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: String(HALF_OPEN.reconnectMaxMs),
+});
+
 // --- what the recorder fixture wrote -------------------------------------------
 
 export interface Recorded {

@@ -7,8 +7,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DaemonProcess } from '../helpers/daemon.ts';
-import { peerHealthEnv, processSuite } from '../helpers/process.ts';
+import { peerHealthEnv, processSuite, type Agent } from '../helpers/process.ts';
 import { startSentinelTopology, type SentinelTopology } from '../helpers/sentinel.ts';
 import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
@@ -18,11 +17,6 @@ const SWEEP = 0.5;
 const LEASE_MS = 3 * SWEEP * 1000;
 /** Sweep-only bound with a dead sweeper: max(ttl, lease) + sweepInterval (+10 % jitter twice), plus 1 s for process noise. */
 const BOUND_MS = Math.max(TTL * 1000, LEASE_MS) + 1.2 * SWEEP * 1000 + 1000;
-
-interface Agent {
-  readonly id: string;
-  readonly d: DaemonProcess;
-}
 
 const suite = processSuite({ redis: { requireControl: true }, env: peerHealthEnv({ ttl: TTL, interval: INTERVAL, sweep: SWEEP, notifications: 'off' }) });
 
@@ -44,7 +38,7 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
 
   async function startGroup(n: number, env: Record<string, string> = {}, den = uniqueId('den')): Promise<{ den: string; agents: Agent[] }> {
     const { agents } = await suite.group(n, { den, env });
-    return { den, agents: agents.map((d) => ({ id: d.id, d })) };
+    return { den, agents };
   }
 
   const downsOf = (id: string) => downs.filter((d) => d.agent === id);
@@ -59,7 +53,7 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
     await c.call('SET', `den:${den}:sweeper`, 'operator 0000', ...expiry);
     const victim = agents[0]!;
     const faultAt = Date.now();
-    victim.d.signal('SIGKILL');
+    victim.signal('SIGKILL');
     const down = await waitFor(`agent_down of ${victim.id}`, () => downsOf(victim.id)[0], BOUND_MS + 5_000, 10);
     expect(down.at - faultAt).toBeLessThan(BOUND_MS);
     await sleep(2_000);
@@ -77,13 +71,13 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
       // the RESP stream if healed before commandTimeoutMs recycles the connection: not a TCP path).
       proxy.setMode({ kind: 'pause' });
       const faultAt = Date.now();
-      victim!.d.signal('SIGKILL');
+      victim!.signal('SIGKILL');
       const down = await waitFor(`agent_down of ${victim!.id}`, () => downsOf(victim!.id)[0], BOUND_MS + 5_000, 10);
       expect(down.at - faultAt).toBeLessThan(BOUND_MS);
       expect((await c.get(`den:${den}:sweeper`))?.startsWith(`${survivor!.id} `)).toBe(true);
       // Healed: the old holder finds the lease is another's; nothing is reported twice, the survivor never.
       proxy.setMode({ kind: 'pass' });
-      await holder!.d.waitForLog(hasMsg('heartbeat restored'), 30_000);
+      await holder!.waitForLog(hasMsg('heartbeat restored'), 30_000);
       await sleep(3 * LEASE_MS);
       expect(downsOf(victim!.id)).toHaveLength(1);
       expect(downsOf(holder!.id).length).toBeLessThanOrEqual(1);
@@ -99,11 +93,11 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
     try {
       const { agents: [a] } = await startGroup(1, { AGENTD_REDIS_URL: proxy.url(), AGENTD_REDIS_COMMAND_TIMEOUT_MS: '2000' });
       proxy.setMode({ kind: 'blackhole' });
-      await a!.d.waitForLog(hasMsg('heartbeat failed'), 5_000);
+      await a!.waitForLog(hasMsg('heartbeat failed'), 5_000);
       await sleep(500);
       // Healed before the commandTimeoutMs of no byte back: the requests lost in between are never answered.
       proxy.setMode({ kind: 'pass' });
-      await a!.d.waitForLog(hasMsg('heartbeat restored'), 2_000 + 2 * 1_000 + 3_000);
+      await a!.waitForLog(hasMsg('heartbeat restored'), 2_000 + 2 * 1_000 + 3_000);
     } finally {
       await proxy.close();
     }
@@ -121,7 +115,7 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
     try {
       await sleep(2_000);
       const victim = agents[0]!;
-      victim.d.signal('SIGKILL');
+      victim.signal('SIGKILL');
       const faultAt = Date.now();
       const down = await waitFor(`agent_down of ${victim.id} during the storm`, () => downsOf(victim.id)[0], 20_000, 20);
       // The grace of a storm lasts at most max(ttl, interval + reconnectMaxDelayMs) from its first reconnect (2 s before the kill).
