@@ -52,7 +52,7 @@ describe('dispatch', () => {
     const original = { n: 1, inner: { list: [1, 2, 3] } };
     await send('shared', original);
     await send('own', original);
-    await until(() => seen.length === 3, 'three handler calls');
+    await waitFor('three handler calls', () => seen.length === 3);
     const shared = seen.slice(0, 2).sort((a, b) => a.plugin.localeCompare(b.plugin));
     // Each write to the shared event throws (ESM is strict mode): both handlers see the publisher's data.
     expect(shared).toEqual([
