@@ -56,14 +56,6 @@ function netnsAvailable(): boolean {
 
 const available = netnsAvailable();
 
-const {
-  intervalS: INTERVAL_S,
-  probeIntervalS: PROBE_INTERVAL_S,
-  probeTimeoutMs: PROBE_TIMEOUT_MS,
-  connectTimeoutMs: CONNECT_TIMEOUT_MS,
-  commandTimeoutMs: COMMAND_TIMEOUT_MS,
-  reconnectMaxMs: RECONNECT_MAX_MS,
-} = HALF_OPEN;
 /** The Redis runs in the namespace: the suite gives only the daemons and a temp folder. */
 const suite = processSuite({ redis: false, env: halfOpenEnv() });
 
@@ -166,7 +158,7 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
     const at = Date.now();
     const degraded = await s.d.waitForLog((l) => hasMsg('agentd degraded')(l) && s.d.logs.indexOf(l) >= linesBefore, 15_000);
     const noticedMs = Date.parse(String(degraded['time'])) - at;
-    const bound = PROBE_INTERVAL_S * 1000 + 2 * PROBE_TIMEOUT_MS;
+    const bound = HALF_OPEN.probeIntervalS * 1000 + 2 * HALF_OPEN.probeTimeoutMs;
     expect(String(degraded['reason'])).toMatch(/probe/);
     expect(noticedMs, `noticed after ${noticedMs} ms (bound ${bound} ms)`).toBeLessThanOrEqual(bound);
     await waitFor('ready again on a new subscriber connection', async () => (await httpGet(s.httpPort, '/readyz')).status === 200, 10_000);
@@ -184,7 +176,7 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
     const at = Date.now();
     const degraded = await s.d.waitForLog((l) => hasMsg('agentd degraded')(l) && s.d.logs.indexOf(l) >= linesBefore, 15_000);
     const noticedMs = Date.parse(String(degraded['time'])) - at;
-    const bound = Math.min(PROBE_INTERVAL_S, INTERVAL_S) * 1000 + COMMAND_TIMEOUT_MS;
+    const bound = Math.min(HALF_OPEN.probeIntervalS, HALF_OPEN.intervalS) * 1000 + HALF_OPEN.commandTimeoutMs;
     expect(noticedMs, `noticed after ${noticedMs} ms (bound ${bound} ms)`).toBeLessThanOrEqual(bound);
     await s.d.waitForLog((l) => hasMsg('redis connection lost')(l) && l['conn'] === 'command', 5_000);
     await sleep(5_000);
@@ -196,7 +188,7 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
     const healedAt = Date.now();
     await waitFor('/readyz 200 after the rules went', async () => (await httpGet(s.httpPort, '/readyz')).status === 200, 15_000, 20);
     const healMs = Date.now() - healedAt;
-    const healBound = CONNECT_TIMEOUT_MS + RECONNECT_MAX_MS + 2_000;
+    const healBound = HALF_OPEN.connectTimeoutMs + HALF_OPEN.reconnectMaxMs + 2_000;
     expect(healMs, `ready ${healMs} ms after healing (bound ${healBound} ms)`).toBeLessThanOrEqual(healBound);
     console.log(`netns: all packets dropped: ${JSON.stringify({ noticedMs, boundMs: bound, readyAfterHealMs: healMs, healBoundMs: healBound })}`);
     expect(Number(await admin.get(keys.heartbeat(s.id)))).toBeGreaterThanOrEqual(healedAt - 1_000);
