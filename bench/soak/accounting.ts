@@ -8,7 +8,7 @@
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { DaemonExit, DaemonProcess } from '../../test/helpers/daemon.ts';
-import { logTime, metric } from '../../test/fault/helpers.ts';
+import { logTime, metric } from '../../test/helpers/util.ts';
 import { median, summarize } from '../stats.ts';
 import { BURST, BURST_TAIL_MS, RATE, RSS_BOUND_MIB, WINDOW_LEAD_MS, fmtT, longLivedS } from './schedule.ts';
 

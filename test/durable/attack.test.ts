@@ -3,16 +3,15 @@
  * careless handlers, a full Redis. Each test states the promise of
  * docs/durable.md it holds the daemon to.
  */
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterEach, describe, expect, it } from 'vitest';
-import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, uniqueId, waitFor } from '../process/util.ts';
+import { describe, expect, it } from 'vitest';
+import { runAgentd } from '../helpers/daemon.ts';
+import { peerHealthEnv, processSuite, readRecords, type Agent } from '../helpers/process.ts';
+import type { TestRedis } from '../helpers/redis.ts';
+import { hasMsg, uniqueId, waitFor } from '../helpers/util.ts';
 
 const WORKER = fileURLToPath(new URL('../fixtures/plugins/durable-worker.js', import.meta.url));
 const HOSTILE = fileURLToPath(new URL('../fixtures/plugins/durable-hostile.js', import.meta.url));
@@ -20,41 +19,16 @@ const POLL = 0.2;
 
 type Line = Record<string, unknown> & { phase: string };
 
-function lines(file: string): Line[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as Line);
-}
-
-const running: DaemonProcess[] = [];
-const servers: TestRedis[] = [];
-afterEach(async () => {
-  await Promise.all(running.splice(0).map((d) => d.stop()));
-  await Promise.all(servers.splice(0).map((r) => r.stop()));
+const suite = processSuite({
+  redis: false,
+  env: { ...peerHealthEnv({ ttl: 2, interval: 0.5, sweep: 0.5 }), AGENTD_DURABLE_POLL_INTERVAL: String(POLL), AGENTD_DURABLE_BACKOFF_MS: '50' },
 });
+const lines = (file: string): Line[] => readRecords<Line>(file);
+const recFile = (): string => join(suite.tmp, `${uniqueId('rec')}.jsonl`);
 
-function recFile(): string {
-  return join(mkdtempSync(join(tmpdir(), 'durable-attack-')), 'rec.jsonl');
-}
-
-function agent(redis: TestRedis, id: string, den: string, file: string, extra: Record<string, string> = {}): DaemonProcess {
-  const d = spawnAgentd(['run'], {
-    env: {
-      AGENTD_REDIS_URL: redis.url,
-      AGENTD_AGENT_ID: id,
-      AGENTD_DEN: den,
-      AGENTD_PLUGINS: HOSTILE,
-      AGENTD_HEARTBEAT_TTL: '2',
-      AGENTD_HEARTBEAT_INTERVAL: '0.5',
-      AGENTD_SWEEP_INTERVAL: '0.5',
-      AGENTD_DURABLE_POLL_INTERVAL: String(POLL),
-      AGENTD_DURABLE_BACKOFF_MS: '50',
-      AGENTD_LOG_LEVEL: 'info',
-      DURABLE_RECORD_FILE: file,
-      ...extra,
-    },
-  });
-  running.push(d);
-  return d;
+/** A member on `redis` with the hostile durable plugin (or another in `extra`), writing what it does to `file`. */
+function agent(redis: TestRedis, id: string, den: string, file: string, extra: Record<string, string> = {}): Promise<Agent> {
+  return suite.spawn({ redisUrl: redis.url, id, den, plugins: [HOSTILE], env: { DURABLE_RECORD_FILE: file, ...extra } });
 }
 
 async function append(c: Redis, key: string, envelope: unknown): Promise<string> {
@@ -65,14 +39,13 @@ async function append(c: Redis, key: string, envelope: unknown): Promise<string>
 
 describe('durable attacks', () => {
   it('a key of the wrong type at inbox:<id> does not stall the den tasks, and is not logged at every poll', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const c = redis.client();
     const id = uniqueId('wt');
     const den = uniqueId('den');
     await c.set(`inbox:${id}`, 'not a stream');
     const file = recFile();
-    const d = agent(redis, id, den, file);
+    const d = await agent(redis, id, den, file);
     await d.waitForLog(hasMsg('agentd ready'), 20_000);
     for (let n = 0; n < 3; n++) await append(c, `den:${den}:tasks`, { event: 'job', data: { n } });
     await waitFor('the three den tasks handled despite the broken inbox', () => lines(file).filter((l) => l.phase === 'done').length === 3, 5_000);
@@ -82,10 +55,9 @@ describe('durable attacks', () => {
     expect(warned.length).toBeLessThanOrEqual(2); // but not at every one of the ten polls
   }, 40_000);
   it('a handler whose return value JSON cannot encode: the requester gets handler_failed, not a time-out', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const id = uniqueId('bi');
-    const d = agent(redis, id, uniqueId('den'), recFile());
+    const d = await agent(redis, id, uniqueId('den'), recFile());
     await d.waitForLog(hasMsg('agentd ready'), 20_000);
     const r = await runAgentd(['request', id, 'bigint', '{}', '--timeout', '8000', '--json'], { env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('cli') } });
     expect(r.code).toBe(1);
@@ -94,15 +66,14 @@ describe('durable attacks', () => {
   }, 40_000);
 
   it('a reply larger than events.maxBytes: the requester gets handler_failed, not a time-out', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const c = redis.client();
     const den = uniqueId('den');
     const file = recFile();
     const small = { AGENTD_EVENT_MAX_BYTES: '20000' };
     const [a, b] = [uniqueId('asker'), uniqueId('big')];
-    const da = agent(redis, a, den, file, small);
-    const db = agent(redis, b, den, file, small);
+    const da = await agent(redis, a, den, file, small);
+    const db = await agent(redis, b, den, file, small);
     await Promise.all([da, db].map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
     await append(c, `inbox:${a}`, { event: 'ask', data: { to: b, type: 'huge', data: { bytes: 30_000 }, timeoutMs: 8_000 } });
     const got = await waitFor('the request settled', () => lines(file).find((l) => l.phase === 'asked'), 15_000);
@@ -111,12 +82,11 @@ describe('durable attacks', () => {
   }, 40_000);
 
   it('a request whose signal aborts while it checks the target rejects with the abort reason at once', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const c = redis.client();
     const file = recFile();
     const [a, b] = [uniqueId('asker'), uniqueId('target')];
-    const ds = [agent(redis, a, uniqueId('den'), file), agent(redis, b, uniqueId('den'), file)];
+    const ds = await Promise.all([agent(redis, a, uniqueId('den'), file), agent(redis, b, uniqueId('den'), file)]);
     await Promise.all(ds.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
     await append(c, `inbox:${a}`, { event: 'ask', data: { to: b, type: 'huge', abort: true, timeoutMs: 60_000 } });
     // Well before the 60 s time-out; the bound is the test's own timeout.
@@ -124,12 +94,11 @@ describe('durable attacks', () => {
     expect(got).toMatchObject({ ok: false, reason: null, message: 'cancelled by the asker' });
   }, 40_000);
   it('Redis out of memory (noeviction): a send is refused with the OOM error, and a dead letter that cannot be written is not acknowledged', async () => {
-    const redis = await startRedis({ requireControl: true, args: ['--maxmemory-policy', 'noeviction'] });
-    servers.push(redis);
+    const redis = await suite.freshRedis({ requireControl: true, args: ['--maxmemory-policy', 'noeviction'] });
     const c = redis.client();
     const id = uniqueId('oom');
     const file = recFile();
-    const d = agent(redis, id, uniqueId('den'), file, { AGENTD_DURABLE_ATTEMPTS: '2' });
+    const d = await agent(redis, id, uniqueId('den'), file, { AGENTD_DURABLE_ATTEMPTS: '2' });
     await d.waitForLog(hasMsg('agentd ready'), 20_000);
     const inbox = `inbox:${id}`;
     const entry = await append(c, inbox, { event: 'fail', data: { ms: 1_500 } });
@@ -155,12 +124,11 @@ describe('durable attacks', () => {
     expect(d.child.exitCode).toBeNull();
   }, 60_000);
   it('an inbox broken under a running entry (operator DEL + SET) does not stop the orphan check of the den', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const c = redis.client();
     const [id, den] = [uniqueId('ob'), uniqueId('den')];
     const file = recFile();
-    const d = agent(redis, id, den, file, { AGENTD_DURABLE_ORPHAN_AFTER: '1', AGENTD_DURABLE_ATTEMPTS: '1000' });
+    const d = await agent(redis, id, den, file, { AGENTD_DURABLE_ORPHAN_AFTER: '1', AGENTD_DURABLE_ATTEMPTS: '1000' });
     await d.waitForLog(hasMsg('agentd ready'), 20_000);
     // An inbox entry that keeps failing: in flight here for good.
     await append(c, `inbox:${id}`, { event: 'fail', data: { ms: 100 } });
@@ -180,12 +148,11 @@ describe('durable attacks', () => {
     await waitFor('the orphan handled', () => lines(file).some((l) => l.phase === 'done' && l['n'] === 7), 10_000);
   }, 40_000);
   it('hostile entries: nothing crashes or stalls the daemon, every one is acknowledged, the bad ones are dead-lettered', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const c = redis.client();
     const id = uniqueId('hx');
     const file = recFile();
-    const d = agent(redis, id, uniqueId('den'), file, { AGENTD_EVENT_MAX_BYTES: '100000' });
+    const d = await agent(redis, id, uniqueId('den'), file, { AGENTD_EVENT_MAX_BYTES: '100000' });
     await d.waitForLog(hasMsg('agentd ready'), 20_000);
     const inbox = `inbox:${id}`;
     const deep = '['.repeat(50_000) + ']'.repeat(50_000);
@@ -215,14 +182,13 @@ describe('durable attacks', () => {
     expect(await c.exists(`agent:${id}:heartbeat`)).toBe(1);
   }, 40_000);
   it('a den of 3, two kill -9ed while running tasks and the mass-death brake holding their reap: the survivor takes both tasks after orphanAfter', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const c = redis.client();
     const den = uniqueId('den');
     const file = recFile();
     const brake = { AGENTD_WATCH_MASS_DEATH_MIN: '2', AGENTD_WATCH_MASS_DEATH_HOLD: '0', AGENTD_DURABLE_ORPHAN_AFTER: '3', AGENTD_PLUGINS: WORKER };
     const ids = ['m1', 'm2', 'm3'].map((m) => uniqueId(m));
-    const members = ids.map((id) => agent(redis, id, den, file, brake));
+    const members = await Promise.all(ids.map((id) => agent(redis, id, den, file, brake)));
     await Promise.all(members.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
     // Each long task runs on some member; go on until two different members each run one.
     const started = new Map<string, number>();
@@ -247,8 +213,7 @@ describe('durable attacks', () => {
     expect(survivor.logs.some(hasMsg('took over durable tasks whose claim was not refreshed'))).toBe(true);
   }, 60_000);
   it('a dead consumer that had read 300 tasks: the orphan check reads them in as handlers finish, never more than 2 x concurrency at once', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const c = redis.client();
     const [id, den] = [uniqueId('bp'), uniqueId('den')];
     const tasks = `den:${den}:tasks`;
@@ -257,7 +222,7 @@ describe('durable attacks', () => {
     // A Python consumer that read everything and died, with no registry record: no reap, only the orphan check.
     await c.xreadgroup('GROUP', 'agentd', 'ghost', 'COUNT', 1000, 'STREAMS', tasks, '>');
     const file = recFile();
-    const d = agent(redis, id, den, file, { AGENTD_DURABLE_ORPHAN_AFTER: '1', AGENTD_DURABLE_CONCURRENCY: '2', AGENTD_PLUGINS: WORKER });
+    const d = await agent(redis, id, den, file, { AGENTD_DURABLE_ORPHAN_AFTER: '1', AGENTD_DURABLE_CONCURRENCY: '2', AGENTD_PLUGINS: WORKER });
     await d.waitForLog(hasMsg('agentd ready'), 20_000);
     let most = 0;
     const deadline = Date.now() + 6_000;
@@ -272,8 +237,7 @@ describe('durable attacks', () => {
     expect(most).toBeLessThanOrEqual(2 * 2 + 2);
   }, 40_000);
   it('an orphan behind more than 1,000 live pending entries is still found (the orphan check pages through the whole list)', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const c = redis.client();
     const [id, den] = [uniqueId('pg'), uniqueId('den')];
     const tasks = `den:${den}:tasks`;
@@ -294,7 +258,7 @@ describe('durable attacks', () => {
     try {
       const file = recFile();
       // orphanAfter 2 s: ten times the refresher's period, so the busy entries never look orphaned.
-      const d = agent(redis, id, den, file, { AGENTD_DURABLE_ORPHAN_AFTER: '2', AGENTD_PLUGINS: WORKER });
+      const d = await agent(redis, id, den, file, { AGENTD_DURABLE_ORPHAN_AFTER: '2', AGENTD_PLUGINS: WORKER });
       await d.waitForLog(hasMsg('agentd ready'), 20_000);
       await waitFor('the orphan handled', () => lines(file).some((l) => l.phase === 'done' && l['n'] === 7), 10_000);
       expect(lines(file).some((l) => l['n'] === -1)).toBe(false); // nothing taken from the live consumer
@@ -304,12 +268,11 @@ describe('durable attacks', () => {
     }
   }, 40_000);
   it('Redis restarted without persistence under in-flight entries: groups recreated, new work handled, and the log quiet again', async () => {
-    const redis = await startRedis({ requireControl: true });
-    servers.push(redis);
+    const redis = await suite.freshRedis({ requireControl: true });
     const c = redis.client();
     const [id, den] = [uniqueId('rs'), uniqueId('den')];
     const file = recFile();
-    const d = agent(redis, id, den, file, { AGENTD_DURABLE_ATTEMPTS: '1000' });
+    const d = await agent(redis, id, den, file, { AGENTD_DURABLE_ATTEMPTS: '1000' });
     await d.waitForLog(hasMsg('agentd ready'), 20_000);
     await append(c, `inbox:${id}`, { event: 'fail', data: { ms: 50 } }); // retried for good: in flight
     await append(c, `den:${den}:tasks`, { event: 'job', data: { n: 1, ms: 1_500 } });
@@ -333,14 +296,13 @@ describe('durable attacks', () => {
     expect(d.child.exitCode).toBeNull();
   }, 60_000);
   it('a member frozen (SIGSTOP) past its reap while backing off: after SIGCONT its retry does not take the task back from the member now running it', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const c = redis.client();
     const den = uniqueId('den');
     const file = recFile();
     const slow = { AGENTD_DURABLE_BACKOFF_MS: '4000', AGENTD_DURABLE_BACKOFF_MAX_MS: '4000', AGENTD_PLUGINS: WORKER };
     const ids = ['f1', 'f2'].map((m) => uniqueId(m));
-    const members = ids.map((id) => agent(redis, id, den, file, slow));
+    const members = await Promise.all(ids.map((id) => agent(redis, id, den, file, slow)));
     await Promise.all(members.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
     // Attempt 1 fails after 3 s; attempt 2 succeeds after 3 s.
     await append(c, `den:${den}:tasks`, { event: 'job', data: { n: 1, ms: 3_000, failUntil: 2 } });
@@ -359,12 +321,11 @@ describe('durable attacks', () => {
     expect(starts.map((l) => [l['agent'] === first['agent'] ? 'frozen' : 'other', l['attempt']])).toEqual([['frozen', 1], ['other', 2]]);
   }, 60_000);
   it('1,000 concurrent requests, and a request to itself: every one answered with its own value, nothing left pending', async () => {
-    const redis = await startRedis();
-    servers.push(redis);
+    const redis = await suite.freshRedis();
     const c = redis.client();
     const file = recFile();
     const [a, b] = [uniqueId('fan'), uniqueId('tgt')];
-    const ds = [agent(redis, a, uniqueId('den'), file), agent(redis, b, uniqueId('den'), file)];
+    const ds = await Promise.all([agent(redis, a, uniqueId('den'), file), agent(redis, b, uniqueId('den'), file)]);
     await Promise.all(ds.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
     await append(c, `inbox:${a}`, { event: 'fanout', data: { to: b, n: 1_000, timeoutMs: 30_000 } });
     await append(c, `inbox:${a}`, { event: 'ask', data: { to: a, type: 'huge', data: { bytes: 3 }, timeoutMs: 10_000 } });

@@ -7,7 +7,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, uniqueId, waitFor } from '../process/util.ts';
+import { hasMsg, uniqueId, waitFor } from '../helpers/util.ts';
 import { readFileSync, existsSync } from 'node:fs';
 
 const WORKER = fileURLToPath(new URL('../fixtures/plugins/durable-worker.js', import.meta.url));

@@ -3,17 +3,14 @@
  * real redis-server, killed with SIGKILL, and a Redis killed and restarted
  * with and without persistence.
  */
-import { readFileSync, existsSync } from 'node:fs';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterEach, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, uniqueId, waitFor } from '../process/util.ts';
+import { describe, expect, it } from 'vitest';
+import { peerHealthEnv, processSuite, readRecords, type Agent } from '../helpers/process.ts';
+import type { TestRedis } from '../helpers/redis.ts';
+import { hasMsg, uniqueId, waitFor } from '../helpers/util.ts';
 
 const WORKER = fileURLToPath(new URL('../fixtures/plugins/durable-worker.js', import.meta.url));
 const TTL = 2;
@@ -30,37 +27,15 @@ interface Line {
   at: number;
 }
 
-function lines(file: string): Line[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as Line);
-}
-
-const running: DaemonProcess[] = [];
-const servers: TestRedis[] = [];
-afterEach(async () => {
-  await Promise.all(running.splice(0).map((d) => d.stop()));
-  await Promise.all(servers.splice(0).map((r) => r.stop()));
+const suite = processSuite({
+  redis: false,
+  env: { ...peerHealthEnv({ ttl: TTL, interval: INTERVAL, sweep: SWEEP }), AGENTD_DURABLE_POLL_INTERVAL: String(POLL), AGENTD_DURABLE_BACKOFF_MS: '50' },
 });
+const lines = (file: string): Line[] => readRecords<Line>(file);
 
-function agent(redis: TestRedis, id: string, den: string, file: string, extra: Record<string, string> = {}): DaemonProcess {
-  const d = spawnAgentd(['run'], {
-    env: {
-      AGENTD_REDIS_URL: redis.url,
-      AGENTD_AGENT_ID: id,
-      AGENTD_DEN: den,
-      AGENTD_PLUGINS: WORKER,
-      AGENTD_HEARTBEAT_TTL: String(TTL),
-      AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
-      AGENTD_SWEEP_INTERVAL: String(SWEEP),
-      AGENTD_DURABLE_POLL_INTERVAL: String(POLL),
-      AGENTD_DURABLE_BACKOFF_MS: '50',
-      AGENTD_LOG_LEVEL: 'info',
-      DURABLE_RECORD_FILE: file,
-      ...extra,
-    },
-  });
-  running.push(d);
-  return d;
+/** A member on `redis` with the durable worker plugin, writing what it does to `file`. */
+function agent(redis: TestRedis, id: string, den: string, file: string, extra: Record<string, string> = {}): Promise<Agent> {
+  return suite.spawn({ redisUrl: redis.url, id, den, plugins: [WORKER], env: { DURABLE_RECORD_FILE: file, ...extra } });
 }
 
 async function submit(c: Redis, den: string, data: unknown): Promise<string> {
@@ -71,13 +46,12 @@ async function submit(c: Redis, den: string, data: unknown): Promise<string> {
 
 describe('durable den tasks with real processes', () => {
   it('kill -9 of the member running a long task: another member runs it again within ttl + sweep + 1 s, and nothing else twice', async () => {
-    const redis = await startRedis({ requireControl: true });
-    servers.push(redis);
+    const redis = await suite.freshRedis({ requireControl: true });
     const c = redis.client();
     const den = uniqueId('den');
-    const file = join(mkdtempSync(join(tmpdir(), 'durable-')), 'rec.jsonl');
+    const file = join(suite.tmp, `${uniqueId('rec')}.jsonl`);
     const ids = ['m1', 'm2', 'm3'].map((m) => uniqueId(m));
-    const members = ids.map((id) => agent(redis, id, den, file));
+    const members = await Promise.all(ids.map((id) => agent(redis, id, den, file)));
     await Promise.all(members.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
 
     // Short tasks first, then one long one; everything else is short.
@@ -114,12 +88,11 @@ describe('durable den tasks with real processes', () => {
 
   for (const aof of [true, false]) {
     it(`Redis killed and restarted with appendonly ${aof ? 'yes' : 'no'}: ${aof ? 'acknowledged stay acknowledged, unacknowledged are handled after the restart' : 'the streams are gone, as docs/durable.md says'}`, async () => {
-      const redis = await startRedis({ requireControl: true, args: aof ? ['--appendonly', 'yes', '--appendfsync', 'always'] : [] });
-      servers.push(redis);
+      const redis = await suite.freshRedis({ requireControl: true, args: aof ? ['--appendonly', 'yes', '--appendfsync', 'always'] : [] });
       const c = redis.client();
       const den = uniqueId('den');
-      const file = join(mkdtempSync(join(tmpdir(), 'durable-')), 'rec.jsonl');
-      const d = agent(redis, uniqueId('solo'), den, file, { AGENTD_DURABLE_CONCURRENCY: '2' });
+      const file = join(suite.tmp, `${uniqueId('rec')}.jsonl`);
+      const d = await agent(redis, uniqueId('solo'), den, file, { AGENTD_DURABLE_CONCURRENCY: '2' });
       await d.waitForLog(hasMsg('agentd ready'), 20_000);
       for (let n = 0; n < 10; n++) await submit(c, den, { n });
       await waitFor('10 acknowledged', async () => Number(((await c.xpending(`den:${den}:tasks`, 'agentd')) as [number])[0]) === 0 && lines(file).filter((l) => l.phase === 'done').length === 10, 10_000);

@@ -17,8 +17,8 @@ import { aclRule } from '../../src/redis/preflight.ts';
 import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, collectMessages, hasMsg, keys, readRecords, seedMessage, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet } from './helpers.ts';
+import { expectSound, httpGet, readRecords, RECORDER } from '../helpers/process.ts';
+import { collect, hasMsg, keys, seedMessage, uniqueId, waitFor } from '../helpers/util.ts';
 
 const PASSWORD = 'acl-test-password';
 
@@ -71,7 +71,7 @@ describe('fault 22: the least-privilege ACL user', () => {
     const file = join(tmp, `${id}.jsonl`);
     const httpPort = await freePort();
     const watcher = redis.client();
-    const downs = await collectMessages(watcher, keys.channel('agent_down'));
+    const downs = await collect(watcher, keys.channel('agent_down'));
     // A peer that died without leaving: in the den and the registry, no heartbeat.
     const dead = uniqueId('acldead');
     await admin.sadd(keys.den(den), dead);

@@ -6,10 +6,11 @@
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor } from '../process/util.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { DaemonProcess } from '../helpers/daemon.ts';
+import type { TestRedis } from '../helpers/redis.ts';
+import { expectNoFatal, isAlive, peerHealthEnv, processSuite } from '../helpers/process.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL = 2;
 const INTERVAL = 0.5;
@@ -17,41 +18,19 @@ const SWEEP = 0.5;
 const QUIET_MS = (TTL + 2 * SWEEP) * 1000 + 1000;
 const SKEW = fileURLToPath(new URL('../fixtures/clock-skew.mjs', import.meta.url));
 
-describe('attacks on peer health (daemons as child processes)', () => {
-  let redis: TestRedis;
-  let c: Redis;
-  const daemons: DaemonProcess[] = [];
+const suite = processSuite({ redis: { requireControl: true }, env: peerHealthEnv({ ttl: TTL, interval: INTERVAL, sweep: SWEEP, notifications: 'enable' }) });
 
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
+describe('attacks on peer health (daemons as child processes)', () => {
+  let c: Redis;
+  let redis: TestRedis;
+
+  beforeAll(() => {
+    redis = suite.redis;
     c = redis.client({ connectionName: 'attack-cmd', maxRetriesPerRequest: null });
   });
 
-  afterEach(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  });
-
-  afterAll(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-    await redis?.stop();
-  });
-
-  function start(den: string, env: Record<string, string> = {}, id = uniqueId('ab')): { id: string; d: DaemonProcess } {
-    const d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_LOG_LEVEL: 'info',
-        AGENTD_HEARTBEAT_TTL: String(TTL),
-        AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
-        AGENTD_SWEEP_INTERVAL: String(SWEEP),
-        AGENTD_WATCH_NOTIFICATIONS: 'enable',
-        ...env,
-      },
-    });
-    daemons.push(d);
-    return { id, d };
+  async function start(den: string, env: Record<string, string> = {}, id = uniqueId('ab')): Promise<{ id: string; d: DaemonProcess }> {
+    return { id, d: await suite.spawn({ den, env, id }) };
   }
   const ready = (d: DaemonProcess): Promise<unknown> => d.waitForLog(hasMsg('agentd ready'), 20_000);
   /** Every 'agent down' line any of these daemons logged, as the peer ids. */
@@ -62,7 +41,7 @@ describe('attacks on peer health (daemons as child processes)', () => {
     it(`Redis restarted from a snapshot after more than the TTL: nobody in a den of ${size} is buried`, async () => {
       const den = uniqueId('den');
       // One daemon reconnects at once, the others up to 1.5 s later: all well within the TTL after Redis is back.
-      const xs = Array.from({ length: size }, (_, i) => start(den, { AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: i === 0 ? '100' : '1500' }));
+      const xs = await Promise.all(Array.from({ length: size }, (_, i) => start(den, { AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: i === 0 ? '100' : '1500' })));
       await Promise.all(xs.map((x) => ready(x.d)));
       await c.save();
       await redis.kill();
@@ -81,8 +60,8 @@ describe('attacks on peer health (daemons as child processes)', () => {
   it('Redis full with volatile-ttl: heartbeat keys evicted, writes refused for longer than the TTL, then freed: nobody is buried', async () => {
     const den = uniqueId('den');
     // The watcher beats and sweeps often; the other beats slowly, so it is back later than the watcher's first sweep.
-    const w = start(den, { AGENTD_HEARTBEAT_INTERVAL: '0.2', AGENTD_SWEEP_INTERVAL: '0.2' });
-    const v = start(den, { AGENTD_HEARTBEAT_INTERVAL: '0.9', AGENTD_WATCH: 'off' });
+    const w = await start(den, { AGENTD_HEARTBEAT_INTERVAL: '0.2', AGENTD_SWEEP_INTERVAL: '0.2' });
+    const v = await start(den, { AGENTD_HEARTBEAT_INTERVAL: '0.9', AGENTD_WATCH: 'off' });
     await Promise.all([ready(w.d), ready(v.d)]);
     await sleep(TTL * 1000);
     await c.config('SET', 'maxmemory-policy', 'volatile-ttl');
@@ -105,8 +84,8 @@ describe('attacks on peer health (daemons as child processes)', () => {
 
   it('a peer whose wall clock is 10 s behind is not buried when its heartbeat key is deleted', async () => {
     const den = uniqueId('den');
-    const w = start(den, { AGENTD_WATCH_NOTIFICATIONS: 'off' });
-    const v = start(den, { AGENTD_WATCH: 'off', NODE_OPTIONS: `--import=${SKEW}`, AGENTD_TEST_CLOCK_SKEW_MS: '-10000' });
+    const w = await start(den, { AGENTD_WATCH_NOTIFICATIONS: 'off' });
+    const v = await start(den, { AGENTD_WATCH: 'off', NODE_OPTIONS: `--import=${SKEW}`, AGENTD_TEST_CLOCK_SKEW_MS: '-10000' });
     await Promise.all([ready(w.d), ready(v.d)]);
     await sleep(TTL * 1000);
     for (let i = 0; i < 5; i++) {
@@ -120,9 +99,9 @@ describe('attacks on peer health (daemons as child processes)', () => {
 
   it('a peer whose wall clock is 60 s ahead is reported within ttl + sweepInterval of its death, once', async () => {
     const den = uniqueId('den');
-    const w = start(den);
-    const w2 = start(den);
-    const v = start(den, { AGENTD_WATCH: 'off', NODE_OPTIONS: `--import=${SKEW}`, AGENTD_TEST_CLOCK_SKEW_MS: '60000' });
+    const w = await start(den);
+    const w2 = await start(den);
+    const v = await start(den, { AGENTD_WATCH: 'off', NODE_OPTIONS: `--import=${SKEW}`, AGENTD_TEST_CLOCK_SKEW_MS: '60000' });
     await Promise.all([ready(w.d), ready(w2.d), ready(v.d)]);
     await sleep(TTL * 1000);
     v.d.signal('SIGKILL');
@@ -136,8 +115,8 @@ describe('attacks on peer health (daemons as child processes)', () => {
 
   it('registry hash and a live agent\'s heartbeat key both gone (allkeys eviction, a careless operator): not buried', async () => {
     const den = uniqueId('den');
-    const w = start(den, { AGENTD_WATCH_NOTIFICATIONS: 'off' });
-    const v = start(den, { AGENTD_WATCH: 'off' });
+    const w = await start(den, { AGENTD_WATCH_NOTIFICATIONS: 'off' });
+    const v = await start(den, { AGENTD_WATCH: 'off' });
     await Promise.all([ready(w.d), ready(v.d)]);
     for (let i = 0; i < 3; i++) {
       // The victim is paused for 1 s, inside its budget of ttl - interval = 1.5 s.
@@ -155,7 +134,7 @@ describe('attacks on peer health (daemons as child processes)', () => {
   it('held: FLUSHALL, the den set deleted, notifications turned off, forged expiry notifications, hostile records', async () => {
     const den = uniqueId('den');
     // Four dead at once among seven: the brake is off here, this is about what a reap survives.
-    const xs = [1, 2, 3].map(() => start(den, { AGENTD_WATCH_MASS_DEATH_MIN: '0' }));
+    const xs = await Promise.all([1, 2, 3].map(() => start(den, { AGENTD_WATCH_MASS_DEATH_MIN: '0' })));
     await Promise.all(xs.map((x) => ready(x.d)));
     await c.flushall();
     await sleep(1_000);
@@ -184,7 +163,7 @@ describe('attacks on peer health (daemons as child processes)', () => {
 
   it('held: kill -9 of 4 of 5 is reported, each exactly once, after at most watch.massDeathHold; a twin of a kill -9\'d agent may start', async () => {
     const den = uniqueId('den');
-    const xs = Array.from({ length: 5 }, () => start(den, { AGENTD_WATCH_MASS_DEATH_HOLD: '2', AGENTD_WATCH_NOTIFICATIONS: 'off' }));
+    const xs = await Promise.all(Array.from({ length: 5 }, () => start(den, { AGENTD_WATCH_MASS_DEATH_HOLD: '2', AGENTD_WATCH_NOTIFICATIONS: 'off' })));
     await Promise.all(xs.map((x) => ready(x.d)));
     const dead = xs.slice(1);
     for (const x of dead) x.d.signal('SIGKILL');
@@ -192,7 +171,7 @@ describe('attacks on peer health (daemons as child processes)', () => {
     await sleep(QUIET_MS);
     expect(buried([xs[0]!]).sort()).toEqual(dead.map((x) => x.id).sort());
     // The same id again, at once (same host, the old pid is gone): allowed, not refused.
-    const again = start(den, {}, dead[0]!.id);
+    const again = await start(den, {}, dead[0]!.id);
     await ready(again.d);
     expect(isAlive(again.d)).toBe(true);
   });
@@ -200,7 +179,7 @@ describe('attacks on peer health (daemons as child processes)', () => {
   for (const size of [2, 3]) {
     it(`Redis frozen (SIGSTOP) for longer than the TTL: nobody in a den of ${size} is buried`, async () => {
       const den = uniqueId('den');
-      const xs = Array.from({ length: size }, () => start(den));
+      const xs = await Promise.all(Array.from({ length: size }, () => start(den)));
       await Promise.all(xs.map((x) => ready(x.d)));
       await sleep(1000);
       await redis.pause();

@@ -21,57 +21,36 @@
 import { readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../helpers/ports.ts';
-import { startProxy } from '../helpers/proxy.ts';
 import { FLAP_LOSSES, FLAP_WINDOW_MS } from '../../src/redis/connection.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, keys, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet } from './helpers.ts';
+import type { TestRedis } from '../helpers/redis.ts';
+import { expectSound, httpGet, processSuite, type Agent } from '../helpers/process.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL_S = 6;
 /** Ends 2.5 s before the peer's fourth beat interval (4 × 2.9 s) after its last landed beat. */
 const BUSY_S = 4 * 2.9 - 2.5;
 
+const suite = processSuite({ redis: { requireControl: true }, env: { AGENTD_HEARTBEAT_TTL: String(TTL_S), AGENTD_WATCH_NOTIFICATIONS: 'enable' } });
+
 describe('attacks: a misbehaving Redis', () => {
   let redis: TestRedis;
   let c: Redis;
-  const daemons: DaemonProcess[] = [];
 
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
+  beforeAll(() => {
+    redis = suite.redis;
     c = redis.client({ connectionName: 'attack-cmd' });
   });
-  afterEach(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  });
-  afterAll(async () => {
-    await redis?.stop();
-  });
 
-  function start(id: string, den: string, env: Record<string, string>): DaemonProcess {
-    const d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_HEARTBEAT_TTL: String(TTL_S),
-        AGENTD_WATCH_NOTIFICATIONS: 'enable',
-        AGENTD_HTTP_PORT: '0',
-        ...env,
-      },
-    });
-    daemons.push(d);
-    return d;
-  }
+  const start = (id: string, den: string, env: Record<string, string>): Promise<Agent> => suite.spawn({ id, den, env });
 
   it('Redis busy (Lua script) longer than the TTL: no live peer is reported down when it ends', { timeout: 90_000 }, async () => {
     const den = uniqueId('busyden');
     // The watcher beats and sweeps often; its peer beats at the slowest interval the TTL allows.
-    const a = start(uniqueId('busya'), den, { AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_SWEEP_INTERVAL: '0.5' });
+    const a = await start(uniqueId('busya'), den, { AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_SWEEP_INTERVAL: '0.5' });
     const bId = uniqueId('busyb');
-    const b = start(bId, den, { AGENTD_HEARTBEAT_INTERVAL: '2.9', AGENTD_SWEEP_INTERVAL: '5' });
+    const b = await start(bId, den, { AGENTD_HEARTBEAT_INTERVAL: '2.9', AGENTD_SWEEP_INTERVAL: '5' });
     await Promise.all([a.waitForLog(hasMsg('agentd ready'), 15_000), b.waitForLog(hasMsg('agentd ready'), 15_000)]);
     const downs: string[] = [];
     const sub = redis.client({ connectionName: 'attack-observer' });
@@ -105,10 +84,10 @@ describe('attacks: a misbehaving Redis', () => {
   });
 
   it('connections reset every 300 ms for 20 s: per-loss lines damped, no fd leaked, ready once it steadies', { timeout: FLAP_WINDOW_MS + 60_000 }, async () => {
-    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    const proxy = await suite.proxy();
     try {
       const httpPort = await freePort();
-      const d = start(uniqueId('flap'), uniqueId('flapden'), { AGENTD_REDIS_URL: proxy.url(), AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_HTTP_PORT: String(httpPort), AGENTD_REDIS_CONNECT_TIMEOUT_MS: '1000' });
+      const d = await start(uniqueId('flap'), uniqueId('flapden'), { AGENTD_REDIS_URL: proxy.url(), AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_HTTP_PORT: String(httpPort), AGENTD_REDIS_CONNECT_TIMEOUT_MS: '1000' });
       await d.waitForLog(hasMsg('agentd ready'), 15_000);
       const pid = d.child.pid as number;
       const fds = (): number => readdirSync(`/proc/${pid}/fd`).length;
@@ -148,11 +127,11 @@ describe('attacks: a misbehaving Redis', () => {
   });
 
   it('server check connection deaf with commandTimeoutMs=0: each attempt ends at connectTimeoutMs; starts once healed', { timeout: 60_000 }, async () => {
-    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    const proxy = await suite.proxy();
     try {
       const id = uniqueId('chk');
       proxy.setRule((x) => (x.sent.includes(`agentd:${id}:check`) ? { kind: 'blackhole', direction: 'down' } : undefined));
-      const d = start(id, uniqueId('chkden'), { AGENTD_REDIS_URL: proxy.url(), AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_REDIS_COMMAND_TIMEOUT_MS: '0', AGENTD_REDIS_CONNECT_TIMEOUT_MS: '1000' });
+      const d = await start(id, uniqueId('chkden'), { AGENTD_REDIS_URL: proxy.url(), AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_REDIS_COMMAND_TIMEOUT_MS: '0', AGENTD_REDIS_CONNECT_TIMEOUT_MS: '1000' });
       const line = await d.waitForLog(hasMsg('redis server check failed; retrying with backoff'), 10_000);
       expect(String(line['err'])).toMatch(/timed out|timeout|deadline/i);
       await waitFor('a second check attempt', () => proxy.connections.filter((x) => x.sent.includes(`agentd:${id}:check`)).length >= 2, 10_000);
@@ -166,11 +145,11 @@ describe('attacks: a misbehaving Redis', () => {
   });
 
   it('commandTimeoutMs=0: a SUBSCRIBE lost on a fresh subscriber connection does not leave it not ready after healing', { timeout: 60_000 }, async () => {
-    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    const proxy = await suite.proxy();
     try {
       const id = uniqueId('subto');
       const httpPort = await freePort();
-      const d = start(id, uniqueId('subtoden'), {
+      const d = await start(id, uniqueId('subtoden'), {
         AGENTD_REDIS_URL: proxy.url(),
         AGENTD_HEARTBEAT_INTERVAL: '1',
         AGENTD_REDIS_COMMAND_TIMEOUT_MS: '0',

@@ -8,17 +8,10 @@
  * the hanging call's signal and frees the slot (the `after` events behind it
  * are handled), and no false death: no agent_down for the busy agent.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { collectMessages, hasMsg, keys, readRecords, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, fixture, logTime, metric, scrape } from './helpers.ts';
+import { describe, expect, it } from 'vitest';
+import { expectSound, peerHealthEnv, processSuite, readRecords } from '../helpers/process.ts';
+import { collect, hasMsg, keys, logTime, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const HANDLER_TIMEOUT_MS = 300;
 const TTL_S = 2;
@@ -34,53 +27,22 @@ interface Line {
   at: number;
 }
 
+const suite = processSuite({ redis: { requireControl: true }, env: peerHealthEnv({ ttl: TTL_S, interval: INTERVAL_S, sweep: SWEEP_S, notifications: 'enable' }) });
+
 describe('fault 9: bad handlers', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  const daemons: DaemonProcess[] = [];
-
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-fault9-'));
-  });
-
-  afterAll(async () => {
-    await Promise.all(daemons.map((d) => d.stop()));
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
   it('throw, reject, never-resolve and a 1 s spin: isolated and logged, the slot freed at the time limit, no false death', async () => {
     const den = uniqueId('f9den');
-    const id = uniqueId('f9');
-    const file = join(tmp, `${id}.jsonl`);
-    const httpPort = await freePort();
-    const fast = {
-      AGENTD_REDIS_URL: redis.url,
-      AGENTD_DEN: den,
-      AGENTD_HEARTBEAT_TTL: String(TTL_S),
-      AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL_S),
-      AGENTD_SWEEP_INTERVAL: String(SWEEP_S),
-      AGENTD_WATCH_NOTIFICATIONS: 'enable',
-    };
-    const d = spawnAgentd(['run'], {
-      env: {
-        ...fast,
-        AGENTD_AGENT_ID: id,
-        AGENTD_PLUGINS: [fixture('bad-handlers.js'), fixture('spin.js'), fixture('record-types.js')].join(','),
-        RECORD_TYPES: 'after',
-        RECORD_FILE: file,
-        SPIN_MS: '1000',
-        AGENTD_HANDLER_TIMEOUT_MS: String(HANDLER_TIMEOUT_MS),
-        AGENTD_QUEUE_CONCURRENCY: '1',
-        AGENTD_HTTP_PORT: String(httpPort),
-      },
+    const d = await suite.spawn({
+      den,
+      plugins: ['bad-handlers.js', 'spin.js', 'record-types.js'],
+      http: true,
+      env: { RECORD_TYPES: 'after', SPIN_MS: '1000', AGENTD_HANDLER_TIMEOUT_MS: String(HANDLER_TIMEOUT_MS), AGENTD_QUEUE_CONCURRENCY: '1' },
     });
-    const watcherId = uniqueId('f9watch');
-    const watcher = spawnAgentd(['run'], { env: { ...fast, AGENTD_AGENT_ID: watcherId } });
-    daemons.push(d, watcher);
-    const c: Redis = redis.client({ connectionName: 'fault9-cmd' });
-    const membership = await collectMessages(redis.client({ connectionName: 'fault9-observer' }), 'agent:events:agent_*');
+    const { id, file } = d;
+    const watcher = await suite.spawn({ den, id: uniqueId('f9watch') });
+    const watcherId = watcher.id;
+    const c = suite.cmd;
+    const membership = await collect(suite.redis.client({ connectionName: 'fault9-observer' }), 'agent:events:agent_*');
     await Promise.all([d.waitForLog(hasMsg('agentd ready'), 15_000), watcher.waitForLog(hasMsg('agentd ready'), 15_000)]);
     await sleep(1_000);
 
@@ -112,7 +74,7 @@ describe('fault 9: bad handlers', () => {
     const aborted = lines.filter((l) => l.event === 'hang-aborted');
     const failed = d.logs.filter((l) => l['code'] === 'AGENTD_ERR_HANDLER_FAILED');
     const timedOut = d.logs.filter((l) => l['code'] === 'AGENTD_ERR_HANDLER_TIMEOUT');
-    const m = await scrape(httpPort);
+    const m = await d.scrape();
     const calls = (event: string, outcome: string): number => metric(m, 'agentd_handler_calls_total', { plugin: 'bad', event, outcome });
     const downs = membership.filter((x) => x.json?.['event'] === 'agent_down');
     const report = {

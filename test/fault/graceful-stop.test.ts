@@ -5,67 +5,35 @@
  * (each exactly once), or — with a drain timeout shorter than the work — the
  * timeout is hit and logged with what was left and the exit code is 1; in both
  * cases presence is removed and agent_offline published; exit 0 when drained.
- *
- * test/process/lifecycle.test.ts covers the same with 20 and 4 events.
+ * This is where a stop by SIGTERM is tested with a real process; the drain
+ * result and the abort of running handlers through the API are in
+ * test/integration/daemon-presence.test.ts.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { hostname, tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, collectMessages, hasMsg, keys, uniqueId, waitFor, type RawMessage } from '../process/util.ts';
-import { expectSound, metric, recordedUids, scrape } from './helpers.ts';
+import { hostname } from 'node:os';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { expectSound, processSuite, recordedUids, type Agent } from '../helpers/process.ts';
+import { collect, hasMsg, keys, metric, waitFor, type Collected } from '../helpers/util.ts';
 
 const EVENTS = 1_000;
 
+const suite = processSuite({ redis: { requireControl: true } });
+
 describe('fault 6: graceful stop with 1,000 events queued', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  let c: Redis;
-  let offline: RawMessage[];
-  const daemons: DaemonProcess[] = [];
+  let offline: Collected[];
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-fault6-'));
-    c = redis.client({ connectionName: 'fault6-cmd' });
-    offline = await collectMessages(redis.client({ connectionName: 'fault6-observer' }), keys.channel('agent_offline'));
-  });
-
-  afterEach(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  });
-
-  afterAll(async () => {
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
+    offline = await collect(suite.redis.client({ connectionName: 'fault6-observer' }), keys.channel('agent_offline'));
   });
 
   /** Starts a daemon, publishes 1,000 events in one pipeline and resolves once all are queued (per /metrics). */
-  async function loaded(env: Record<string, string>): Promise<{ d: DaemonProcess; id: string; den: string; file: string; uids: string[] }> {
-    const id = uniqueId('f6');
-    const den = uniqueId('f6den');
-    const file = join(tmp, `${id}.jsonl`);
-    const httpPort = await freePort();
-    const d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_PLUGINS: RECORDER,
-        RECORD_FILE: file,
-        RECORD_DELAY_MS: '5',
-        AGENTD_QUEUE_CONCURRENCY: '4',
-        AGENTD_QUEUE_MAX: '2000',
-        AGENTD_HTTP_PORT: String(httpPort),
-        ...env,
-      },
+  async function loaded(env: Record<string, string>): Promise<{ d: Agent; id: string; den: string; file: string; uids: string[] }> {
+    const d = await suite.start({
+      plugins: ['recorder.js'],
+      http: true,
+      env: { RECORD_DELAY_MS: '5', AGENTD_QUEUE_CONCURRENCY: '4', AGENTD_QUEUE_MAX: '2000', ...env },
     });
-    daemons.push(d);
-    await d.waitForLog(hasMsg('agentd ready'), 15_000);
+    const { id, den, file } = d;
+    const c = suite.cmd;
 
     const uids = Array.from({ length: EVENTS }, (_, i) => `${id}-job-${i}`);
     const pipe = c.pipeline();
@@ -75,7 +43,7 @@ describe('fault 6: graceful stop with 1,000 events queued', () => {
     // `job` has no handler of its own (the recorder handles '*'), so its metrics label is "other".
     await waitFor(
       'all 1,000 events queued',
-      async () => metric(await scrape(httpPort), 'agentd_events_dispatched_total', { event: 'other' }) === EVENTS,
+      async () => metric(await d.scrape(), 'agentd_events_dispatched_total', { event: 'other' }) === EVENTS,
       5_000,
       5,
     );
@@ -83,12 +51,14 @@ describe('fault 6: graceful stop with 1,000 events queued', () => {
   }
 
   async function expectLeft(id: string, den: string): Promise<void> {
+    const c = suite.cmd;
     expect(await c.sismember(keys.den(den), id), 'out of its den').toBe(0);
     expect(await c.exists(keys.heartbeat(id)), 'heartbeat key deleted').toBe(0);
     const rec = JSON.parse((await c.hget(keys.registry, id)) as string) as Record<string, unknown>;
     expect(rec['status']).toBe('offline');
     const msg = await waitFor('agent_offline', () => offline.find((m) => (m.json?.['data'] as { agent?: string } | undefined)?.agent === id), 3_000);
     expect(msg.json?.['data']).toMatchObject({ agent: id, den, host: hostname(), reason: 'shutdown' });
+    expect(msg.json, 'the envelope names its source').toMatchObject({ source: id, den });
     expect(offline.filter((m) => (m.json?.['data'] as { agent?: string } | undefined)?.agent === id), 'one agent_offline').toHaveLength(1);
   }
 

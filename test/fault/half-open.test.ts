@@ -14,26 +14,21 @@
  *   connectTimeoutMs and is retried (plain and TLS), ready once it answers.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startProxy, type ProxiedConnection, type TcpProxy } from '../helpers/proxy.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { describe, expect, it } from 'vitest';
+import type { ProxiedConnection, TcpProxy } from '../helpers/proxy.ts';
 import { KEEPALIVE_MS } from '../../src/redis/connection.ts';
-import { RECORDER, hasMsg, keys, readRecords, seedMessage, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet } from './helpers.ts';
+import { expectSound, HALF_OPEN, halfOpenEnv, httpGet, processSuite, readRecords } from '../helpers/process.ts';
+import { hasMsg, keys, seedMessage, waitFor } from '../helpers/util.ts';
 
-const INTERVAL_S = 1;
-const TTL_S = 6;
-const PROBE_INTERVAL_S = 1;
-const PROBE_TIMEOUT_MS = 500;
-const CONNECT_TIMEOUT_MS = 1_000;
-const COMMAND_TIMEOUT_MS = 1_000;
-const RECONNECT_MAX_MS = 500;
+const {
+  intervalS: INTERVAL_S,
+  probeIntervalS: PROBE_INTERVAL_S,
+  probeTimeoutMs: PROBE_TIMEOUT_MS,
+  connectTimeoutMs: CONNECT_TIMEOUT_MS,
+  commandTimeoutMs: COMMAND_TIMEOUT_MS,
+  reconnectMaxMs: RECONNECT_MAX_MS,
+} = HALF_OPEN;
 /** Worst case of the periodic probe: a full interval, the PUBLISH answer's wait, then the arrival's. */
 const SUB_NOTICE_BOUND_MS = PROBE_INTERVAL_S * 1000 + 2 * PROBE_TIMEOUT_MS;
 const HEAL_BOUND_MS = 2_000;
@@ -42,51 +37,16 @@ const CLOSE_SEEN_MS = 250;
 /** Resolution of the /readyz polling (not slack on the bounds). */
 const POLL_MS = 20;
 
+const suite = processSuite({ redis: { requireControl: true }, env: halfOpenEnv() });
+
 describe('faults 14/15: half-open connections through a TCP proxy', () => {
-  let redis: TestRedis;
   let proxy: TcpProxy;
-  let tmp: string;
-  let d: DaemonProcess | undefined;
 
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-halfopen-'));
-  });
-  afterEach(async () => {
-    await d?.stop();
-    d = undefined;
-    await proxy?.close();
-  });
-  afterAll(async () => {
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
+  /** A daemon (with the recorder and an HTTP port) whose every connection goes through a fresh proxy. */
   async function startDaemon(extra: Record<string, string> = {}) {
-    proxy = await startProxy({ host: redis.host, port: redis.port });
-    const id = uniqueId('ho');
-    const den = uniqueId('hoden');
-    const file = join(tmp, `${id}.jsonl`);
-    const httpPort = await freePort();
-    d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: proxy.url(),
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_PLUGINS: RECORDER,
-        RECORD_FILE: file,
-        AGENTD_HEARTBEAT_TTL: String(TTL_S),
-        AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL_S),
-        AGENTD_EVENT_PROBE_INTERVAL: String(PROBE_INTERVAL_S),
-        AGENTD_EVENT_PROBE_TIMEOUT_MS: String(PROBE_TIMEOUT_MS),
-        AGENTD_REDIS_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
-        AGENTD_REDIS_COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS),
-        AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: String(RECONNECT_MAX_MS),
-        AGENTD_HTTP_PORT: String(httpPort),
-        ...extra,
-      },
-    });
-    return { d, id, den, file, httpPort };
+    proxy = await suite.proxy();
+    const d = await suite.spawn({ plugins: ['recorder.js'], http: true, redisUrl: proxy.url(), env: extra });
+    return { d, id: d.id, den: d.den, file: d.file, httpPort: d.httpPort };
   }
 
   async function readyz(port: number): Promise<{ status: number; body: string }> {
@@ -115,7 +75,7 @@ describe('faults 14/15: half-open connections through a TCP proxy', () => {
     expect((await readyz(s.httpPort)).status).toBe(200);
     const sub = only(proxy.open(`agentd:${s.id}:sub`), 'subscriber');
     const cmd = only(proxy.open(`agentd:${s.id}:cmd`), 'command');
-    const pub = redis.client();
+    const pub = suite.redis.client();
 
     // The fault: the subscriber's connection forwards nothing any more (both ways, bytes lost);
     // new subscriber connections are held (accepted, nothing forwarded) until the path heals.
@@ -156,7 +116,7 @@ describe('faults 14/15: half-open connections through a TCP proxy', () => {
     await s.d.waitForLog(hasMsg('agentd ready'), 15_000);
     const cmd = only(proxy.open(`agentd:${s.id}:cmd`), 'command');
     const sub = only(proxy.open(`agentd:${s.id}:sub`), 'subscriber');
-    const c = redis.client();
+    const c = suite.redis.client();
 
     proxy.setRule((x) => (x.id === cmd.id ? { kind: 'blackhole', direction: 'up' } : x.sent.includes(`agentd:${s.id}:cmd`) ? { kind: 'pause' } : undefined));
     const faultAt = Date.now();
@@ -257,18 +217,9 @@ describe('faults 14/15: half-open connections through a TCP proxy', () => {
   });
 
   it('TLS handshake that never finishes is cut at connectTimeoutMs and retried', { timeout: 30_000 }, async () => {
-    proxy = await startProxy({ host: redis.host, port: redis.port });
+    proxy = await suite.proxy();
     proxy.setMode({ kind: 'pause' });
-    const id = uniqueId('hotls');
-    d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: `rediss://127.0.0.1:${proxy.port}`,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: uniqueId('hotlsden'),
-        AGENTD_REDIS_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
-        AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: String(RECONNECT_MAX_MS),
-      },
-    });
+    const d = await suite.spawn({ redisUrl: `rediss://127.0.0.1:${proxy.port}` });
     await sleep(4 * (CONNECT_TIMEOUT_MS + RECONNECT_MAX_MS));
     expect(proxy.connections.length, 'TLS attempts while the handshake hangs').toBeGreaterThanOrEqual(6);
     const err = d.logs.find(hasMsg('redis connection error'));

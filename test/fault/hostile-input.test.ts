@@ -11,17 +11,10 @@
  * Every hostile message that is an object claims `"event": "sentinel"`, the
  * one type the plugin handles, so a check that let it through would show.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, keys, readRecords, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, fixture, mb, metric, rssKb, scrape } from './helpers.ts';
+import { describe, expect, it } from 'vitest';
+import { expectSound, mb, processSuite, readRecords, rssKb } from '../helpers/process.ts';
+import { keys, metric, waitFor } from '../helpers/util.ts';
 
 /** In every hostile payload; must never show up in a log line. */
 const MARK = 'HOSTILE-PAYLOAD-MARK';
@@ -54,44 +47,21 @@ const HOSTILE: readonly Hostile[] = [
   { name: 'unknown event type', reason: undefined, payload: `{"event":"no_such_type","data":{"uid":"unknown-type","m":"${MARK}"}}` },
 ];
 
+const suite = processSuite({ redis: { requireControl: true } });
+
 describe('fault 8: hostile input', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  let d: DaemonProcess | undefined;
-
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-fault8-'));
-  });
-
-  afterAll(async () => {
-    await d?.stop();
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
   it('nothing reaches a handler, one AGENTD_ERR_BAD_EVENT line each without the payload, counters move, alive, memory released', async () => {
-    const id = uniqueId('f8');
-    const file = join(tmp, `${id}.jsonl`);
-    const httpPort = await freePort();
-    d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: uniqueId('f8den'),
-        AGENTD_PLUGINS: fixture('record-types.js'),
-        RECORD_TYPES: 'sentinel',
-        RECORD_FILE: file,
-        AGENTD_HTTP_PORT: String(httpPort),
-        // Every message must reach intake, also on channels no handler names (events.subscribe=auto would not subscribe to them).
-        AGENTD_EVENT_SUBSCRIBE: 'pattern',
-      },
+    const d = await suite.start({
+      plugins: ['record-types.js'],
+      http: true,
+      // Every message must reach intake, also on channels no handler names (events.subscribe=auto would not subscribe to them).
+      env: { RECORD_TYPES: 'sentinel', AGENTD_EVENT_SUBSCRIBE: 'pattern' },
     });
-    await d.waitForLog(hasMsg('agentd ready'), 15_000);
-    const c: Redis = redis.client({ connectionName: 'fault8-cmd' });
+    const { file } = d;
+    const c = suite.cmd;
     const channel = keys.channel('sentinel');
     await sleep(500);
-    const before = await scrape(httpPort);
+    const before = await d.scrape();
     const rssBefore = rssKb(d.pid);
     const linesBefore = d.logs.length;
 
@@ -108,7 +78,7 @@ describe('fault 8: hostile input', () => {
     await waitFor('the sentinel handled', () => readRecords(file).length > 0, 5_000);
     await sleep(300); // anything that slipped through would be recorded by now
 
-    const after = await scrape(httpPort);
+    const after = await d.scrape();
     const lines = d.logs.slice(linesBefore);
     const bad = lines.filter((l) => l['code'] === 'AGENTD_ERR_BAD_EVENT');
     // Memory a few seconds later (V8 may keep some of the heap it grew).

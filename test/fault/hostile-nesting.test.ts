@@ -6,52 +6,19 @@
  * line each, metric `agentd_events_dropped_total{event="invalid",reason="too_deep"}`),
  * nothing reaches the handler, and the next good event is handled.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, isAlive, keys, readRecords, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, fixture, metric, scrape } from './helpers.ts';
+import { describe, expect, it } from 'vitest';
+import { expectSound, isAlive, processSuite, readRecords } from '../helpers/process.ts';
+import { keys, metric, waitFor } from '../helpers/util.ts';
 
 const nested = (depth: number): string => `{"event":"sentinel","data":${'['.repeat(depth)}${']'.repeat(depth)}}`;
 
+const suite = processSuite();
+
 describe('fault 13: hostile nesting', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  let d: DaemonProcess | undefined;
-
-  beforeAll(async () => {
-    redis = await startRedis();
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-fault13-'));
-  });
-
-  afterAll(async () => {
-    await d?.stop();
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
   it('a 5,000-deep and a 400,000-deep message: alive, counted as too_deep, the next event handled', async () => {
-    const id = uniqueId('f13');
-    const file = join(tmp, `${id}.jsonl`);
-    const httpPort = await freePort();
-    d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: uniqueId('f13den'),
-        AGENTD_PLUGINS: fixture('record-types.js'),
-        RECORD_TYPES: 'sentinel',
-        RECORD_FILE: file,
-        AGENTD_HTTP_PORT: String(httpPort),
-      },
-    });
-    await d.waitForLog(hasMsg('agentd ready'), 15_000);
-    const c: Redis = redis.client({ connectionName: 'fault13-cmd' });
+    const d = await suite.start({ plugins: ['record-types.js'], env: { RECORD_TYPES: 'sentinel' }, http: true });
+    const { file } = d;
+    const c = suite.cmd;
     const channel = keys.channel('sentinel');
 
     const small = nested(5_000);
@@ -74,7 +41,7 @@ describe('fault 13: hostile nesting', () => {
       ['too_deep', Buffer.byteLength(small)],
       ['too_deep', Buffer.byteLength(big)],
     ]);
-    const m = await scrape(httpPort);
+    const m = await d.scrape();
     expect(metric(m, 'agentd_events_dropped_total', { event: 'invalid', reason: 'too_deep' })).toBe(2);
     expect(metric(m, 'agentd_events_received_total', { event: 'sentinel' })).toBe(2);
     expectSound(d, file);

@@ -17,17 +17,13 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { trackChild } from '../helpers/reaper.ts';
-import { hasMsg, keys, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet } from './helpers.ts';
+import { expectSound, HALF_OPEN, halfOpenEnv, httpGet, processSuite } from '../helpers/process.ts';
+import { hasMsg, keys, waitFor } from '../helpers/util.ts';
 
 const tag = `${process.pid % 10_000}${randomInt(100, 999)}`;
 const NS = `agentd-t${tag}`;
@@ -60,19 +56,13 @@ function netnsAvailable(): boolean {
 
 const available = netnsAvailable();
 
-const INTERVAL_S = 1;
-const PROBE_INTERVAL_S = 1;
-const PROBE_TIMEOUT_MS = 500;
-const CONNECT_TIMEOUT_MS = 1_000;
-const COMMAND_TIMEOUT_MS = 1_000;
-const RECONNECT_MAX_MS = 500;
+/** The Redis runs in the namespace: the suite gives only the daemons and a temp folder. */
+const suite = processSuite({ redis: false, env: halfOpenEnv() });
 
 describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a network namespace', () => {
   let redisProc: ChildProcess | undefined;
   let port = 0;
   let admin: Redis;
-  let tmp: string;
-  let d: DaemonProcess | undefined;
   const rules: string[][] = [];
 
   const drop = (...rule: string[]): void => {
@@ -90,7 +80,7 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
   };
 
   beforeAll(async () => {
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-netns-'));
+    const tmp = suite.tmp;
     sh('ip', 'netns', 'add', NS);
     sh('ip', 'link', 'add', VETH_HOST, 'type', 'veth', 'peer', 'name', VETH_NS);
     sh('ip', 'link', 'set', VETH_NS, 'netns', NS);
@@ -114,8 +104,6 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
 
   afterEach(async () => {
     clearRules();
-    await d?.stop();
-    d = undefined;
   });
 
   afterAll(async () => {
@@ -132,29 +120,16 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
         // not made
       }
     }
-    if (tmp) await rm(tmp, { recursive: true, force: true });
   });
 
   async function start() {
-    const id = uniqueId('ns');
-    const httpPort = await freePort();
-    d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: `redis://${NS_IP}:${port}/0`,
-        // A test namespace address, not loopback: plain redis:// must be allowed explicitly (redis.tls.required).
-        AGENTD_REDIS_TLS_REQUIRED: 'false',
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: uniqueId('nsden'),
-        AGENTD_HEARTBEAT_TTL: '6',
-        AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL_S),
-        AGENTD_EVENT_PROBE_INTERVAL: String(PROBE_INTERVAL_S),
-        AGENTD_EVENT_PROBE_TIMEOUT_MS: String(PROBE_TIMEOUT_MS),
-        AGENTD_REDIS_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
-        AGENTD_REDIS_COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS),
-        AGENTD_REDIS_RECONNECT_MAX_DELAY_MS: String(RECONNECT_MAX_MS),
-        AGENTD_HTTP_PORT: String(httpPort),
-      },
+    const d = await suite.spawn({
+      redisUrl: `redis://${NS_IP}:${port}/0`,
+      http: true,
+      // A test namespace address, not loopback: plain redis:// must be allowed explicitly (redis.tls.required).
+      env: { AGENTD_REDIS_TLS_REQUIRED: 'false' },
     });
+    const { id, httpPort } = d;
     await d.waitForLog(hasMsg('agentd ready'), 15_000);
     return { d, id, httpPort };
   }
@@ -183,7 +158,7 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
     const at = Date.now();
     const degraded = await s.d.waitForLog((l) => hasMsg('agentd degraded')(l) && s.d.logs.indexOf(l) >= linesBefore, 15_000);
     const noticedMs = Date.parse(String(degraded['time'])) - at;
-    const bound = PROBE_INTERVAL_S * 1000 + 2 * PROBE_TIMEOUT_MS;
+    const bound = HALF_OPEN.probeIntervalS * 1000 + 2 * HALF_OPEN.probeTimeoutMs;
     expect(String(degraded['reason'])).toMatch(/probe/);
     expect(noticedMs, `noticed after ${noticedMs} ms (bound ${bound} ms)`).toBeLessThanOrEqual(bound);
     await waitFor('ready again on a new subscriber connection', async () => (await httpGet(s.httpPort, '/readyz')).status === 200, 10_000);
@@ -201,7 +176,7 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
     const at = Date.now();
     const degraded = await s.d.waitForLog((l) => hasMsg('agentd degraded')(l) && s.d.logs.indexOf(l) >= linesBefore, 15_000);
     const noticedMs = Date.parse(String(degraded['time'])) - at;
-    const bound = Math.min(PROBE_INTERVAL_S, INTERVAL_S) * 1000 + COMMAND_TIMEOUT_MS;
+    const bound = Math.min(HALF_OPEN.probeIntervalS, HALF_OPEN.intervalS) * 1000 + HALF_OPEN.commandTimeoutMs;
     expect(noticedMs, `noticed after ${noticedMs} ms (bound ${bound} ms)`).toBeLessThanOrEqual(bound);
     await s.d.waitForLog((l) => hasMsg('redis connection lost')(l) && l['conn'] === 'command', 5_000);
     await sleep(5_000);
@@ -213,7 +188,7 @@ describe.skipIf(!available)('faults 14/15 at kernel level: iptables DROP in a ne
     const healedAt = Date.now();
     await waitFor('/readyz 200 after the rules went', async () => (await httpGet(s.httpPort, '/readyz')).status === 200, 15_000, 20);
     const healMs = Date.now() - healedAt;
-    const healBound = CONNECT_TIMEOUT_MS + RECONNECT_MAX_MS + 2_000;
+    const healBound = HALF_OPEN.connectTimeoutMs + HALF_OPEN.reconnectMaxMs + 2_000;
     expect(healMs, `ready ${healMs} ms after healing (bound ${healBound} ms)`).toBeLessThanOrEqual(healBound);
     console.log(`netns: all packets dropped: ${JSON.stringify({ noticedMs, boundMs: bound, readyAfterHealMs: healMs, healBoundMs: healBound })}`);
     expect(Number(await admin.get(keys.heartbeat(s.id)))).toBeGreaterThanOrEqual(healedAt - 1_000);

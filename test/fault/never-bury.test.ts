@@ -13,12 +13,12 @@ import { hostname } from 'node:os';
 import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { runAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor } from '../process/util.ts';
-import { metric, scrape } from './helpers.ts';
+import type { TestRedis } from '../helpers/redis.ts';
+import { expectNoFatal, isAlive, peerHealthEnv, processSuite, scrape } from '../helpers/process.ts';
+import { hasMsg, keys, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const run = promisify(execFile);
 const SEED = new URL('../interop/seed_agent.py', import.meta.url).pathname;
@@ -35,15 +35,16 @@ interface Seen {
   readonly at: number;
 }
 
+const suite = processSuite({ redis: { requireControl: true }, env: peerHealthEnv({ ttl: TTL, interval: INTERVAL, sweep: SWEEP, notifications: 'enable' }) });
+
 describe('never bury a live agent (daemons as child processes)', () => {
   let redis: TestRedis;
   let c: Redis;
   let observer: Redis;
   const seen: Seen[] = [];
-  const daemons: DaemonProcess[] = [];
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
+    redis = suite.redis;
     c = redis.client({ connectionName: 'never-bury-cmd' });
     observer = redis.client({ connectionName: 'never-bury-observer' });
     observer.on('pmessage', (_p: string, _channel: string, message: string) => {
@@ -59,30 +60,10 @@ describe('never bury a live agent (daemons as child processes)', () => {
 
   afterEach(async () => {
     await c.config('SET', 'maxmemory', '0');
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
   });
 
-  afterAll(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-    await redis?.stop();
-  });
-
-  function start(den: string, env: Record<string, string> = {}, id = uniqueId('nb')): { id: string; d: DaemonProcess } {
-    const d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_LOG_LEVEL: 'info',
-        AGENTD_HEARTBEAT_TTL: String(TTL),
-        AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
-        AGENTD_SWEEP_INTERVAL: String(SWEEP),
-        AGENTD_WATCH_NOTIFICATIONS: 'enable',
-        ...env,
-      },
-    });
-    daemons.push(d);
-    return { id, d };
+  async function start(den: string, env: Record<string, string> = {}, id = uniqueId('nb')): Promise<{ id: string; d: DaemonProcess }> {
+    return { id, d: await suite.spawn({ den, env, id }) };
   }
 
   const ready = (d: DaemonProcess): Promise<unknown> => d.waitForLog(hasMsg('agentd ready'), 20_000);
@@ -105,8 +86,8 @@ describe('never bury a live agent (daemons as child processes)', () => {
 
   it('Redis full (maxmemory, noeviction): no live agent reported down, a failing watcher reaps nobody, the log says OOM', async () => {
     const den = uniqueId('den');
-    const a = start(den);
-    const b = start(den);
+    const a = await start(den);
+    const b = await start(den);
     await Promise.all([ready(a.d), ready(b.d)]);
     // A member that really is dead: with healthy watchers it would be reaped within a sweep.
     const ghost = await fake(den, staleRecord(den), false);
@@ -150,7 +131,7 @@ describe('never bury a live agent (daemons as child processes)', () => {
   it('mass death: most of a den gone at once holds (logged, counted); a third of a den dying is reported', async () => {
     const port = await freePort();
     const den = uniqueId('den');
-    const w = start(den, { AGENTD_HTTP_PORT: String(port) });
+    const w = await start(den, { AGENTD_HTTP_PORT: String(port) });
     await ready(w.d);
     const living = await fake(den, null, true);
     const doomed = await Promise.all([1, 2, 3].map(() => fake(den, staleRecord(den), true)));
@@ -168,7 +149,7 @@ describe('never bury a live agent (daemons as child processes)', () => {
 
     // A third of another den dies at once: that is reported.
     const den2 = uniqueId('den');
-    const w2 = start(den2);
+    const w2 = await start(den2);
     await ready(w2.d);
     const alive2 = await Promise.all([1, 2, 3].map(() => fake(den2, null, true)));
     const dead2 = await Promise.all([1, 2].map(() => fake(den2, staleRecord(den2), true)));
@@ -180,7 +161,7 @@ describe('never bury a live agent (daemons as child processes)', () => {
 
     // A hold that outlasts watch.massDeathHold is released: the dead are reported after all.
     const den3 = uniqueId('den');
-    const w3 = start(den3, { AGENTD_WATCH_MASS_DEATH_HOLD: '2', AGENTD_WATCH_NOTIFICATIONS: 'off' });
+    const w3 = await start(den3, { AGENTD_WATCH_MASS_DEATH_HOLD: '2', AGENTD_WATCH_NOTIFICATIONS: 'off' });
     await ready(w3.d);
     await fake(den3, null, true);
     const dead3 = await Promise.all([1, 2, 3].map(() => fake(den3, staleRecord(den3), true)));
@@ -197,7 +178,7 @@ describe('never bury a live agent (daemons as child processes)', () => {
   it('a reap never loses a death and never rewrites a record it cannot rewrite losslessly', async () => {
     const den = uniqueId('den');
     // Five dead members at once: the mass-death brake is off here, this is about the reap itself.
-    const w = start(den, { AGENTD_WATCH_NOTIFICATIONS: 'off', AGENTD_WATCH_MASS_DEATH_MIN: '0' });
+    const w = await start(den, { AGENTD_WATCH_NOTIFICATIONS: 'off', AGENTD_WATCH_MASS_DEATH_MIN: '0' });
     await ready(w.d);
     const hostile = {
       inf: (id: string) => `{"id":"${id}","den":"${den}","host":"h-inf","status":"online","lastSeen":1000,"score":1e999}`,
@@ -233,8 +214,8 @@ describe('never bury a live agent (daemons as child processes)', () => {
 
   it('a deleted heartbeat is not a death: DEL, the seed\'s SCAN+DEL and `agentd memory clear` on a live agent', async () => {
     const den = uniqueId('den');
-    const victim = start(den);
-    const watcher = start(den, { AGENTD_WATCH_NOTIFICATIONS: 'off' });
+    const victim = await start(den);
+    const watcher = await start(den, { AGENTD_WATCH_NOTIFICATIONS: 'off' });
     await Promise.all([ready(victim.d), ready(watcher.d)]);
 
     await c.del(keys.heartbeat(victim.id));
@@ -265,7 +246,7 @@ describe('never bury a live agent (daemons as child processes)', () => {
 
   it('duplicate agent ids: a second live instance is refused at start with one line naming the other host and pid', async () => {
     const den = uniqueId('den');
-    const first = start(den);
+    const first = await start(den);
     await ready(first.d);
     const second = await runAgentd(['run'], {
       env: {
@@ -292,12 +273,12 @@ describe('never bury a live agent (daemons as child processes)', () => {
     const den = uniqueId('den');
     const id = uniqueId('twin');
     const port = await freePort();
-    const a = start(den, { AGENTD_WATCH: 'off' }, id);
+    const a = await start(den, { AGENTD_WATCH: 'off' }, id);
     await ready(a.d);
     // A looks dead (frozen past its TTL), so B may start; then A wakes up: two live instances.
     a.d.signal('SIGSTOP');
     await waitFor('A\'s heartbeat expired', async () => (await c.exists(keys.heartbeat(id))) === 0, 5_000);
-    const b = start(den, { AGENTD_WATCH: 'off', AGENTD_HTTP_PORT: String(port) }, id);
+    const b = await start(den, { AGENTD_WATCH: 'off', AGENTD_HTTP_PORT: String(port) }, id);
     await ready(b.d);
     a.d.signal('SIGCONT');
     await Promise.all([a, b].map((x) => x.d.waitForLog((l) => l['level'] === 'error' && hasMsg(/another instance/)(l), 5_000)));
@@ -323,7 +304,7 @@ describe('never bury a live agent (daemons as child processes)', () => {
     const port = await freePort();
     await c.config('SET', 'notify-keyspace-events', '');
     const den = uniqueId('den');
-    const w = start(den, { AGENTD_HTTP_PORT: String(port), AGENTD_SWEEP_INTERVAL: '30' });
+    const w = await start(den, { AGENTD_HTTP_PORT: String(port), AGENTD_SWEEP_INTERVAL: '30' });
     await ready(w.d);
     // Control: a raw subscriber that sees every expiry the server announces.
     const control = redis.client({ connectionName: 'never-bury-control' });

@@ -11,43 +11,29 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { collectMessages, expectNoFatal, hasMsg, isAlive, keys, seedMessage, uniqueId, waitFor, type RawMessage } from '../process/util.ts';
-import { fixture, httpGet } from './helpers.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { expectNoFatal, httpGet, isAlive, processSuite } from '../helpers/process.ts';
+import { collect, type Collected, hasMsg, keys, seedMessage, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL_S = 2;
 const INTERVAL_S = 0.5;
 const SWEEP_S = 0.3;
 
+const suite = processSuite({
+  redis: { requireControl: true },
+  env: { AGENTD_HEARTBEAT_TTL: String(TTL_S), AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL_S), AGENTD_SWEEP_INTERVAL: String(SWEEP_S) },
+});
+
 describe('plugin escapes around the guarded ctx.redis', () => {
-  let redis: TestRedis;
   let c: Redis;
-  let downs: RawMessage[];
-  let peer: DaemonProcess;
+  let downs: Collected[];
   const den = uniqueId('escden');
-  const env = (id: string): Record<string, string> => ({
-    AGENTD_REDIS_URL: redis.url,
-    AGENTD_AGENT_ID: id,
-    AGENTD_DEN: den,
-    AGENTD_HEARTBEAT_TTL: String(TTL_S),
-    AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL_S),
-    AGENTD_SWEEP_INTERVAL: String(SWEEP_S),
-  });
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    c = redis.client({ connectionName: 'escape-cmd' });
-    downs = await collectMessages(redis.client({ connectionName: 'escape-down' }), keys.channel('agent_down'));
-    peer = spawnAgentd(['run'], { env: env(uniqueId('escpeer')) });
-    await peer.waitForLog(hasMsg('agentd ready'), 15_000);
-  });
-
-  afterAll(async () => {
-    await peer?.stop();
-    await redis?.stop();
+    c = suite.redis.client({ connectionName: 'escape-cmd' });
+    downs = await collect(suite.redis.client({ connectionName: 'escape-down' }), keys.channel('agent_down'));
+    // A peer that would report the misbehaving agents down.
+    await suite.start({ den, id: uniqueId('escpeer') });
   });
 
   for (const [type, data] of [
@@ -57,9 +43,8 @@ describe('plugin escapes around the guarded ctx.redis', () => {
     ['escape-quit', 'listener'],
   ] as const) {
     it(`${type} ${data ?? ''}: still present and ready, nobody reports it down`, async () => {
-      const id = uniqueId('esc');
-      const port = await freePort();
-      const d = spawnAgentd(['run'], { env: { ...env(id), AGENTD_PLUGINS: fixture('misbehaves.js'), AGENTD_HTTP_PORT: String(port) } });
+      const d = await suite.spawn({ den, id: uniqueId('esc'), plugins: ['misbehaves.js'], http: true });
+      const { id, httpPort: port } = d;
       try {
         await d.waitForLog(hasMsg('agentd ready'), 15_000);
         await c.publish(keys.channel(type), seedMessage(type, data));

@@ -8,16 +8,10 @@
  * The freeze is started right after a beat has landed: the worst phase, since
  * the next beat is a full interval away and then needs its own deadline to fail.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, hasMsg, isAlive, keys, readRecords, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet, logTime, mb, rssKb } from './helpers.ts';
+import { afterAll, describe, expect, it } from 'vitest';
+import { expectSound, httpGet, isAlive, mb, processSuite, readRecords, rssKb } from '../helpers/process.ts';
+import { hasMsg, keys, logTime, waitFor } from '../helpers/util.ts';
 
 const FREEZE_MS = 30_000;
 const TTL_S = 6;
@@ -27,42 +21,21 @@ const RECOVER_BOUND_MS = 2_000;
 /** /readyz is polled this often: the resolution of the readiness measurement (not slack on the bound). */
 const READYZ_POLL_MS = 5;
 
+const suite = processSuite({ redis: { requireControl: true } });
+
 describe('fault 3: hung Redis (SIGSTOP 30 s)', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  let d: DaemonProcess | undefined;
-
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-fault3-'));
-  });
-
   afterAll(async () => {
-    await redis?.resume().catch(() => undefined);
-    await d?.stop();
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
+    await suite.redis.resume().catch(() => undefined);
   });
 
   it('notices within 2 × interval (heartbeat failed, /readyz 503), recovers within 2 s of SIGCONT', { timeout: 90_000 }, async () => {
-    const id = uniqueId('f3');
-    const den = uniqueId('f3den');
-    const file = join(tmp, `${id}.jsonl`);
-    const httpPort = await freePort();
-    d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_PLUGINS: RECORDER,
-        RECORD_FILE: file,
-        AGENTD_HEARTBEAT_TTL: String(TTL_S),
-        AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL_S),
-        AGENTD_HTTP_PORT: String(httpPort),
-      },
+    const d = await suite.start({
+      plugins: ['recorder.js'],
+      http: true,
+      env: { AGENTD_HEARTBEAT_TTL: String(TTL_S), AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL_S) },
     });
-    await d.waitForLog(hasMsg('agentd ready'), 15_000);
-    const c = redis.client({ connectionName: 'fault3-cmd' });
+    const { id, den, file, httpPort } = d;
+    const c = suite.cmd;
     await sleep(1_500);
     expect((await httpGet(httpPort, '/readyz')).status).toBe(200);
     expect(d.logs.some(hasMsg('heartbeat failed'))).toBe(false);
@@ -71,7 +44,7 @@ describe('fault 3: hung Redis (SIGSTOP 30 s)', () => {
     const last = await c.get(keys.heartbeat(id));
     await waitFor('a new beat', async () => (await c.get(keys.heartbeat(id))) !== last, 3_000, 2);
     const lastBeat = Number(await c.get(keys.heartbeat(id)));
-    await redis.pause();
+    await suite.redis.pause();
     const pausedAt = Date.now();
     const linesBefore = d.logs.length;
     const rssBefore = rssKb(d.pid);
@@ -99,11 +72,11 @@ describe('fault 3: hung Redis (SIGSTOP 30 s)', () => {
       const frozenLines = d.logs.slice(linesBefore);
       const rssFrozen = rssKb(d.pid);
 
-      await redis.resume();
+      await suite.redis.resume();
       resumedAt = Date.now();
 
       // Recovery, measured in parallel: fresh beat, an event handled, ready.
-      const c2 = redis.client({ connectionName: 'fault3-after' });
+      const c2 = suite.redis.client({ connectionName: 'fault3-after' });
       let seq = 0;
       const measure = async (what: string, check: () => Promise<boolean> | boolean): Promise<number> => {
         await waitFor(what, check, 10_000, 10);
@@ -152,7 +125,7 @@ describe('fault 3: hung Redis (SIGSTOP 30 s)', () => {
       expect(Number(await c2.get(keys.heartbeat(id)))).toBeGreaterThan(Date.now() - 2 * INTERVAL_S * 1000);
       expect((await httpGet(httpPort, '/readyz')).status).toBe(200);
     } finally {
-      if (resumedAt === 0) await redis.resume();
+      if (resumedAt === 0) await suite.redis.resume();
     }
     expectSound(d, file);
   });

@@ -10,17 +10,10 @@
  * RPUSHes its timestamp to fault:ticks:<id> through ctx.redis; about 300 of each are attempted
  * while Redis is away.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, hasMsg, isAlive, keys, readRecords, uniqueId, waitFor, type LogLine } from '../process/util.ts';
-import { expectSound, fixture, httpGet, logTime, mb, rssKb } from './helpers.ts';
+import { describe, expect, it } from 'vitest';
+import { expectSound, httpGet, isAlive, mb, processSuite, readRecords, rssKb } from '../helpers/process.ts';
+import { hasMsg, keys, logTime, waitFor, type LogLine } from '../helpers/util.ts';
 
 const OUTAGE_MS = 60_000;
 /** src/redis/connection.ts: one 'redis reconnecting' info line when reconnecting starts, then one per 30 s. */
@@ -34,41 +27,14 @@ interface Tick {
   t: number;
 }
 
+const suite = processSuite({ redis: { requireControl: true } });
+
 describe('fault 2: long outage (Redis down 60 s)', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  let d: DaemonProcess | undefined;
-
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-fault2-'));
-  });
-
-  afterAll(async () => {
-    await d?.stop();
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
   it('RSS bounded, no stale state replayed after the return, one clear log line per 30 s while waiting', { timeout: 120_000 }, async () => {
-    const id = uniqueId('f2');
-    const den = uniqueId('f2den');
-    const file = join(tmp, `${id}.jsonl`);
-    const httpPort = await freePort();
-    d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_PLUGINS: `${RECORDER},${fixture('ticker.js')}`,
-        RECORD_FILE: file,
-        TICK_MS: String(TICK_MS),
-        AGENTD_HTTP_PORT: String(httpPort),
-        // Default ttl / interval (60 s / 20 s): beats fall due during the outage.
-      },
-    });
-    await d.waitForLog(hasMsg('agentd ready'), 15_000);
-    const c: Redis = redis.client({ connectionName: 'fault2-cmd', retryStrategy: () => 20 });
+    // Default ttl / interval (60 s / 20 s): beats fall due during the outage.
+    const d = await suite.start({ plugins: ['recorder.js', 'ticker.js'], http: true, env: { TICK_MS: String(TICK_MS) } });
+    const { id, den, file, httpPort } = d;
+    const c = suite.cmd;
     const ticks = (): Tick[] => readRecords(file).filter((r) => r.event === 'tick').map((r) => r.data as Tick);
     await waitFor('ticks flowing before the outage', () => ticks().length >= 5, 5_000);
     await sleep(1_000); // let RSS settle after start
@@ -77,7 +43,7 @@ describe('fault 2: long outage (Redis down 60 s)', () => {
     const linesBefore = d.logs.length;
     const ticksBefore = ticks().length;
 
-    await redis.kill('SIGKILL');
+    await suite.redis.kill('SIGKILL');
     const killedAt = Date.now();
 
     // While it waits: sample RSS, check liveness and readiness every 2 s.
@@ -93,7 +59,7 @@ describe('fault 2: long outage (Redis down 60 s)', () => {
     }
     const outageLines = d.logs.slice(linesBefore);
     const startCalledAt = Date.now();
-    await redis.start();
+    await suite.redis.start();
     const backAt = Date.now();
 
     // Back: subscription confirmed again and a fresh event delivered.

@@ -10,8 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, keys, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, httpGet } from './helpers.ts';
+import { expectSound, httpGet } from '../helpers/process.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 /** stderr of a failed start: exactly one line, and it is the agentd one. */
 function oneLine(stderr: string): string {

@@ -12,17 +12,10 @@
  * subscriber's CLIENT LIST id, the server log and the daemon's own log.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, hasMsg, keys, parseClientList, uniqueId, waitFor } from '../process/util.ts';
-import { expectSound, mb, metric, recordedUids, rssKb, scrape } from './helpers.ts';
+import { describe, expect, it } from 'vitest';
+import { expectSound, mb, processSuite, recordedUids, rssKb, scrape } from '../helpers/process.ts';
+import { hasMsg, keys, metric, parseClientList, waitFor } from '../helpers/util.ts';
 
 const EVENTS = 50_000;
 const CHUNK = 2_000;
@@ -30,41 +23,17 @@ const QUEUE_MAX = 100;
 /** ~1 KB of base64: ordinary text. (A run of one letter is a different test: see the report on parseEnvelope's pre-check.) */
 const PAD = randomBytes(750).toString('base64');
 
+const suite = processSuite({ redis: { requireControl: true, args: ['--client-output-buffer-limit', 'pubsub 256kb 128kb 2'] } });
+
 describe('fault 7: slow consumer under a low pubsub output-buffer limit', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  let d: DaemonProcess | undefined;
-
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true, args: ['--client-output-buffer-limit', 'pubsub 256kb 128kb 2'] });
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-fault7-'));
-  });
-
-  afterAll(async () => {
-    await d?.stop();
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
   it('50,000 × 1 KB at a 50 ms handler: queue within its bound, drops counted and adding up, connection kept or the gap reported', { timeout: 120_000 }, async () => {
-    const id = uniqueId('f7');
-    const file = join(tmp, `${id}.jsonl`);
-    const httpPort = await freePort();
-    d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: uniqueId('f7den'),
-        AGENTD_PLUGINS: RECORDER,
-        RECORD_FILE: file,
-        RECORD_DELAY_MS: '50',
-        AGENTD_QUEUE_CONCURRENCY: '1',
-        AGENTD_QUEUE_MAX: String(QUEUE_MAX),
-        AGENTD_HTTP_PORT: String(httpPort),
-      },
+    const d = await suite.start({
+      plugins: ['recorder.js'],
+      http: true,
+      env: { RECORD_DELAY_MS: '50', AGENTD_QUEUE_CONCURRENCY: '1', AGENTD_QUEUE_MAX: String(QUEUE_MAX) },
     });
-    await d.waitForLog(hasMsg('agentd ready'), 15_000);
-    const c: Redis = redis.client({ connectionName: 'fault7-cmd' });
+    const { id, file, httpPort } = d;
+    const c = suite.cmd;
     const limit = (await c.config('GET', 'client-output-buffer-limit')) as string[];
     expect(limit[1]).toContain('pubsub 262144 131072 2');
     const subClient = async (): Promise<Record<string, string> | undefined> =>
@@ -90,7 +59,7 @@ describe('fault 7: slow consumer under a low pubsub output-buffer limit', () => 
         await sleep(25);
       }
     })();
-    const monitor = redis.client({ connectionName: 'fault7-monitor' });
+    const monitor = suite.redis.client({ connectionName: 'fault7-monitor' });
     const watcher = (async () => {
       while (flooding) {
         const list = (await monitor.client('LIST').catch(() => '')) as string;
@@ -150,7 +119,7 @@ describe('fault 7: slow consumer under a low pubsub output-buffer limit', () => 
     const dropped = delta('agentd_events_dropped_total', { event: 'other', reason: 'queue_full' });
     const handled = recordedUids(file, (r) => r.event === 'flood').length;
     const subAfter = await subClient();
-    const serverLog = await ((redis as unknown as { log?: () => Promise<string> }).log?.() ?? Promise.resolve(''));
+    const serverLog = await ((suite.redis as unknown as { log?: () => Promise<string> }).log?.() ?? Promise.resolve(''));
     const cutLines = serverLog.split('\n').filter((l) => /output buffer limits/.test(l));
     const lost = d.logs.filter(hasMsg(/event subscription lost/));
     const again = d.logs.filter(hasMsg(/event subscription confirmed again/));

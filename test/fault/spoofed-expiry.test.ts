@@ -9,12 +9,10 @@
  * reported down, and a real death is still reported once.
  */
 import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { collectMessages, expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor, type RawMessage } from '../process/util.ts';
-import { metric, scrape } from './helpers.ts';
+import { expectNoFatal, isAlive, processSuite, scrape, type Agent } from '../helpers/process.ts';
+import { collect, type Collected, hasMsg, keys, metric, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL_S = 2;
 const SPOOFS = 20_000;
@@ -26,36 +24,27 @@ async function registryReads(c: Redis): Promise<number> {
   return n;
 }
 
+const suite = processSuite({
+  redis: { requireControl: true },
+  env: { AGENTD_HEARTBEAT_TTL: String(TTL_S), AGENTD_HEARTBEAT_INTERVAL: '0.5', AGENTD_SWEEP_INTERVAL: '5', AGENTD_WATCH_NOTIFICATIONS: 'enable' },
+});
+
 describe('spoofed keyspace expiry notifications', () => {
-  let redis: TestRedis;
   let c: Redis;
-  let downs: RawMessage[];
-  const daemons: DaemonProcess[] = [];
+  let downs: Collected[];
   const den = uniqueId('spoofden');
-  const spawn = (id: string, extra: Record<string, string> = {}): DaemonProcess => {
-    const d = spawnAgentd(['run'], {
-      env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: id, AGENTD_DEN: den, AGENTD_HEARTBEAT_TTL: String(TTL_S), AGENTD_HEARTBEAT_INTERVAL: '0.5', AGENTD_SWEEP_INTERVAL: '5', AGENTD_WATCH_NOTIFICATIONS: 'enable', ...extra },
-    });
-    daemons.push(d);
-    return d;
-  };
+  const spawn = (id: string, extra: Record<string, string> = {}): Promise<Agent> => suite.spawn({ id, den, env: extra });
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    c = redis.client({ connectionName: 'spoof-cmd' });
-    downs = await collectMessages(redis.client({ connectionName: 'spoof-down' }), keys.channel('agent_down'));
-  });
-
-  afterAll(async () => {
-    await Promise.all(daemons.map((d) => d.stop()));
-    await redis?.stop();
+    c = suite.redis.client({ connectionName: 'spoof-cmd' });
+    downs = await collect(suite.redis.client({ connectionName: 'spoof-down' }), keys.channel('agent_down'));
   });
 
   it(`${SPOOFS} spoofed expiries of a live agent: counted, coalesced, nobody reported down`, async () => {
     const live = uniqueId('live');
     const port = await freePort();
-    const watcher = spawn(uniqueId('watch'), { AGENTD_HTTP_PORT: String(port) });
-    const a = spawn(live);
+    const watcher = await spawn(uniqueId('watch'), { AGENTD_HTTP_PORT: String(port) });
+    const a = await spawn(live);
     await Promise.all([watcher.waitForLog(hasMsg('agentd ready'), 15_000), a.waitForLog(hasMsg('agentd ready'), 15_000)]);
     const before = await scrape(port);
     const readsBefore = await registryReads(c);
@@ -77,11 +66,14 @@ describe('spoofed keyspace expiry notifications', () => {
     expect((down?.json?.['data'] as { via?: string } | undefined)?.via, 'seen by the expiry notification').toBe('expiry');
     expect(isAlive(watcher)).toBe(true);
     expectNoFatal(watcher);
+    // Leave (the heartbeat key deleted, not expiring): no real expiry may reach the next test's watcher.
+    watcher.signal('SIGTERM');
+    expect(await watcher.exited).toEqual({ code: 0, signal: null });
   });
 
   it('spoofed expiries of huge agent ids are not sent back to Redis', async () => {
     const port = await freePort();
-    const watcher = spawn(uniqueId('watch'), { AGENTD_HTTP_PORT: String(port) });
+    const watcher = await spawn(uniqueId('watch'), { AGENTD_HTTP_PORT: String(port) });
     await watcher.waitForLog(hasMsg('agentd ready'), 15_000);
     const before = await scrape(port);
     const stats = async (): Promise<number> => Number(/^cmdstat_hmget:calls=(\d+)/m.exec(await c.info('commandstats'))?.[1] ?? 0);

@@ -10,8 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { waitFor } from '../process/util.ts';
-import { httpGet } from './helpers.ts';
+import { httpGet } from '../helpers/process.ts';
+import { waitFor } from '../helpers/util.ts';
 
 const DEN = 'hostile';
 const PASSWORD = 'pw-Hostile-91c0de';

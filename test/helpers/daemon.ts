@@ -3,8 +3,7 @@ import { EventEmitter } from 'node:events';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { trackChild } from './reaper.ts';
-
-type LogLine = Record<string, unknown>;
+import type { LogLine } from './util.ts';
 
 export interface DaemonExit {
   code: number | null;

@@ -1,19 +1,12 @@
-import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
-import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll } from 'vitest';
+import { afterEach } from 'vitest';
 import { AgentDaemon, type InlinePlugin } from '../../src/daemon.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import type { AgentdConfig, DeepPartial } from '../../src/config/schema.ts';
 import { createLogger } from '../../src/log.ts';
-import { startRedis, type StartRedisOptions, type TestRedis } from './redis.ts';
-
-export type LogLine = Record<string, unknown> & { msg?: string; level?: string };
-
-/** A unique id per test, so suites can share one Redis (AGENTD_TEST_REDIS_URL) without collisions. */
-export function uid(prefix = 't'): string {
-  return `${prefix}-${randomBytes(4).toString('hex')}`;
-}
+import type { StartRedisOptions } from './redis.ts';
+import { redisFixture, type RedisFixture } from './suite.ts';
+import { uniqueId, type LogLine } from './util.ts';
 
 /** A pino logger writing parsed lines into an array. */
 export function captureLogger(level: AgentdConfig['log']['level'] = 'debug', base: Record<string, unknown> = {}) {
@@ -41,47 +34,14 @@ export function makeDaemon(url: string, overrides: DeepPartial<AgentdConfig> = {
       ...overrides,
       http: { port: 0, ...overrides.http },
       redis: { url, ...overrides.redis },
-      agent: { id: uid('agent'), den: uid('den'), ...overrides.agent },
+      agent: { id: uniqueId('agent'), den: uniqueId('den'), ...overrides.agent },
     },
   });
   const { logger, lines } = captureLogger('debug', { agent: config.agent.id });
   return { daemon: new AgentDaemon({ config, logger, plugins }), config, lines };
 }
 
-/** Resolves when `predicate` holds, polling; rejects with `what` after `timeoutMs`. */
-export async function until(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await predicate()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** Subscribes a plain client to a pattern and collects parsed messages. */
-export async function collect(client: Redis, pattern: string): Promise<Array<{ channel: string; message: Record<string, unknown> }>> {
-  const got: Array<{ channel: string; message: Record<string, unknown> }> = [];
-  client.on('pmessage', (_p: string, channel: string, message: string) => {
-    got.push({ channel, message: JSON.parse(message) as Record<string, unknown> });
-  });
-  await client.psubscribe(pattern);
-  return got;
-}
-
-/** A promise with its resolve function outside, to hold handlers until a test releases them. */
-export function gate(): { promise: Promise<void>; open: () => void } {
-  let open!: () => void;
-  const promise = new Promise<void>((r) => {
-    open = r;
-  });
-  return { promise, open };
-}
-
-export interface RedisSuite {
-  /** The suite's Redis (set in beforeAll). */
-  readonly redis: TestRedis;
-  /** A plain command client to it. */
-  readonly cmd: Redis;
+export interface RedisSuite extends RedisFixture {
   /** Starts a daemon from makeDaemon(); it is closed after the test. */
   start(t: TestDaemon): Promise<TestDaemon>;
   /** Closes `daemon` after the test, for daemons a test starts itself. */
@@ -90,29 +50,17 @@ export interface RedisSuite {
 
 /** One throwaway Redis for the test file, and every daemon a test starts closed after it. */
 export function redisSuite(options: StartRedisOptions = {}): RedisSuite {
-  let redis: TestRedis | undefined;
-  let cmd: Redis | undefined;
+  const fixture = redisFixture(options);
   const running: AgentDaemon[] = [];
-  beforeAll(async () => {
-    redis = await startRedis(options);
-    cmd = redis.client();
-  });
   afterEach(async () => {
     await Promise.all(running.splice(0).map((d) => d.close({ drainTimeoutMs: 100 })));
   });
-  afterAll(async () => {
-    await redis?.stop();
-  });
-  const must = <T>(value: T | undefined): T => {
-    if (value === undefined) throw new Error('the suite Redis is only there inside tests');
-    return value;
-  };
   return {
     get redis() {
-      return must(redis);
+      return fixture.redis;
     },
     get cmd() {
-      return must(cmd);
+      return fixture.cmd;
     },
     async start(t) {
       running.push(t.daemon);

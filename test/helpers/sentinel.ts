@@ -11,6 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { freePort } from './ports.ts';
 import { trackChild } from './reaper.ts';
+import { waitFor } from './util.ts';
 
 export const MASTER_NAME = 'agentd-test';
 
@@ -34,19 +35,6 @@ function start(args: string[], dir: string): ChildProcess {
   return child;
 }
 
-async function until(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (await fn()) return;
-    } catch {
-      // not yet
-    }
-    if (Date.now() > deadline) throw new Error(`sentinel topology: timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
 export async function startSentinelTopology(opts: { downAfterMs?: number; failoverTimeoutMs?: number } = {}): Promise<SentinelTopology> {
   const dir = mkdtempSync(join(tmpdir(), 'agentd-sentinel-'));
   const clients: Redis[] = [];
@@ -63,7 +51,7 @@ export async function startSentinelTopology(opts: { downAfterMs?: number; failov
   processes.set(primaryPort, start(['--port', String(primaryPort), ...common, '--dbfilename', 'p.rdb'], dir));
   processes.set(replicaPort, start(['--port', String(replicaPort), ...common, '--dbfilename', 'r.rdb', '--replicaof', '127.0.0.1', String(primaryPort)], dir));
   const replica = client(replicaPort);
-  await until('the replica in sync', async () => /master_link_status:up/.test(await replica.info('replication')), 10_000);
+  await waitFor('the replica in sync', async () => /master_link_status:up/.test(await replica.info('replication')), 10_000);
 
   const sentinelPorts: number[] = [];
   for (let i = 0; i < 3; i++) {
@@ -86,7 +74,7 @@ export async function startSentinelTopology(opts: { downAfterMs?: number; failov
   }
   const s0 = client(sentinelPorts[0]!);
   // Every Sentinel knows the replica and the other two Sentinels.
-  await until(
+  await waitFor(
     'the sentinels to see the replica and each other',
     async () => {
       const master = (await s0.call('SENTINEL', 'MASTER', MASTER_NAME)) as string[];

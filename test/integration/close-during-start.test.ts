@@ -19,13 +19,14 @@ import type { AgentdConfig, DeepPartial } from '../../src/config/schema.ts';
 import { isAgentdError } from '../../src/errors.ts';
 import { createLogger } from '../../src/log.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
-import { collect, redisSuite, uid, until, type LogLine } from '../helpers/inproc.ts';
+import { redisSuite } from '../helpers/inproc.ts';
+import { collect, type Collected, dataOf, type LogLine, uniqueId, waitFor } from '../helpers/util.ts';
 
 const suite = redisSuite({ requireControl: true });
 const TTL_S = 2;
 const INTERVAL_S = 0.5;
 const SWEEP_S = 0.3;
-const den = uid('den');
+const den = uniqueId('den');
 const FAST: DeepPartial<AgentdConfig> = {
   heartbeat: { ttl: TTL_S, interval: INTERVAL_S },
   watch: { enabled: true, sweepInterval: SWEEP_S, notifications: 'listen' },
@@ -41,7 +42,7 @@ interface Built {
 }
 
 function build(overrides: DeepPartial<AgentdConfig> = {}, plugins: InlinePlugin[] = []): Built {
-  const id = uid('cds');
+  const id = uniqueId('cds');
   const { config } = loadConfig({
     env: {},
     overrides: { ...FAST, ...overrides, http: { port: 0 }, redis: { url: suite.redis.url }, agent: { id, den } },
@@ -65,7 +66,7 @@ function build(overrides: DeepPartial<AgentdConfig> = {}, plugins: InlinePlugin[
 }
 
 const ids: string[] = [];
-let downs: Array<{ channel: string; message: Record<string, unknown> }>;
+let downs: Collected[];
 let peer: Built;
 
 beforeAll(async () => {
@@ -105,7 +106,7 @@ async function closeAt(b: Built, arm: (close: () => void) => void, { startResolv
     (err: unknown) => err,
   );
   const outcome = await started;
-  await until(() => closing !== undefined, 'the hook to fire', 10_000);
+  await waitFor('the hook to fire', () => closing !== undefined, 10_000);
   const result = await closing;
   if (startResolves) expect(outcome).toBe('resolved');
   else {
@@ -232,7 +233,7 @@ describe('close() during start()', () => {
     // Past a heartbeat TTL and a few sweeps since the last one closed.
     await sleep(TTL_S * 1000 + SWEEP_S * 3 * 1000);
     for (const id of ids) await expectNoPresence(id);
-    const buried = downs.map((d) => (d.message['data'] as { agent?: string }).agent).filter((a) => a !== undefined && ids.includes(a));
+    const buried = downs.map((d) => dataOf(d)['agent'] as string | undefined).filter((a) => a !== undefined && ids.includes(a));
     expect(buried).toEqual([]);
     expect(peer.daemon.state).toBe('ready');
   });

@@ -3,7 +3,8 @@ import type { AgentEvent } from '../../src/bus/envelope.ts';
 import type { AgentDaemon, EventDroppedInfo } from '../../src/daemon.ts';
 import type { HandlerFailedInfo } from '../../src/bus/dispatcher.ts';
 import { definePlugin, type PluginContext } from '../../src/plugins/types.ts';
-import { gate, makeDaemon, redisSuite, until, type TestDaemon } from '../helpers/inproc.ts';
+import { makeDaemon, redisSuite, type TestDaemon } from '../helpers/inproc.ts';
+import { gate, waitFor } from '../helpers/util.ts';
 
 const suite = redisSuite();
 const started = (t: TestDaemon) => suite.start(t);
@@ -20,7 +21,7 @@ describe('dispatch', () => {
       ]),
     );
     await send('new_message', { user_id: 'usr-123', text: 'Hello!' });
-    await until(() => seen.length === 1, 'the handler to run');
+    await waitFor('the handler to run', () => seen.length === 1);
     const { event, ctx } = seen[0]!;
     expect(event).toEqual({ event: 'new_message', data: { user_id: 'usr-123', text: 'Hello!' }, channel: 'agent:events:new_message' });
     expect(ctx.agent).toEqual({ id: t.config.agent.id, den: t.config.agent.den });
@@ -51,7 +52,7 @@ describe('dispatch', () => {
     const original = { n: 1, inner: { list: [1, 2, 3] } };
     await send('shared', original);
     await send('own', original);
-    await until(() => seen.length === 3, 'three handler calls');
+    await waitFor('three handler calls', () => seen.length === 3);
     const shared = seen.slice(0, 2).sort((a, b) => a.plugin.localeCompare(b.plugin));
     // Each write to the shared event throws (ESM is strict mode): both handlers see the publisher's data.
     expect(shared).toEqual([
@@ -71,11 +72,11 @@ describe('dispatch', () => {
         definePlugin({ name: 'all', handlers: { '*': (e) => void calls.push(`all:${e.event}`) } }),
       ]),
     );
-    await until(() => calls.includes('all:agent_online'), 'own agent_online');
+    await waitFor('own agent_online', () => calls.includes('all:agent_online'));
     calls.length = 0;
     await send('alpha', 1);
     await send('beta', 2);
-    await until(() => calls.length === 3, 'three handler calls');
+    await waitFor('three handler calls', () => calls.length === 3);
     expect(calls.sort()).toEqual(['all:alpha', 'all:beta', 'typed:alpha']);
 
     let online = 0;
@@ -84,11 +85,11 @@ describe('dispatch', () => {
       // PSUBSCRIBE, so gamma (no handler) arrives and is counted as unhandled.
       makeDaemon(suite.redis.url, { events: { subscribe: 'pattern' } }, [definePlugin({ name: 'only-alpha', handlers: { alpha: () => void alphas++, agent_online: () => void online++ } })]),
     );
-    await until(() => online === 1, 'own agent_online');
+    await waitFor('own agent_online', () => online === 1);
     const before = t2.daemon.stats().unhandled;
     await send('gamma', 3);
     await send('alpha', 4);
-    await until(() => alphas === 1, 'the alpha sent after gamma');
+    await waitFor('the alpha sent after gamma', () => alphas === 1);
     expect(t2.daemon.stats().unhandled).toBe(before + 1);
     expect(t.daemon.stats().failed).toBe(0);
   });
@@ -114,11 +115,11 @@ describe('dispatch', () => {
     let maxWaiting = 0;
     for (let i = 0; i < 20; i++) await send('work', i);
     // Every work event is either running, waiting or dropped.
-    await until(() => {
+    await waitFor('all 20 messages to arrive', () => {
       const s = t.daemon.stats();
       maxWaiting = Math.max(maxWaiting, s.waiting);
       return s.running + s.waiting + s.dropped.queue_full === 20;
-    }, 'all 20 messages to arrive');
+    });
     const s = t.daemon.stats();
     expect(s.waiting).toBe(5);
     expect(s.running).toBe(1);
@@ -127,7 +128,7 @@ describe('dispatch', () => {
     expect(dropped).toHaveLength(14);
     expect(dropped.every((d) => d.reason === 'queue_full' && d.event === 'work')).toBe(true);
     hold.open();
-    await until(() => t.daemon.stats().completed >= 6, 'the kept events to run');
+    await waitFor('the kept events to run', () => t.daemon.stats().completed >= 6);
     expect(ran).toEqual([0, 1, 2, 3, 4, 5]);
     // One line at the first drop, the rest summed in one line (written at the latest when draining).
     await t.daemon.close();
@@ -152,14 +153,14 @@ describe('dispatch', () => {
       ]),
     );
     for (let i = 0; i < 20; i++) await send('work', i);
-    await until(() => {
+    await waitFor('all 20 messages to arrive', () => {
       const s = t.daemon.stats();
       return s.running + s.waiting + s.dropped.evicted === 20;
-    }, 'all 20 messages to arrive');
+    });
     expect(t.daemon.stats().waiting).toBe(5);
     expect(t.daemon.stats().dropped.evicted).toBe(14);
     hold.open();
-    await until(() => ran.length === 6, 'six calls');
+    await waitFor('six calls', () => ran.length === 6);
     await new Promise((r) => setTimeout(r, 100));
     expect(ran).toEqual([0, 15, 16, 17, 18, 19]);
     expect(t.daemon.stats().completed).toBe(6);
@@ -193,7 +194,7 @@ describe('dispatch', () => {
     await send('hang', null);
     await send('forever', null);
     await send('after', null);
-    await until(() => order.includes('after'), 'the third event to get a slot', 3_000);
+    await waitFor('the third event to get a slot', () => order.includes('after'), 3_000);
     expect(order).toEqual(['hang:start', 'forever:start', 'after']);
     expect((reasons[0] as Error).name).toBe('TimeoutError');
     expect(t.daemon.stats().timedOut).toBe(2);
@@ -229,7 +230,7 @@ describe('dispatch', () => {
     await send('boom', null);
     await send('reject', null);
     await send('later', null);
-    await until(() => good.length === 3 && t.daemon.stats().failed === 2, 'all calls to settle');
+    await waitFor('all calls to settle', () => good.length === 3 && t.daemon.stats().failed === 2);
     expect(good).toEqual(['boom', 'reject', 'later']);
     const errors = t.lines.filter((l) => l['code'] === 'AGENTD_ERR_HANDLER_FAILED');
     expect(errors.map((l) => [l['plugin'], l['event'], l['err']])).toEqual([
@@ -242,7 +243,7 @@ describe('dispatch', () => {
   it('drops each kind of bad input before any handler, with one log line and a counter', async () => {
     const seen: AgentEvent[] = [];
     const t = await started(makeDaemon(suite.redis.url, { events: { maxBytes: 1024 } }, [definePlugin({ name: 'all', handlers: { '*': (e) => void seen.push(e) } })]));
-    await until(() => seen.length === 1, 'own agent_online');
+    await waitFor('own agent_online', () => seen.length === 1);
     const dropped: EventDroppedInfo[] = [];
     t.daemon.on('eventDropped', (d) => dropped.push(d));
     const ch = 'agent:events:x';
@@ -253,7 +254,7 @@ describe('dispatch', () => {
     await suite.cmd.publish(ch, JSON.stringify({ event: 'x', data: secret.repeat(200) }));
     await suite.cmd.publish(ch, `{"event":"x","data":{"__proto__":{"polluted":"${secret}"}}}`);
     await send('valid', 'ok');
-    await until(() => seen.length === 2, 'the valid event');
+    await waitFor('the valid event', () => seen.length === 2);
     expect(seen[1]!.event).toBe('valid');
     expect(dropped.map((d) => d.reason)).toEqual(['not_json', 'not_object', 'no_event', 'too_large', 'forbidden_key']);
     expect(t.daemon.stats().invalid).toEqual({
@@ -291,7 +292,7 @@ describe('dispatch', () => {
       ]),
     );
     await send('e', { n: 1 });
-    await until(() => seenByB.length === 1, 'plugin b');
+    await waitFor('plugin b', () => seenByB.length === 1);
     expect(errors).toEqual(['TypeError']);
     expect(seenByB).toEqual([{ n: 1 }]);
   });
@@ -306,7 +307,7 @@ describe('dispatch', () => {
     const receivers = await publishFrom!.publish('pong', { n: 1 });
     // a handles pong; b handles nothing, so it subscribed only to agentd's own membership channels.
     expect(receivers).toBe(1);
-    await until(() => got.length === 1, 'the pong');
+    await waitFor('the pong', () => got.length === 1);
     expect(got[0]).toMatchObject({ event: 'pong', data: { n: 1 }, source: b.config.agent.id, den: b.config.agent.den });
     expect(got[0]!.id).toMatch(/^[0-9a-f-]{36}$/);
     expect(Math.abs(Date.now() - (got[0]!.ts ?? 0))).toBeLessThan(5_000);

@@ -7,7 +7,8 @@ import { AgentDaemon } from '../../src/daemon.ts';
 import { loadConfig } from '../../src/config/load.ts';
 import { AgentdError } from '../../src/errors.ts';
 import { definePlugin, type Plugin } from '../../src/plugins/types.ts';
-import { captureLogger, makeDaemon, redisSuite, uid, until } from '../helpers/inproc.ts';
+import { captureLogger, makeDaemon, redisSuite } from '../helpers/inproc.ts';
+import { uniqueId, waitFor } from '../helpers/util.ts';
 
 const suite = redisSuite();
 
@@ -42,7 +43,7 @@ describe('plugins', () => {
       file,
       JSON.stringify({
         redis: { url: suite.redis.url },
-        agent: { id: uid(), den: uid() },
+        agent: { id: uniqueId(), den: uniqueId() },
         plugins: [{ module: './plugins/first.js', options: { colour: 'red' } }, './plugins/second.mjs'],
       }),
     );
@@ -63,7 +64,7 @@ describe('plugins', () => {
   });
 
   it('refuses a plugin file that does not exist already when loading the config, naming the file', () => {
-    const missing = join(tmpdir(), `${uid('missing')}.js`);
+    const missing = join(tmpdir(), `${uniqueId('missing')}.js`);
     let err: unknown;
     try {
       makeDaemon(suite.redis.url, { plugins: [missing] as never });
@@ -160,6 +161,6 @@ describe('plugins', () => {
     await t.daemon.start();
     await t.daemon.close();
     expect(closed).toEqual(['a']);
-    await until(() => t.lines.some((l) => l['code'] === 'AGENTD_ERR_PLUGIN_CLOSE' && l['plugin'] === 'b'), 'the close error line');
+    await waitFor('the close error line', () => t.lines.some((l) => l['code'] === 'AGENTD_ERR_PLUGIN_CLOSE' && l['plugin'] === 'b'));
   });
 });

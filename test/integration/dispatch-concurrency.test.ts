@@ -9,7 +9,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { definePlugin } from '../../src/plugins/types.ts';
-import { makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
+import { makeDaemon, redisSuite } from '../helpers/inproc.ts';
+import { waitFor } from '../helpers/util.ts';
 
 const suite = redisSuite();
 const send = (type: string, data: unknown) => suite.cmd.publish(`agent:events:${type}`, JSON.stringify({ event: type, data }));
@@ -69,7 +70,7 @@ describe('dispatch concurrency', () => {
       await send('slow', i);
       await sleep(50);
     }
-    await until(() => spans.length === N, 'all sixteen calls to finish', 10_000);
+    await waitFor('all sixteen calls to finish', () => spans.length === N, 10_000);
     expect(maxOverlap(spans), 'calls running at once').toBe(N);
   });
 
@@ -95,7 +96,7 @@ describe('dispatch concurrency', () => {
       ]),
     );
     for (let i = 0; i < 12; i++) await send('slow', i);
-    await until(() => spans.length === 12, 'all twelve calls to finish', 10_000);
+    await waitFor('all twelve calls to finish', () => spans.length === 12, 10_000);
     expect(most).toBe(C);
   });
 
@@ -125,9 +126,9 @@ describe('dispatch concurrency', () => {
       await sleep(50);
     }
     // Every '*' call ran while the slow calls are still holding.
-    await until(() => starSeen === 3, "the '*' calls of all three events", 2_000);
+    await waitFor("the '*' calls of all three events", () => starSeen === 3, 2_000);
     expect(slowDone, 'slow calls still holding').toBe(0);
-    await until(() => slowDone === 3, 'the slow calls to finish', 5_000);
+    await waitFor('the slow calls to finish', () => slowDone === 3, 5_000);
     expect(maxOverlap(spans)).toBe(3);
   });
 
@@ -158,7 +159,7 @@ describe('dispatch concurrency', () => {
       const pipe = suite.cmd.pipeline();
       for (let i = 0; i < 4; i++) pipe.publish('agent:events:spin', JSON.stringify({ event: 'spin', data: i }));
       await pipe.exec();
-      await until(() => done === 4, 'the four blocking calls', 10_000);
+      await waitFor('the four blocking calls', () => done === 4, 10_000);
     } finally {
       clearInterval(timer);
     }

@@ -14,7 +14,8 @@ import { parseEnvelope, type AgentEvent } from '../../src/bus/envelope.ts';
 import type { DaemonStats } from '../../src/daemon.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
 import { deeplyFrozen, depthOf, payloads } from '../helpers/fuzz.ts';
-import { makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
+import { makeDaemon, redisSuite } from '../helpers/inproc.ts';
+import { waitFor } from '../helpers/util.ts';
 
 const suite = redisSuite();
 const MAX_BYTES = 65_536;
@@ -45,7 +46,7 @@ describe('intake under fuzzing', () => {
     );
     const { daemon } = t;
     // Own agent_online first, so the counts below move only with what the test publishes.
-    await until(() => daemon.stats().received >= 1 && settledCount(daemon.stats()) === daemon.stats().received, 'own agent_online');
+    await waitFor('own agent_online', () => daemon.stats().received >= 1 && settledCount(daemon.stats()) === daemon.stats().received);
 
     const channelSuffix = fc.oneof(
       { weight: 4, arbitrary: fc.constant('fz') },
@@ -68,8 +69,8 @@ describe('intake under fuzzing', () => {
         const replies = (await pipe.exec()) ?? [];
         expect(replies.map(([err, n]) => [err, n])).toEqual(messages.map(() => [null, 1]));
         published += messages.length;
-        await until(() => daemon.stats().received - before.received >= messages.length, 'every message read', 10_000);
-        await until(() => daemon.stats().waiting === 0 && daemon.stats().running === 0, 'the queue empty', 10_000);
+        await waitFor('every message read', () => daemon.stats().received - before.received >= messages.length, 10_000);
+        await waitFor('the queue empty', () => daemon.stats().waiting === 0 && daemon.stats().running === 0, 10_000);
         const after = daemon.stats();
         expect(after.received - before.received).toBe(messages.length);
         expect(settledCount(after) - settledCount(before), 'received = dispatched + unhandled + invalid + dropped').toBe(messages.length);

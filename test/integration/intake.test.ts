@@ -8,7 +8,8 @@ import { Dispatcher } from '../../src/bus/dispatcher.ts';
 import { Intake } from '../../src/bus/intake.ts';
 import { EventCounters } from '../../src/bus/counters.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
-import { captureLogger, gate, makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
+import { captureLogger, makeDaemon, redisSuite } from '../helpers/inproc.ts';
+import { gate, waitFor } from '../helpers/util.ts';
 
 const suite = redisSuite();
 const send = (type: string, payload: string) => suite.cmd.publish(`agent:events:${type}`, payload);
@@ -21,11 +22,11 @@ describe('intake isolation', () => {
       throw new Error('listener bug');
     });
     await suite.start(t);
-    await until(() => t.daemon.stats().unhandled >= 1, 'own agent_online');
+    await waitFor('own agent_online', () => t.daemon.stats().unhandled >= 1);
     const before = t.daemon.stats();
     await send('good', 'not json at all');
     await send('good', JSON.stringify({ event: 'good', data: 1 }));
-    await until(() => seen.length === 1, 'the good event after the bad one');
+    await waitFor('the good event after the bad one', () => seen.length === 1);
     const after = t.daemon.stats();
     expect(after.invalid.not_json - before.invalid.not_json).toBe(1);
     expect(after.invalid.intake_error).toBe(0);
@@ -52,13 +53,13 @@ describe('intake isolation', () => {
       if (d.reason === 'queue_full') throw new Error('listener bug');
     });
     await suite.start(t);
-    await until(() => t.daemon.stats().unhandled >= 1, 'own agent_online');
+    await waitFor('own agent_online', () => t.daemon.stats().unhandled >= 1);
     for (let i = 1; i <= 3; i++) await send('slow', JSON.stringify({ event: 'slow', data: i }));
-    await until(() => t.daemon.stats().dropped.queue_full === 1, 'the third event dropped');
+    await waitFor('the third event dropped', () => t.daemon.stats().dropped.queue_full === 1);
     g.open();
-    await until(() => seen.length === 2, 'the first two handled');
+    await waitFor('the first two handled', () => seen.length === 2);
     await send('slow', JSON.stringify({ event: 'slow', data: 4 }));
-    await until(() => seen.length === 3, 'the one after');
+    await waitFor('the one after', () => seen.length === 3);
     // Which of 2 and 3 was dropped depends on whether 1 and 2 arrived in one socket read.
     expect(seen).toHaveLength(3);
     expect([seen[0], seen[2]]).toEqual([1, 4]);

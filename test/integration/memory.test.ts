@@ -5,7 +5,8 @@ import { AgentMemory, clearAgentMemory, llmCacheDigest, redisMemoryStats } from 
 import { MemoryMonitor } from '../../src/memory/monitor.ts';
 import { pythonMessageJson } from '../../src/memory/python-json.ts';
 import { AgentdError } from '../../src/errors.ts';
-import { captureLogger, uid, until } from '../helpers/inproc.ts';
+import { captureLogger } from '../helpers/inproc.ts';
+import { uniqueId, waitFor } from '../helpers/util.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 
 let redis: TestRedis;
@@ -21,7 +22,7 @@ afterAll(async () => {
 
 describe('conversation window', () => {
   it('appends, keeps the last N, refreshes the TTL, and reads back objects', async () => {
-    const id = uid('agent');
+    const id = uniqueId('agent');
     const mem = new AgentMemory(cmd, id, { maxMessages: 3, sessionTtl: 100 });
     for (let i = 1; i <= 5; i++) await mem.addMessage('s1', { role: i % 2 ? 'user' : 'assistant', content: `m${i}` });
     expect(await mem.getContext('s1')).toEqual([
@@ -40,7 +41,7 @@ describe('conversation window', () => {
   });
 
   it('uses the article defaults: 20 messages, 1 hour', async () => {
-    const mem = new AgentMemory(cmd, uid('agent'));
+    const mem = new AgentMemory(cmd, uniqueId('agent'));
     for (let i = 0; i < 25; i++) await mem.addMessage('s', { role: 'user', content: String(i) });
     const ctx = await mem.getContext('s');
     expect(ctx).toHaveLength(20);
@@ -49,7 +50,7 @@ describe('conversation window', () => {
   });
 
   it('never holds more than N under 50 concurrent appenders on separate connections', async () => {
-    const id = uid('agent');
+    const id = uniqueId('agent');
     const clients = Array.from({ length: 50 }, () => redis.client());
     const key = `agent:${id}:session:busy:messages`;
     let maxSeen = 0;
@@ -73,7 +74,7 @@ describe('conversation window', () => {
   });
 
   it('stores each message exactly as Python json.dumps writes it', async () => {
-    const mem = new AgentMemory(cmd, uid('agent'));
+    const mem = new AgentMemory(cmd, uniqueId('agent'));
     await mem.addMessage('s', { role: 'user', content: 'Héllo "there"\n\t\\ 🙂 </tag>' });
     const [raw] = await cmd.lrange(`agent:${mem.agentId}:session:s:messages`, 0, -1);
     expect(raw).toBe('{"role": "user", "content": "H\\u00e9llo \\"there\\"\\n\\t\\\\ \\ud83d\\ude42 </tag>"}');
@@ -82,7 +83,7 @@ describe('conversation window', () => {
   });
 
   it('skips list entries that are not messages instead of failing', async () => {
-    const mem = new AgentMemory(cmd, uid('agent'));
+    const mem = new AgentMemory(cmd, uniqueId('agent'));
     const key = `agent:${mem.agentId}:session:s:messages`;
     await cmd.rpush(key, 'not json', '{"role": "user"}', '{"role": "user", "content": "ok"}');
     expect(await mem.getContext('s')).toEqual([{ role: 'user', content: 'ok' }]);
@@ -91,7 +92,7 @@ describe('conversation window', () => {
 
 describe('LLM response cache', () => {
   it('uses the article key: sha256 hex of "<model>:<prompt>", with a TTL', async () => {
-    const mem = new AgentMemory(cmd, uid('agent'), { cacheTtl: 1800 });
+    const mem = new AgentMemory(cmd, uniqueId('agent'), { cacheTtl: 1800 });
     // sha256("claude-3-5-sonnet:Grüße") as Python's hashlib computes it on the UTF-8 bytes.
     const expected = createHash('sha256').update(Buffer.from('claude-3-5-sonnet:Grüße', 'utf8')).digest('hex');
     expect(llmCacheDigest('Grüße', 'claude-3-5-sonnet')).toBe(expected);
@@ -106,7 +107,7 @@ describe('LLM response cache', () => {
   });
 
   it('cached(): concurrent callers share one computation; the result is stored', async () => {
-    const mem = new AgentMemory(cmd, uid('agent'));
+    const mem = new AgentMemory(cmd, uniqueId('agent'));
     let calls = 0;
     const compute = async () => {
       calls++;
@@ -122,7 +123,7 @@ describe('LLM response cache', () => {
   });
 
   it('cached(): a failure reaches every waiting caller and is not cached', async () => {
-    const mem = new AgentMemory(cmd, uid('agent'));
+    const mem = new AgentMemory(cmd, uniqueId('agent'));
     let calls = 0;
     const failing = async () => {
       calls++;
@@ -139,7 +140,7 @@ describe('LLM response cache', () => {
 
 describe('rate limits', () => {
   it('counts hits in a fixed window and reports allowed, remaining and reset', async () => {
-    const mem = new AgentMemory(cmd, uid('agent'));
+    const mem = new AgentMemory(cmd, uniqueId('agent'));
     const results = [];
     for (let i = 0; i < 4; i++) results.push(await mem.rateLimit('llm', 3, 10));
     expect(results.map((r) => [r.allowed, r.remaining, r.count])).toEqual([
@@ -155,15 +156,15 @@ describe('rate limits', () => {
   });
 
   it('opens a new window when the old one expires', async () => {
-    const mem = new AgentMemory(cmd, uid('agent'));
+    const mem = new AgentMemory(cmd, uniqueId('agent'));
     await mem.rateLimit('w', 1, 1);
     expect((await mem.rateLimit('w', 1, 1)).allowed).toBe(false);
-    await until(async () => (await cmd.exists(`agent:${mem.agentId}:ratelimit:w`)) === 0, 'the window to expire', 3_000);
+    await waitFor('the window to expire', async () => (await cmd.exists(`agent:${mem.agentId}:ratelimit:w`)) === 0, 3_000);
     expect((await mem.rateLimit('w', 1, 1)).allowed).toBe(true);
   });
 
   it('never leaves a counter without a TTL, even one another client INCRed bare', async () => {
-    const mem = new AgentMemory(cmd, uid('agent'));
+    const mem = new AgentMemory(cmd, uniqueId('agent'));
     const key = `agent:${mem.agentId}:ratelimit:shared`;
     await cmd.incr(key); // a careless client: no EXPIRE
     expect(await cmd.ttl(key)).toBe(-1);
@@ -189,7 +190,7 @@ describe('rate limits', () => {
 
 describe('task status, topic memory, preferences', () => {
   it('uses the article keys and TTLs', async () => {
-    const mem = new AgentMemory(cmd, uid('agent'));
+    const mem = new AgentMemory(cmd, uniqueId('agent'));
     const a = mem.agentId;
     await mem.setTaskStatus('t-1', 'running');
     expect(await mem.getTaskStatus('t-1')).toBe('running');
@@ -210,7 +211,7 @@ describe('task status, topic memory, preferences', () => {
 
   it('refuses ids that would break the key scheme', () => {
     expect(() => new AgentMemory(cmd, 'a:b')).toThrow(AgentdError);
-    const mem = new AgentMemory(cmd, uid('agent'));
+    const mem = new AgentMemory(cmd, uniqueId('agent'));
     expect(() => mem.getTaskStatus('x:y')).toThrow(/task id/);
     expect(() => mem.recall('')).toThrow(/topic/);
   });
@@ -218,7 +219,7 @@ describe('task status, topic memory, preferences', () => {
 
 describe('clearing an agent', () => {
   it('spares the presence key agent:<id>:heartbeat (deleting it is not clearing memory)', async () => {
-    const a = uid('hb');
+    const a = uniqueId('hb');
     await cmd.set(`agent:${a}:heartbeat`, String(Date.now()), 'EX', 60);
     await cmd.set(`agent:${a}:memory:t`, 'x');
     expect(await new AgentMemory(cmd, a).clear()).toBe(1);
@@ -227,7 +228,7 @@ describe('clearing an agent', () => {
   });
 
   it('removes every key of agent a, and none of ab or a*b, in batches', async () => {
-    const base = uid('c');
+    const base = uniqueId('c');
     const a = base;
     const ab = `${base}b`;
     const star = `${base}*b`;

@@ -8,7 +8,8 @@
 import { describe, expect, it } from 'vitest';
 import { exactEventChannels } from '../../src/bus/channels.ts';
 import { definePlugin, type AgentEvent } from '../../src/index.ts';
-import { makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
+import { makeDaemon, redisSuite } from '../helpers/inproc.ts';
+import { waitFor } from '../helpers/util.ts';
 
 const suite = redisSuite({ requireControl: true });
 const send = (type: string, data: unknown) => suite.cmd.publish(`agent:events:${type}`, JSON.stringify({ event: type, data }));
@@ -52,17 +53,17 @@ describe('what a daemon subscribes to', () => {
     const { received, unhandled } = t.daemon.stats();
     expect(await send('gamma', 1), 'receivers of a type nobody handles').toBe(0);
     expect(await send('alpha', 2)).toBe(1);
-    await until(() => seen.length === 1, 'alpha');
+    await waitFor('alpha', () => seen.length === 1);
     expect(seen[0]).toMatchObject({ event: 'alpha', data: 2 });
     expect(t.daemon.stats().received).toBe(received + 1);
     expect(t.daemon.stats().unhandled, 'gamma never arrived, so it was not counted as unhandled').toBe(unhandled);
 
     // Subscribed again, to the same channels, after Redis drops the subscriber connection.
     await suite.cmd.call('CLIENT', ['KILL', 'TYPE', 'pubsub']);
-    await until(() => t.daemon.state === 'ready' && seen.length === 1, 'ready again', 10_000);
-    await until(async () => (await subscriberOf(`agentd:${t.config.agent.id}:sub`).catch(() => ({ sub: 0 }))).sub === 8, 'resubscribed', 10_000);
+    await waitFor('ready again', () => t.daemon.state === 'ready' && seen.length === 1, 10_000);
+    await waitFor('resubscribed', async () => (await subscriberOf(`agentd:${t.config.agent.id}:sub`).catch(() => ({ sub: 0 }))).sub === 8, 10_000);
     await send('beta', 3);
-    await until(() => seen.length === 2, 'beta after the reconnect');
+    await waitFor('beta after the reconnect', () => seen.length === 2);
     expect(seen[1]).toMatchObject({ event: 'beta', data: 3 });
   });
 
@@ -75,7 +76,7 @@ describe('what a daemon subscribes to', () => {
     );
     expect(await subscriberOf(`agentd:${t.config.agent.id}:sub`)).toEqual({ sub: 7, psub: 0 });
     expect(await send('alpha', 1)).toBe(1);
-    await until(() => seen.length === 1, 'alpha');
+    await waitFor('alpha', () => seen.length === 1);
     await new Promise((r) => setTimeout(r, 300));
     expect(seen).toHaveLength(1);
   });
@@ -90,7 +91,7 @@ describe('what a daemon subscribes to', () => {
     );
     expect(await subscriberOf(`agentd:${t.config.agent.id}:sub`)).toEqual({ sub: 3, psub: 1 });
     await send('gamma', 1);
-    await until(() => seen.includes('all:gamma'), 'gamma through the pattern');
+    await waitFor('gamma through the pattern', () => seen.includes('all:gamma'));
   });
 
   it('explicit patterns and events.subscribe = pattern keep the pattern', async () => {
@@ -99,6 +100,6 @@ describe('what a daemon subscribes to', () => {
     const b = await suite.start(makeDaemon(suite.redis.url, { watch: { notifications: 'off' }, events: { subscribe: 'pattern' } }, [definePlugin({ name: 'p', handlers: { gamma: () => undefined } })]));
     expect(await subscriberOf(`agentd:${b.config.agent.id}:sub`)).toEqual({ sub: 3, psub: 1 });
     await send('delta', 1);
-    await until(() => b.daemon.stats().unhandled >= 1, 'delta through the pattern, unhandled');
+    await waitFor('delta through the pattern, unhandled', () => b.daemon.stats().unhandled >= 1);
   });
 });

@@ -1,14 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentDown } from '../../src/presence/watcher.ts';
 import { reapAgent } from '../../src/redis/scripts.ts';
-import { collect, makeDaemon, redisSuite, uid, until, type TestDaemon } from '../helpers/inproc.ts';
+import { makeDaemon, redisSuite, type TestDaemon } from '../helpers/inproc.ts';
+import { collect, type Collected, uniqueId, waitFor } from '../helpers/util.ts';
 
 const suite = redisSuite({ requireControl: true });
 const started = (t: TestDaemon) => suite.start(t);
 
 /** Writes what a dead agent leaves behind: den membership and a registry record, heartbeat gone or about to go. */
 async function ghost(den: string, opts: { heartbeatPx?: number; record?: boolean } = {}): Promise<string> {
-  const id = uid('ghost');
+  const id = uniqueId('ghost');
   if (opts.heartbeatPx) await suite.cmd.set(`agent:${id}:heartbeat`, String(Date.now()), 'PX', opts.heartbeatPx);
   await suite.cmd.sadd(`den:${den}:online_agents`, id);
   if (opts.record !== false) {
@@ -17,11 +18,11 @@ async function ghost(den: string, opts: { heartbeatPx?: number; record?: boolean
   return id;
 }
 
-const downs = async () => (await collect(suite.redis.client(), 'agent:events:agent_down')) as Array<{ channel: string; message: { data: AgentDown } & Record<string, unknown> }>;
+const downs = async () => (await collect(suite.redis.client(), 'agent:events:agent_down')) as Array<Collected & { json: { data: AgentDown } & Record<string, unknown> }>;
 
 describe('reap script', () => {
   it('lets exactly one of 50 concurrent callers reap, publish, and mark the record down', async () => {
-    const den = uid('den');
+    const den = uniqueId('den');
     const id = await ghost(den);
     const seen = await downs();
     const clients = Array.from({ length: 50 }, () => suite.redis.client());
@@ -30,10 +31,10 @@ describe('reap script', () => {
     );
     expect(outcomes.filter((o) => o.reaped)).toHaveLength(1);
     expect(outcomes.filter((o) => !o.reaped && o.reason === 'absent')).toHaveLength(49);
-    await until(() => seen.length === 1, 'agent_down');
+    await waitFor('agent_down', () => seen.length === 1);
     await new Promise((r) => setTimeout(r, 200));
     expect(seen).toHaveLength(1);
-    expect(seen[0]!.message).toMatchObject({ event: 'agent_down', data: { agent: id, den, host: 'ghost-host', lastSeen: 1234, via: 'sweep' } });
+    expect(seen[0]!.json).toMatchObject({ event: 'agent_down', data: { agent: id, den, host: 'ghost-host', lastSeen: 1234, via: 'sweep' } });
     const record = JSON.parse((await suite.cmd.hget('global:agent_registry', id))!) as Record<string, unknown>;
     expect(record).toMatchObject({ id, den, host: 'ghost-host', status: 'down', extra: { kept: true } });
     expect(record['downAt']).toBeGreaterThanOrEqual(5000);
@@ -41,24 +42,24 @@ describe('reap script', () => {
   });
 
   it('does nothing to an agent whose heartbeat is back, or that already left', async () => {
-    const den = uid('den');
+    const den = uniqueId('den');
     const alive = await ghost(den, { heartbeatPx: 60_000 });
     expect(await reapAgent(suite.cmd, { id: alive, den, now: 1, watcher: { id: 'w', den }, via: 'sweep' })).toEqual({ reaped: false, reason: 'alive' });
     expect(await suite.cmd.sismember(`den:${den}:online_agents`, alive)).toBe(1);
-    expect(await reapAgent(suite.cmd, { id: uid('never'), den, now: 1, watcher: { id: 'w', den }, via: 'sweep' })).toEqual({ reaped: false, reason: 'absent' });
+    expect(await reapAgent(suite.cmd, { id: uniqueId('never'), den, now: 1, watcher: { id: 'w', den }, via: 'sweep' })).toEqual({ reaped: false, reason: 'absent' });
   });
 });
 
 describe('reap script: the second signal (registry lastSeen)', () => {
   const put = async (den: string, record: Record<string, unknown>): Promise<string> => {
-    const id = uid('deleted');
+    const id = uniqueId('deleted');
     await suite.cmd.sadd(`den:${den}:online_agents`, id);
     await suite.cmd.hset('global:agent_registry', id, JSON.stringify({ id, den, ...record }));
     return id;
   };
 
   it('a heartbeat key that is gone while lastSeen is younger than the TTL is not a death', async () => {
-    const den = uid('den');
+    const den = uniqueId('den');
     const id = await put(den, { lastSeen: 10_000 });
     const r = { id, den, watcher: { id: 'w', den }, via: 'sweep' as const, minAgeMs: 2_000 };
     expect(await reapAgent(suite.cmd, { ...r, now: 11_999 })).toEqual({ reaped: false, reason: 'fresh' });
@@ -67,7 +68,7 @@ describe('reap script: the second signal (registry lastSeen)', () => {
   });
 
   it('uses the record\'s own heartbeatTtl when it is shorter than the watcher\'s, never when longer', async () => {
-    const den = uid('den');
+    const den = uniqueId('den');
     const short = await put(den, { lastSeen: 10_000, heartbeatTtl: 1 });
     const long = await put(den, { lastSeen: 10_000, heartbeatTtl: 3_600 });
     const r = { den, watcher: { id: 'w', den }, via: 'sweep' as const, minAgeMs: 2_000, now: 11_500 };
@@ -79,25 +80,25 @@ describe('reap script: the second signal (registry lastSeen)', () => {
 
 describe('peer watcher', () => {
   it('ten watchers in one den report one death once', async () => {
-    const den = uid('den');
+    const den = uniqueId('den');
     const seen = await downs();
     const watchers = await Promise.all(
       Array.from({ length: 10 }, () => started(makeDaemon(suite.redis.url, { agent: { den }, heartbeat: { ttl: 2, interval: 0.5 }, watch: { sweepInterval: 0.1, notifications: 'off' } }))),
     );
     const id = await ghost(den);
-    await until(() => seen.length >= 1, 'agent_down', 3_000);
+    await waitFor('agent_down', () => seen.length >= 1, 3_000);
     await new Promise((r) => setTimeout(r, 500)); // several more sweeps by every watcher
-    expect(seen.map((s) => s.message.data.agent)).toEqual([id]);
+    expect(seen.map((s) => s.json.data.agent)).toEqual([id]);
     const reapers = watchers.filter((w) => w.daemon.stats().reaped === 1);
     expect(reapers).toHaveLength(1);
-    expect(seen[0]!.message.data.detectedBy).toBe(reapers[0]!.config.agent.id);
+    expect(seen[0]!.json.data.detectedBy).toBe(reapers[0]!.config.agent.id);
     // The live watchers themselves are all still members.
     expect((await suite.cmd.smembers(`den:${den}:online_agents`)).sort()).toEqual(watchers.map((w) => w.config.agent.id).sort());
   });
 
   it('uses expiry notifications when they are on: detection well before the next sweep', async () => {
     await suite.cmd.config('SET', 'notify-keyspace-events', '');
-    const den = uid('den');
+    const den = uniqueId('den');
     const seen = await downs();
     const w = await started(makeDaemon(suite.redis.url, { agent: { den }, watch: { sweepInterval: 30, notifications: 'enable' } }));
     const flags = ((await suite.cmd.config('GET', 'notify-keyspace-events')) as string[])[1] ?? '';
@@ -106,27 +107,27 @@ describe('peer watcher', () => {
     expect(flags).toContain('x');
     const id = await ghost(den, { heartbeatPx: 300 });
     const t0 = Date.now();
-    await until(() => seen.length === 1, 'agent_down via expiry', 3_000);
+    await waitFor('agent_down via expiry', () => seen.length === 1, 3_000);
     expect(Date.now() - t0).toBeLessThan(2_000);
-    expect(seen[0]!.message.data).toEqual({ agent: id, den, host: 'ghost-host', lastSeen: 1234, detectedBy: w.config.agent.id, via: 'expiry' });
+    expect(seen[0]!.json.data).toEqual({ agent: id, den, host: 'ghost-host', lastSeen: 1234, detectedBy: w.config.agent.id, via: 'expiry' });
     await suite.cmd.config('SET', 'notify-keyspace-events', '');
   });
 
   it('falls back to the sweep when notifications are off, and reaps agents with no registry record', async () => {
     await suite.cmd.config('SET', 'notify-keyspace-events', '');
-    const den = uid('den');
+    const den = uniqueId('den');
     const seen = await downs();
     const w = await started(makeDaemon(suite.redis.url, { agent: { den }, heartbeat: { ttl: 2, interval: 0.5 }, watch: { sweepInterval: 0.2, notifications: 'listen' } }));
     const id = await ghost(den, { heartbeatPx: 200, record: false });
     const t0 = Date.now();
     // No record, so no lastSeen: the watcher must itself see the key missing for a TTL first.
-    await until(() => seen.length === 1, 'agent_down via sweep', 2_000 + 2 * 200 + 2_000);
+    await waitFor('agent_down via sweep', () => seen.length === 1, 2_000 + 2 * 200 + 2_000);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(2_000);
-    expect(seen[0]!.message.data).toEqual({ agent: id, den, host: null, lastSeen: null, detectedBy: w.config.agent.id, via: 'sweep' });
+    expect(seen[0]!.json.data).toEqual({ agent: id, den, host: null, lastSeen: null, detectedBy: w.config.agent.id, via: 'sweep' });
   });
 
   it('never reports a graceful stop as a death', async () => {
-    const den = uid('den');
+    const den = uniqueId('den');
     const seen = await downs();
     const fast = { agent: { den }, heartbeat: { ttl: 1, interval: 0.2 }, watch: { sweepInterval: 0.1 } } as const;
     await started(makeDaemon(suite.redis.url, fast));
@@ -138,20 +139,20 @@ describe('peer watcher', () => {
   });
 
   it('watches only its own den by default, every den with "*"', async () => {
-    const mine = uid('den');
-    const other = uid('den');
+    const mine = uniqueId('den');
+    const other = uniqueId('den');
     const seen = await downs();
     await started(makeDaemon(suite.redis.url, { agent: { den: mine }, watch: { sweepInterval: 0.1, notifications: 'off' } }));
     const id = await ghost(other);
     await new Promise((r) => setTimeout(r, 400));
     expect(seen).toEqual([]);
     await started(makeDaemon(suite.redis.url, { agent: { den: mine }, watch: { sweepInterval: 0.1, notifications: 'off', dens: ['*'] } }));
-    await until(() => seen.length === 1, 'agent_down from the all-dens watcher', 3_000);
-    expect(seen[0]!.message.data).toMatchObject({ agent: id, den: other });
+    await waitFor('agent_down from the all-dens watcher', () => seen.length === 1, 3_000);
+    expect(seen[0]!.json.data).toMatchObject({ agent: id, den: other });
   });
 
   it('does not watch at all when turned off', async () => {
-    const den = uid('den');
+    const den = uniqueId('den');
     const seen = await downs();
     const t = await started(makeDaemon(suite.redis.url, { agent: { den }, watch: { enabled: false, sweepInterval: 0.1 } }));
     await ghost(den);

@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import type { AgentEvent } from '../../src/bus/envelope.ts';
 import { AgentMemory } from '../../src/memory/memory.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
-import { makeDaemon, redisSuite, uid, until } from '../helpers/inproc.ts';
+import { makeDaemon, redisSuite } from '../helpers/inproc.ts';
+import { uniqueId, waitFor } from '../helpers/util.ts';
 
 const run = promisify(execFile);
 const SCRIPT = new URL('./seed_agent.py', import.meta.url).pathname;
@@ -18,7 +19,7 @@ async function py(agent: string, ...args: string[]): Promise<unknown> {
 
 describe('interop with a Python agent (redis-py, the article conventions)', () => {
   it('Python writes messages, agentd reads them; agentd appends, Python reads them', async () => {
-    const agent = uid('py');
+    const agent = uniqueId('py');
     const mem = new AgentMemory(suite.cmd, agent);
     await py(agent, 'add-message', 's1', 'user', "What's the weather in Nashville?");
     await py(agent, 'add-message', 's1', 'assistant', 'Currently 68°F and sunny in Nashville.');
@@ -33,7 +34,7 @@ describe('interop with a Python agent (redis-py, the article conventions)', () =
   });
 
   it('stores messages byte for byte as the Python snippet does', async () => {
-    const agent = uid('py');
+    const agent = uniqueId('py');
     const content = 'Grüße, "quotes", back\\slash, tab\there, emoji 🙂, newline\nend';
     await py(agent, 'add-message', 'py', 'user', content);
     await new AgentMemory(suite.cmd, agent).addMessage('js', { role: 'user', content });
@@ -43,7 +44,7 @@ describe('interop with a Python agent (redis-py, the article conventions)', () =
   });
 
   it('shares the LLM cache both ways (same sha256 key)', async () => {
-    const agent = uid('py');
+    const agent = uniqueId('py');
     const mem = new AgentMemory(suite.cmd, agent);
     const prompt = 'Summarise: naïve café ☕';
     expect(await py(agent, 'cache-key', prompt, 'claude-3-5-sonnet')).toBe(mem.cacheKey(prompt, 'claude-3-5-sonnet'));
@@ -57,7 +58,7 @@ describe('interop with a Python agent (redis-py, the article conventions)', () =
   });
 
   it('shares task status both ways', async () => {
-    const agent = uid('py');
+    const agent = uniqueId('py');
     const mem = new AgentMemory(suite.cmd, agent);
     await py(agent, 'task-set', 'job-1', 'done');
     expect(await mem.getTaskStatus('job-1')).toBe('done');
@@ -66,7 +67,7 @@ describe('interop with a Python agent (redis-py, the article conventions)', () =
   });
 
   it('the article snippet clears what agentd wrote; agentd clears what Python wrote', async () => {
-    const agent = uid('py');
+    const agent = uniqueId('py');
     const mem = new AgentMemory(suite.cmd, agent);
     await mem.addMessage('s', { role: 'user', content: 'x' });
     await mem.setTaskStatus('t', 'done');
@@ -82,7 +83,7 @@ describe('interop with a Python agent (redis-py, the article conventions)', () =
     suite.track(t.daemon);
     await t.daemon.start();
     expect(await py('publisher', 'publish', 'new_message', '{"user_id": "usr-123", "text": "Hello!"}')).toBeGreaterThanOrEqual(1);
-    await until(() => seen.length === 1, 'the event from Python');
+    await waitFor('the event from Python', () => seen.length === 1);
     expect(seen[0]).toEqual({ event: 'new_message', data: { user_id: 'usr-123', text: 'Hello!' }, channel: 'agent:events:new_message' });
   });
 });

@@ -11,7 +11,8 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import type { AgentEvent } from '../../src/bus/envelope.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
-import { makeDaemon, redisSuite, until } from '../helpers/inproc.ts';
+import { makeDaemon, redisSuite } from '../helpers/inproc.ts';
+import { waitFor } from '../helpers/util.ts';
 import { newSecret, writeKeysFile } from '../helpers/keys.ts';
 
 const run = promisify(execFile);
@@ -71,20 +72,20 @@ describe('signed envelopes: the Python helper of docs/security.md and agentd agr
     );
     const channel = 'agent:events:py_event';
     await py('publish', suite.redis.url, channel, 'py_event', '{"n": 1, "text": "Grüße 🙂"}', 'py-agent', 'den-py', keys);
-    await until(() => seen.length === 1, 'the signed Python event');
+    await waitFor('the signed Python event', () => seen.length === 1);
     expect(seen[0]).toMatchObject({ event: 'py_event', data: { n: 1, text: 'Grüße 🙂' }, source: 'py-agent' });
     // The same key in a file saved by a Windows editor (a UTF-8 BOM, CRLF, trailing spaces): the same key for both.
     const windows = join(mkdtempSync(join(tmpdir(), 'agentd-keys-')), 'keys');
     writeFileSync(windows, `\uFEFFk1 ${secret}  \r\n`, { mode: 0o600 });
     await py('publish', suite.redis.url, channel, 'py_event', '{"n": 5}', 'py-agent', 'den-py', windows);
-    await until(() => seen.length === 2, 'the event signed with the Windows-saved keys file');
+    await waitFor('the event signed with the Windows-saved keys file', () => seen.length === 2);
     await suite.cmd.publish(channel, JSON.stringify({ event: 'py_event', data: { n: 2 } }));
     await py('publish', suite.redis.url, channel, 'py_event', '{"n": 3}', 'py-agent', 'den-py', otherKeys);
     await py('publish', suite.redis.url, channel, 'py_event', '{"n": 4}', 'py-agent', 'den-py', wrongSecret);
-    await until(() => {
+    await waitFor('three refusals', () => {
       const inv = t.daemon.stats().invalid;
       return inv.unsigned === 1 && inv.unknown_key === 1 && inv.bad_signature === 1;
-    }, 'three refusals');
+    });
     expect(seen).toHaveLength(2);
     // No line of the log holds a secret.
     for (const line of t.lines) expect(JSON.stringify(line)).not.toContain(secret);
@@ -99,7 +100,7 @@ describe('signed envelopes: the Python helper of docs/security.md and agentd agr
     await listener.psubscribe('agent:events:*');
     const t = await suite.start(makeDaemon(suite.redis.url, { security: { signing: 'require', keysFile: keys } }));
     await t.daemon.publish('js_event', { text: 'naïve café ☕', list: [1, 2.5, null] });
-    await until(() => raw.some((m) => m.channel === 'agent:events:js_event') && raw.some((m) => m.channel === 'agent:events:agent_online'), 'both messages');
+    await waitFor('both messages', () => raw.some((m) => m.channel === 'agent:events:js_event') && raw.some((m) => m.channel === 'agent:events:agent_online'));
     const js = raw.find((m) => m.channel === 'agent:events:js_event')!;
     const online = raw.find((m) => m.channel === 'agent:events:agent_online')!;
     expect(await pyVerify(js.channel, keys, js.message)).toEqual({ ok: true, event: 'js_event', data: { text: 'naïve café ☕', list: [1, 2.5, null] } });

@@ -15,7 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { newSecret, writeKeysFile } from '../helpers/keys.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { RECORDER, collectMessages, hasMsg, keys, readRecords, uniqueId, waitFor } from './util.ts';
+import { readRecords, RECORDER } from '../helpers/process.ts';
+import { collect, hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const run = promisify(execFile);
 const PASSWORDS = ['pw-agent-one-8f3a', 'pw-agent-two-1c9d', 'pw-agent-three-77e0'];
@@ -53,7 +54,7 @@ describe('one least-privilege Redis user per agent', () => {
       expect(words.slice(0, 3)).toEqual(['ACL', 'SETUSER', `agent-${id}`]);
       await admin.call('ACL', 'SETUSER', `agent-${id}`, ...words.slice(3).map((w) => (w === '>PASSWORD' ? `>${PASSWORDS[i]}` : w)));
     }
-    const downs = await collectMessages(redis.client(), keys.channel('agent_down'));
+    const downs = await collect(redis.client(), keys.channel('agent_down'));
     const files = ids.map((id) => join(tmp, `${id}.jsonl`));
     for (const [i, id] of ids.entries()) {
       const d = spawnAgentd(['run'], {

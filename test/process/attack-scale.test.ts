@@ -6,12 +6,10 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startProxy } from '../helpers/proxy.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { peerHealthEnv, processSuite, type Agent } from '../helpers/process.ts';
 import { startSentinelTopology, type SentinelTopology } from '../helpers/sentinel.ts';
-import { hasMsg, keys, uniqueId, waitFor } from './util.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL = 3;
 const INTERVAL = 0.5;
@@ -20,23 +18,17 @@ const LEASE_MS = 3 * SWEEP * 1000;
 /** Sweep-only bound with a dead sweeper: max(ttl, lease) + sweepInterval (+10 % jitter twice), plus 1 s for process noise. */
 const BOUND_MS = Math.max(TTL * 1000, LEASE_MS) + 1.2 * SWEEP * 1000 + 1000;
 
-interface Agent {
-  readonly id: string;
-  readonly d: DaemonProcess;
-}
+const suite = processSuite({ redis: { requireControl: true }, env: peerHealthEnv({ ttl: TTL, interval: INTERVAL, sweep: SWEEP, notifications: 'off' }) });
 
 describe('attacks on the sweeper lease and the reap grace (daemons as child processes)', () => {
-  let redis: TestRedis;
   let c: Redis;
   let observer: Redis;
   const downs: Array<{ agent: string; at: number }> = [];
-  const daemons: DaemonProcess[] = [];
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    c = redis.client({ connectionName: 'attack-cmd' });
+    c = suite.redis.client({ connectionName: 'attack-cmd' });
     await c.config('SET', 'notify-keyspace-events', '');
-    observer = redis.client({ connectionName: 'attack-observer' });
+    observer = suite.redis.client({ connectionName: 'attack-observer' });
     observer.on('message', (_channel: string, message: string) => {
       const env = JSON.parse(message) as { data: { agent: string } };
       downs.push({ agent: env.data.agent, at: Date.now() });
@@ -44,35 +36,8 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
     await observer.subscribe(keys.channel('agent_down'));
   });
 
-  afterEach(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  });
-
-  afterAll(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-    await redis?.stop();
-  });
-
   async function startGroup(n: number, env: Record<string, string> = {}, den = uniqueId('den')): Promise<{ den: string; agents: Agent[] }> {
-    const agents = Array.from({ length: n }, () => {
-      const id = uniqueId('as');
-      const d = spawnAgentd(['run'], {
-        env: {
-          AGENTD_REDIS_URL: redis.url,
-          AGENTD_AGENT_ID: id,
-          AGENTD_DEN: den,
-          AGENTD_LOG_LEVEL: 'info',
-          AGENTD_HEARTBEAT_TTL: String(TTL),
-          AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
-          AGENTD_SWEEP_INTERVAL: String(SWEEP),
-          AGENTD_WATCH_NOTIFICATIONS: 'off',
-          ...env,
-        },
-      });
-      daemons.push(d);
-      return { id, d };
-    });
-    await Promise.all(agents.map((a) => a.d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    const { agents } = await suite.group(n, { den, env });
     return { den, agents };
   }
 
@@ -88,7 +53,7 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
     await c.call('SET', `den:${den}:sweeper`, 'operator 0000', ...expiry);
     const victim = agents[0]!;
     const faultAt = Date.now();
-    victim.d.signal('SIGKILL');
+    victim.signal('SIGKILL');
     const down = await waitFor(`agent_down of ${victim.id}`, () => downsOf(victim.id)[0], BOUND_MS + 5_000, 10);
     expect(down.at - faultAt).toBeLessThan(BOUND_MS);
     await sleep(2_000);
@@ -97,7 +62,7 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
   });
 
   it('the lease holder cut off (packets dropped) while it believes it holds: another member takes over; each death once', async () => {
-    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    const proxy = await suite.proxy();
     try {
       const { den, agents: [holder] } = await startGroup(1, { AGENTD_REDIS_URL: proxy.url() });
       await waitFor('the proxied member holds the lease', async () => (await c.get(`den:${den}:sweeper`))?.startsWith(`${holder!.id} `), 5_000);
@@ -106,13 +71,13 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
       // the RESP stream if healed before commandTimeoutMs recycles the connection: not a TCP path).
       proxy.setMode({ kind: 'pause' });
       const faultAt = Date.now();
-      victim!.d.signal('SIGKILL');
+      victim!.signal('SIGKILL');
       const down = await waitFor(`agent_down of ${victim!.id}`, () => downsOf(victim!.id)[0], BOUND_MS + 5_000, 10);
       expect(down.at - faultAt).toBeLessThan(BOUND_MS);
       expect((await c.get(`den:${den}:sweeper`))?.startsWith(`${survivor!.id} `)).toBe(true);
       // Healed: the old holder finds the lease is another's; nothing is reported twice, the survivor never.
       proxy.setMode({ kind: 'pass' });
-      await holder!.d.waitForLog(hasMsg('heartbeat restored'), 30_000);
+      await holder!.waitForLog(hasMsg('heartbeat restored'), 30_000);
       await sleep(3 * LEASE_MS);
       expect(downsOf(victim!.id)).toHaveLength(1);
       expect(downsOf(holder!.id).length).toBeLessThanOrEqual(1);
@@ -124,15 +89,15 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
   });
 
   it('a middlebox that discarded bytes for a moment (shorter than commandTimeoutMs): the daemon beats again, not out of step for ever', async () => {
-    const proxy = await startProxy({ host: redis.host, port: redis.port });
+    const proxy = await suite.proxy();
     try {
       const { agents: [a] } = await startGroup(1, { AGENTD_REDIS_URL: proxy.url(), AGENTD_REDIS_COMMAND_TIMEOUT_MS: '2000' });
       proxy.setMode({ kind: 'blackhole' });
-      await a!.d.waitForLog(hasMsg('heartbeat failed'), 5_000);
+      await a!.waitForLog(hasMsg('heartbeat failed'), 5_000);
       await sleep(500);
       // Healed before the commandTimeoutMs of no byte back: the requests lost in between are never answered.
       proxy.setMode({ kind: 'pass' });
-      await a!.d.waitForLog(hasMsg('heartbeat restored'), 2_000 + 2 * 1_000 + 3_000);
+      await a!.waitForLog(hasMsg('heartbeat restored'), 2_000 + 2 * 1_000 + 3_000);
     } finally {
       await proxy.close();
     }
@@ -150,7 +115,7 @@ describe('attacks on the sweeper lease and the reap grace (daemons as child proc
     try {
       await sleep(2_000);
       const victim = agents[0]!;
-      victim.d.signal('SIGKILL');
+      victim.signal('SIGKILL');
       const faultAt = Date.now();
       const down = await waitFor(`agent_down of ${victim.id} during the storm`, () => downsOf(victim.id)[0], 20_000, 20);
       // The grace of a storm lasts at most max(ttl, interval + reconnectMaxDelayMs) from its first reconnect (2 s before the kill).
@@ -175,8 +140,8 @@ describe('a wrong Sentinel master name (real Sentinels)', () => {
   });
 
   it('says once per connection which name no Sentinel knows, and names the Sentinels as the target', async () => {
-    const d = spawnAgentd(['run'], {
-      env: { AGENTD_REDIS_SENTINELS: topo.sentinels.join(','), AGENTD_REDIS_SENTINEL_NAME: 'no-such-master', AGENTD_AGENT_ID: uniqueId('as'), AGENTD_LOG_LEVEL: 'info' },
+    const d = await suite.spawn({
+      env: { AGENTD_REDIS_SENTINELS: topo.sentinels.join(','), AGENTD_REDIS_SENTINEL_NAME: 'no-such-master', AGENTD_LOG_LEVEL: 'info' },
     });
     try {
       await d.waitForLog(hasMsg('redis connection error'), 10_000);

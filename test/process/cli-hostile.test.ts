@@ -8,7 +8,8 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { isAlive, keys, uniqueId, waitFor } from './util.ts';
+import { isAlive } from '../helpers/process.ts';
+import { keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const DEEP = `${'['.repeat(5_000)}${']'.repeat(5_000)}`;
 

@@ -12,10 +12,11 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, type RunAgentdResult } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { PACKAGE_VERSION, PLUGIN_FIXTURES, uniqueId } from './util.ts';
+import { FIXTURES } from '../helpers/process.ts';
+import { PACKAGE_VERSION, uniqueId } from '../helpers/util.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const plugin = (name: string): string => join(PLUGIN_FIXTURES, name);
+const plugin = (name: string): string => join(FIXTURES, name);
 const stderrLines = (res: RunAgentdResult): string[] => res.stderr.split('\n').filter((l) => l.trim() !== '');
 const jsonLines = (res: RunAgentdResult): Array<Record<string, unknown>> =>
   res.stdout

@@ -9,10 +9,11 @@ import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess, type RunAgentdResult } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { PACKAGE_VERSION, hasMsg, keys, parseClientList, uniqueId, waitFor } from './util.ts';
+import { peerHealthEnv, processSuite } from '../helpers/process.ts';
+import type { TestRedis } from '../helpers/redis.ts';
+import { hasMsg, keys, PACKAGE_VERSION, parseClientList, uniqueId, waitFor } from '../helpers/util.ts';
 
 const execFileP = promisify(execFile);
 const SEED_AGENT = fileURLToPath(new URL('../interop/seed_agent.py', import.meta.url));
@@ -25,44 +26,24 @@ interface Agent {
   readonly d: DaemonProcess;
 }
 
+const suite = processSuite({ redis: { requireControl: true } });
+
 describe('agentd members, watch and memory (child processes)', () => {
   let redis: TestRedis;
   let c: Redis;
-  const procs: DaemonProcess[] = [];
 
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
+  beforeAll(() => {
+    redis = suite.redis;
     c = redis.client({ connectionName: 'cli-watch-test' });
-  });
-
-  afterEach(async () => {
-    await Promise.all(procs.splice(0).map((p) => p.stop()));
-  });
-
-  afterAll(async () => {
-    await Promise.all(procs.splice(0).map((p) => p.stop()));
-    await redis?.stop();
   });
 
   /** A one-shot CLI run; every run gets this server and its own agent id, nothing from the developer's environment. */
   const agentd = (args: string[], env: Record<string, string> = {}): Promise<RunAgentdResult> =>
     runAgentd(args, { env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('cli'), ...env }, timeoutMs: 20_000 });
 
-  function startAgent(den: string): Agent {
-    const id = uniqueId('cw');
-    const d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_HEARTBEAT_TTL: '2',
-        AGENTD_HEARTBEAT_INTERVAL: '0.5',
-        AGENTD_SWEEP_INTERVAL: '0.5',
-        AGENTD_WATCH_NOTIFICATIONS: 'enable',
-      },
-    });
-    procs.push(d);
-    return { id, den, d };
+  async function startAgent(den: string): Promise<Agent> {
+    const d = await suite.spawn({ den, id: uniqueId('cw'), env: peerHealthEnv({ ttl: 2, interval: 0.5, sweep: 0.5, notifications: 'enable' }) });
+    return { id: d.id, den, d };
   }
 
   const ready = (a: Agent): Promise<unknown> => a.d.waitForLog(hasMsg('agentd ready'), 20_000);
@@ -83,7 +64,7 @@ describe('agentd members, watch and memory (child processes)', () => {
 
   it('members --den D after a kill -9 and reap: the dead agent as down, the live ones online with ttlMs > 0; the table too', async () => {
     const den = uniqueId('den');
-    const agents = [startAgent(den), startAgent(den), startAgent(den)];
+    const agents = await Promise.all([startAgent(den), startAgent(den), startAgent(den)]);
     await Promise.all(agents.map(ready));
     const [victim, ...live] = agents as [Agent, ...Agent[]];
     await killAndReap(victim);
@@ -132,7 +113,8 @@ describe('agentd members, watch and memory (child processes)', () => {
     const env = (id: string): Record<string, string> => ({ AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: id });
     const plain = spawnAgentd(['watch', '--den', den], { env: env(plainId) });
     const json = spawnAgentd(['watch', '--den', den, '--json'], { env: env(jsonId) });
-    procs.push(plain, json);
+    suite.track(plain);
+    suite.track(json);
 
     // Subscribed: both hold a pattern subscription on the server.
     await waitFor(
@@ -146,9 +128,9 @@ describe('agentd members, watch and memory (child processes)', () => {
     await waitFor('plain watch banner on stderr', () => plain.stderr.some((l) => l.includes(`watching agent:events:* (den ${den})`)));
     expect(json.stderr).toEqual([]);
 
-    const a = startAgent(den);
-    const w = startAgent(den);
-    const x = startAgent(otherDen);
+    const a = await startAgent(den);
+    const w = await startAgent(den);
+    const x = await startAgent(otherDen);
     await Promise.all([a, w, x].map(ready));
 
     const inDen = await agentd(['publish', 'cli_watch_probe', '{"n":1}'], { AGENTD_AGENT_ID: 'pub-in', AGENTD_DEN: den });

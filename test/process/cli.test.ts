@@ -10,9 +10,10 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess, type RunAgentdResult } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { PACKAGE_VERSION, PLUGIN_FIXTURES, RECORDER, collectMessages, hasMsg, keys, readRecords, uniqueId, waitFor } from './util.ts';
+import { FIXTURES, readRecords, RECORDER } from '../helpers/process.ts';
+import { collect, hasMsg, keys, PACKAGE_VERSION, uniqueId, waitFor } from '../helpers/util.ts';
 
-const plugin = (name: string): string => join(PLUGIN_FIXTURES, name);
+const plugin = (name: string): string => join(FIXTURES, name);
 
 function stderrLines(res: RunAgentdResult): string[] {
   return res.stderr.split('\n').filter((l) => l.trim() !== '');
@@ -231,7 +232,7 @@ describe('agentd command line', () => {
 
     it('publish EVENT JSON reaches the daemon; the envelope has id, source, ts and den', async () => {
       const watcher = redis.client();
-      const seen = await collectMessages(watcher, keys.channel('new_message'));
+      const seen = await collect(watcher, keys.channel('new_message'));
       const before = Date.now();
       const res = await agentd(['publish', 'new_message', '{"a":1}', '--json'], { AGENTD_AGENT_ID: 'cli-publisher', AGENTD_DEN: den });
       expect(res.code, res.stderr).toBe(0);
@@ -264,7 +265,7 @@ describe('agentd command line', () => {
 
     it('publish with invalid JSON exits 2 and publishes nothing', async () => {
       const watcher = redis.client();
-      const seen = await collectMessages(watcher, keys.channel('bad_json_test'));
+      const seen = await collect(watcher, keys.channel('bad_json_test'));
       expectExit2OneLine(await agentd(['publish', 'bad_json_test', '{a:1']), /JSON/);
       await new Promise((r) => setTimeout(r, 200));
       expect(seen).toEqual([]);

@@ -22,7 +22,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { trackChild, trackTempDir } from '../helpers/reaper.ts';
-import { expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor } from './util.ts';
+import { expectNoFatal, isAlive } from '../helpers/process.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL = 3;
 const INTERVAL = 0.5;

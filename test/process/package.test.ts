@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reachableDeclarations } from '../helpers/dts-reach.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { trackChild, trackTempDir, untrackTempDir } from '../helpers/reaper.ts';
-import { collectMessages, uniqueId } from './util.ts';
+import { collect, uniqueId } from '../helpers/util.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const TSC = join(ROOT, 'node_modules/typescript/bin/tsc');
@@ -150,7 +150,7 @@ describe('the npm package', () => {
       const { app } = packed;
       const id = uniqueId('embedded');
       writeFileSync(join(app, 'agentd.json'), JSON.stringify({ redis: { url: redis.url }, http: { port: 0 }, agent: { id } }));
-      const heard = await collectMessages(sub, 'agent:events:greeted', 'agent:events:agent_offline');
+      const heard = await collect(sub, 'agent:events:greeted', 'agent:events:agent_offline');
       const child = spawn(process.execPath, [join(app, 'out/main.js')], { cwd: app, env: { PATH: process.env['PATH'] ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
       trackChild(child);
       let stderr = '';

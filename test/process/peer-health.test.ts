@@ -10,10 +10,11 @@ import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { expectNoFatal, hasMsg, isAlive, keys, parseClientList, uniqueId, waitFor } from './util.ts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DaemonProcess } from '../helpers/daemon.ts';
+import type { TestRedis } from '../helpers/redis.ts';
+import { expectNoFatal, isAlive, peerHealthEnv, processSuite } from '../helpers/process.ts';
+import { hasMsg, keys, parseClientList, uniqueId, waitFor } from '../helpers/util.ts';
 
 const SPIN = fileURLToPath(new URL('../fixtures/plugins/spin.js', import.meta.url));
 
@@ -47,17 +48,18 @@ interface Detection {
   readonly via: unknown;
 }
 
+const suite = processSuite({ redis: { requireControl: true }, env: peerHealthEnv({ ttl: TTL, interval: INTERVAL, sweep: SWEEP }) });
+
 describe('peer health (daemons as child processes)', () => {
   let redis: TestRedis;
   /** Commands and server control. */
   let c: Redis;
   let observer: Redis;
   const seen: Membership[] = [];
-  const daemons: DaemonProcess[] = [];
   const detections: Detection[] = [];
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
+    redis = suite.redis;
     c = redis.client({ connectionName: 'peer-health-cmd' });
     await c.call('ACL', ['SETUSER', OBSERVER_USER, 'on', `>${OBSERVER_PASSWORD}`, '~*', '&*', '+@all']);
     observer = redis.client({ username: OBSERVER_USER, password: OBSERVER_PASSWORD, connectionName: 'peer-health-observer' });
@@ -80,35 +82,20 @@ describe('peer health (daemons as child processes)', () => {
     await observer.psubscribe('agent:events:agent_*');
   });
 
-  afterEach(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  });
-
-  afterAll(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
+  afterAll(() => {
     if (detections.length > 0) {
       const lines = detections.map((x) => `  ${x.scenario.padEnd(44)} ${String(x.ms).padStart(5)} ms  via ${String(x.via)}`);
       console.log(`peer-health detection times (ttl ${TTL} s, interval ${INTERVAL} s, sweep ${SWEEP} s; bound ${BOUND_MS} ms from the fault):\n${lines.join('\n')}`);
     }
-    await redis?.stop();
   });
 
   // --- helpers -------------------------------------------------------------
 
-  function startAgent(den: string, env: Record<string, string>, fast = true): Agent {
-    const id = uniqueId('ph');
-    const d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_LOG_LEVEL: 'info',
-        ...(fast ? { AGENTD_HEARTBEAT_TTL: String(TTL), AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL), AGENTD_SWEEP_INTERVAL: String(SWEEP) } : {}),
-        ...env,
-      },
-    });
-    daemons.push(d);
-    return { id, den, d };
+  /** A daemon in `den`; `fast: false` leaves the heartbeat and sweep at their defaults. */
+  async function startAgent(den: string, env: Record<string, string>, fast = true): Promise<Agent> {
+    const slow = { AGENTD_HEARTBEAT_TTL: '', AGENTD_HEARTBEAT_INTERVAL: '', AGENTD_SWEEP_INTERVAL: '' };
+    const d = await suite.spawn({ den, id: uniqueId('ph'), env: { ...(fast ? {} : slow), ...env } });
+    return { id: d.id, den, d };
   }
 
   const membership = (event: string, agent: string): Membership[] => seen.filter((m) => m.event === event && m.data['agent'] === agent);
@@ -123,7 +110,7 @@ describe('peer health (daemons as child processes)', () => {
 
   async function startGroup(n: number, env: Record<string, string>): Promise<Agent[]> {
     const den = uniqueId('den');
-    const agents = Array.from({ length: n }, () => startAgent(den, env));
+    const agents = await Promise.all(Array.from({ length: n }, () => startAgent(den, env)));
     await Promise.all(agents.map(whenOnline));
     return agents;
   }
@@ -353,8 +340,8 @@ describe('peer health (daemons as child processes)', () => {
 
   it('a handler that spins the CPU for 1 s, default ttl (60 s) and interval: no agent_down, heartbeat far from expiry', async () => {
     const den = uniqueId('den');
-    const spinner = startAgent(den, { AGENTD_PLUGINS: SPIN, AGENTD_WATCH_NOTIFICATIONS: 'enable' }, false);
-    const peer = startAgent(den, { AGENTD_WATCH_NOTIFICATIONS: 'enable' }, false);
+    const spinner = await startAgent(den, { AGENTD_PLUGINS: SPIN, AGENTD_WATCH_NOTIFICATIONS: 'enable' }, false);
+    const peer = await startAgent(den, { AGENTD_WATCH_NOTIFICATIONS: 'enable' }, false);
     await Promise.all([whenOnline(spinner), whenOnline(peer)]);
 
     // Only the spinner handles spin; the peer (no plugins) SUBSCRIBEs to agentd's membership channels only.
@@ -373,8 +360,8 @@ describe('peer health (daemons as child processes)', () => {
 
   it('three 1 s spins in a row with ttl 2 s / interval 0.5 s: no agent_down within 4 s, still in its den, blocked loop logged', async () => {
     const den = uniqueId('den');
-    const spinner = startAgent(den, { AGENTD_PLUGINS: SPIN, AGENTD_WATCH_NOTIFICATIONS: 'enable' });
-    const peers = [startAgent(den, { AGENTD_WATCH_NOTIFICATIONS: 'enable' }), startAgent(den, { AGENTD_WATCH_NOTIFICATIONS: 'enable' })];
+    const spinner = await startAgent(den, { AGENTD_PLUGINS: SPIN, AGENTD_WATCH_NOTIFICATIONS: 'enable' });
+    const peers = await Promise.all([startAgent(den, { AGENTD_WATCH_NOTIFICATIONS: 'enable' }), startAgent(den, { AGENTD_WATCH_NOTIFICATIONS: 'enable' })]);
     await Promise.all([spinner, ...peers].map(whenOnline));
 
     // In a row: one pipeline, so the three arrive together, as a burst of work does.

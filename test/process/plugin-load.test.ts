@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { PLUGIN_FIXTURES, uniqueId } from './util.ts';
+import { FIXTURES } from '../helpers/process.ts';
+import { uniqueId } from '../helpers/util.ts';
 
 const LIMIT_MS = 500;
 
@@ -29,7 +30,7 @@ describe('a plugin module that never finishes loading', () => {
   ] as const) {
     it(`${file}, agentd ${command}: exit 2, one line naming the module and the limit`, async () => {
       const res = await runAgentd([command], {
-        env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('load'), AGENTD_PLUGINS: join(PLUGIN_FIXTURES, file), AGENTD_SETUP_TIMEOUT_MS: String(LIMIT_MS) },
+        env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('load'), AGENTD_PLUGINS: join(FIXTURES, file), AGENTD_SETUP_TIMEOUT_MS: String(LIMIT_MS) },
         timeoutMs: LIMIT_MS + 15_000,
       });
       expect(res.code, res.stderr).toBe(2);

@@ -23,7 +23,7 @@ import { freePort } from '../helpers/ports.ts';
 import { dashboardExprs, expandGrafana, metricNames, readDashboard, readRules, RULES_FILE } from '../helpers/promql.ts';
 import { trackChild } from '../helpers/reaper.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { keys, seedMessage, waitFor } from './util.ts';
+import { keys, seedMessage, waitFor } from '../helpers/util.ts';
 
 /**
  * Metrics the rules use that belong to durable messages (issue 10), which is

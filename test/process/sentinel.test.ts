@@ -19,7 +19,8 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { MASTER_NAME, startSentinelTopology, type SentinelTopology } from '../helpers/sentinel.ts';
-import { RECORDER, expectNoFatal, hasMsg, isAlive, keys, readRecords, uniqueId, waitFor } from './util.ts';
+import { expectNoFatal, isAlive, readRecords, RECORDER } from '../helpers/process.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL = 3;
 const INTERVAL = 0.5;

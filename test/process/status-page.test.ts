@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { keys, seedMessage, waitFor } from './util.ts';
+import { keys, seedMessage, waitFor } from '../helpers/util.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_ARGS = [

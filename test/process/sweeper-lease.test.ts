@@ -8,10 +8,9 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, isAlive, keys, uniqueId, waitFor } from './util.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { isAlive, peerHealthEnv, processSuite, type Agent } from '../helpers/process.ts';
+import { keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL = 3;
 const INTERVAL = 0.5;
@@ -21,29 +20,23 @@ const LEASE_MS = 3 * SWEEP * 1000;
 /** Sweep-only bound with a dead sweeper: max(ttl, lease) + sweepInterval (+10 % jitter), plus 1 s for process noise. */
 const BOUND_MS = Math.max(TTL * 1000, LEASE_MS) + 1.1 * SWEEP * 1000 + 1000;
 
-interface Agent {
-  readonly id: string;
-  readonly d: DaemonProcess;
-}
-
 interface Down {
   readonly agent: string;
   readonly detectedBy: string;
   readonly at: number;
 }
 
+const suite = processSuite({ redis: { requireControl: true }, env: peerHealthEnv({ ttl: TTL, interval: INTERVAL, sweep: SWEEP, notifications: 'off' }) });
+
 describe('sweeper lease (daemons as child processes)', () => {
-  let redis: TestRedis;
   let c: Redis;
   let observer: Redis;
   const downs: Down[] = [];
-  const daemons: DaemonProcess[] = [];
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    c = redis.client({ connectionName: 'lease-cmd' });
+    c = suite.redis.client({ connectionName: 'lease-cmd' });
     await c.config('SET', 'notify-keyspace-events', '');
-    observer = redis.client({ connectionName: 'lease-observer' });
+    observer = suite.redis.client({ connectionName: 'lease-observer' });
     observer.on('message', (_channel: string, message: string) => {
       const env = JSON.parse(message) as { data: { agent: string; detectedBy: string } };
       downs.push({ agent: env.data.agent, detectedBy: env.data.detectedBy, at: Date.now() });
@@ -51,38 +44,8 @@ describe('sweeper lease (daemons as child processes)', () => {
     await observer.subscribe(keys.channel('agent_down'));
   });
 
-  afterEach(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  });
-
-  afterAll(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-    await redis?.stop();
-  });
-
-  function startAgent(den: string, env: Record<string, string> = {}): Agent {
-    const id = uniqueId('sl');
-    const d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_LOG_LEVEL: 'info',
-        AGENTD_HEARTBEAT_TTL: String(TTL),
-        AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
-        AGENTD_SWEEP_INTERVAL: String(SWEEP),
-        AGENTD_WATCH_NOTIFICATIONS: 'off',
-        ...env,
-      },
-    });
-    daemons.push(d);
-    return { id, d };
-  }
-
   async function startGroup(n: number, env: Record<string, string> = {}, envOf?: (i: number) => Record<string, string>): Promise<{ den: string; agents: Agent[] }> {
-    const den = uniqueId('den');
-    const agents = Array.from({ length: n }, (_, i) => startAgent(den, { ...env, ...envOf?.(i) }));
-    await Promise.all(agents.map((a) => a.d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    const { den, agents } = await suite.group(n, { env }, (i) => ({ env: envOf?.(i) ?? {} }));
     return { den, agents };
   }
 
@@ -110,13 +73,13 @@ describe('sweeper lease (daemons as child processes)', () => {
     // One sweeper: at most one sweep per 0.9 × interval (+1 for the window edge). Five sweeping would be ~30.
     expect(sweeps).toBeGreaterThan(0);
     expect(sweeps, `sweeps in ${windowMs} ms by 5 members`).toBeLessThanOrEqual(Math.ceil(windowMs / (0.9 * SWEEP * 1000)) + 1);
-    await Promise.all(agents.map((a) => a.d.stop()));
+    await Promise.all(agents.map((a) => a.stop()));
     // With the old behaviour every member sweeps: the same measure sees several times more.
     const old = await startGroup(5, { AGENTD_WATCH_SWEEPER: 'every' });
     await sleep(500);
     const oldSweeps = await sweepsDuring(windowMs);
     expect(oldSweeps).toBeGreaterThanOrEqual(3 * sweeps);
-    await Promise.all(old.agents.map((a) => a.d.stop()));
+    await Promise.all(old.agents.map((a) => a.stop()));
   });
 
   it('the sweeper killed with SIGKILL together with another member: both reported once, within the bound', async () => {
@@ -124,8 +87,8 @@ describe('sweeper lease (daemons as child processes)', () => {
     const holder = await holderOf(den, agents);
     const victim = agents.find((a) => a !== holder)!;
     const faultAt = Date.now();
-    holder.d.signal('SIGKILL');
-    victim.d.signal('SIGKILL');
+    holder.signal('SIGKILL');
+    victim.signal('SIGKILL');
     for (const dead of [holder, victim]) {
       const down = await waitFor(`agent_down of ${dead.id}`, () => downsOf(dead.id)[0], BOUND_MS + 5_000, 10);
       expect(down.at - faultAt, `agent_down of ${dead === holder ? 'the sweeper' : 'the other'} after ${down.at - faultAt} ms`).toBeLessThan(BOUND_MS);
@@ -146,9 +109,9 @@ describe('sweeper lease (daemons as child processes)', () => {
     const { den, agents } = await startGroup(4, { AGENTD_HEARTBEAT_TTL: String(ttl) });
     const holder = await holderOf(den, agents);
     const victim = agents.find((a) => a !== holder)!;
-    holder.d.signal('SIGSTOP');
+    holder.signal('SIGSTOP');
     const faultAt = Date.now();
-    victim.d.signal('SIGKILL');
+    victim.signal('SIGKILL');
     // Another member takes the lease once the frozen one's lapses.
     const taken = await waitFor('lease taken over', async () => {
       const token = await c.get(`den:${den}:sweeper`);
@@ -156,11 +119,11 @@ describe('sweeper lease (daemons as child processes)', () => {
     }, LEASE_MS + 3_000, 20);
     expect(agents.some((a) => a !== holder && a !== victim && taken.startsWith(`${a.id} `))).toBe(true);
     // Resume: the old holder still believes it holds the lease; its next turn finds it does not.
-    holder.d.signal('SIGCONT');
+    holder.signal('SIGCONT');
     const down = await waitFor(`agent_down of ${victim.id}`, () => downsOf(victim.id)[0], bound + 5_000, 10);
     expect(down.at - faultAt).toBeLessThan(bound);
     await sleep(3 * SWEEP * 1000 + 1_000);
-    expect(isAlive(holder.d)).toBe(true);
+    expect(isAlive(holder)).toBe(true);
     expect(downsOf(victim.id)).toHaveLength(1);
     for (const a of agents) if (a !== victim) expect(downsOf(a.id), `${a.id} never reported down`).toEqual([]);
     // The new holder kept it: the resumed one neither renewed nor released another's lease.
@@ -172,7 +135,7 @@ describe('sweeper lease (daemons as child processes)', () => {
     const { agents } = await startGroup(6, {}, (i) => (i % 2 === 0 ? { AGENTD_WATCH_SWEEPER: 'every' } : {}));
     const victims = agents.slice(0, 2);
     const faultAt = Date.now();
-    for (const v of victims) v.d.signal('SIGKILL');
+    for (const v of victims) v.signal('SIGKILL');
     for (const v of victims) {
       const down = await waitFor(`agent_down of ${v.id}`, () => downsOf(v.id)[0], BOUND_MS + 5_000, 10);
       expect(down.at - faultAt).toBeLessThan(BOUND_MS);

@@ -14,7 +14,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { trackChild } from '../helpers/reaper.ts';
-import { uniqueId, waitFor } from './util.ts';
+import { uniqueId, waitFor } from '../helpers/util.ts';
 
 function nativeAvailable(): boolean {
   try {

@@ -10,7 +10,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { makeTestCerts, type TestCerts } from '../helpers/tls.ts';
-import { expectNoFatal, hasMsg, isAlive, keys, uniqueId } from './util.ts';
+import { expectNoFatal, isAlive } from '../helpers/process.ts';
+import { hasMsg, keys, uniqueId } from '../helpers/util.ts';
 
 describe('redis.tls.required and mutual TLS', () => {
   let certs: TestCerts;

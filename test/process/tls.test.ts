@@ -9,7 +9,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { makeTestCerts, type TestCerts } from '../helpers/tls.ts';
-import { expectNoFatal, hasMsg, isAlive, keys, uniqueId, waitFor } from './util.ts';
+import { expectNoFatal, isAlive } from '../helpers/process.ts';
+import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const PASSWORD = 's3cretPassw0rd';
 /** How long a daemon that must not connect is given to (wrongly) become ready. */

@@ -16,19 +16,19 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { httpGet } from '../fault/helpers.ts';
-import { PLUGIN_FIXTURES, collectMessages, hasMsg, isAlive, keys, seedMessage, uniqueId, waitFor, type RawMessage } from './util.ts';
+import { FIXTURES, httpGet, isAlive } from '../helpers/process.ts';
+import { collect, type Collected, hasMsg, keys, seedMessage, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL_S = 2;
 const SWEEP_S = 0.3;
-const MISBEHAVES = `${PLUGIN_FIXTURES}misbehaves.js`;
+const MISBEHAVES = `${FIXTURES}misbehaves.js`;
 
 describe('agentd run: unclean and early stops (child process)', () => {
   let redis: TestRedis;
   let c: Redis;
   let tmp: string;
-  let downs: RawMessage[];
-  let offline: RawMessage[];
+  let downs: Collected[];
+  let offline: Collected[];
   let peer: DaemonProcess;
   const den = uniqueId('usden');
   const ids: string[] = [];
@@ -38,8 +38,8 @@ describe('agentd run: unclean and early stops (child process)', () => {
     redis = await startRedis({ requireControl: true });
     c = redis.client({ connectionName: 'unclean-cmd' });
     tmp = await mkdtemp(join(tmpdir(), 'agentd-unclean-'));
-    downs = await collectMessages(redis.client({ connectionName: 'unclean-down' }), keys.channel('agent_down'));
-    offline = await collectMessages(redis.client({ connectionName: 'unclean-offline' }), keys.channel('agent_offline'));
+    downs = await collect(redis.client({ connectionName: 'unclean-down' }), keys.channel('agent_down'));
+    offline = await collect(redis.client({ connectionName: 'unclean-offline' }), keys.channel('agent_offline'));
     // A live peer in the same den, watching it: it reports any of ours left behind.
     peer = spawn(uniqueId('peer'), {}, false);
     await peer.waitForLog(hasMsg('agentd ready'), 15_000);
