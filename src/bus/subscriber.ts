@@ -87,6 +87,8 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   #eventChannels: ReadonlySet<string> | undefined;
   /** start() was called: only then does a ready connection subscribe (so useChannels() before start() is never raced). */
   #started = false;
+  /** Messages delivered on the subscriber connection (any channel): a probe behind a backlog is not a deaf connection. */
+  #delivered = 0;
   /** Patterns with a listener of their own (listenPattern): their messages never reach onMessage. */
   readonly #own = new Map<string, (channel: string, message: string) => void>();
 
@@ -100,11 +102,13 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     // Buffers only: a 'message' listener would make ioredis decode every payload to a string as well.
     const names = new ChannelNames();
     subscriber.on('pmessageBuffer', (pattern: string, channel: Buffer, payload: Buffer) => {
+      this.#delivered++;
       const listener = own?.get(pattern);
       if (listener) listener(channel.toString(), payload.toString());
       else options.onMessage(names.of(channel), payload);
     });
     subscriber.on('messageBuffer', (channel: Buffer, payload: Buffer) => {
+      this.#delivered++;
       const name = names.of(channel);
       if (this.#eventChannels?.has(name)) {
         options.onMessage(name, payload);
@@ -312,8 +316,14 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
       if (arrivedNow) return 'arrived';
       if (receivers === 'late' || receivers === undefined) return 'not-sent';
       if (receivers === 0) return 'no-subscriber';
-      await orAfter(arrival, this.#probeTimeoutMs, undefined);
-      return arrivedNow ? 'arrived' : 'lost';
+      // A probe queued behind a backlog is late, not lost: while messages keep arriving the connection
+      // delivers, and recycling it would throw the backlog away. Lost only after a timeout with nothing.
+      for (;;) {
+        const delivered = this.#delivered;
+        await orAfter(arrival, this.#probeTimeoutMs, undefined);
+        if (arrivedNow) return 'arrived';
+        if (this.#delivered === delivered) return 'lost';
+      }
     } finally {
       if (this.#probeWaiter?.token === token) this.#probeWaiter = undefined;
     }
