@@ -99,8 +99,14 @@ const DROP_LOG_EVERY_MS = 5_000;
 const FAIL_LOG_BURST = 20;
 /** Distinct (plugin, event, outcome) rows a summary line keeps; the rest are summed as one. */
 const FAIL_SUMMARY_ROWS = 50;
-/** Synchronous handler calls a worker runs before it lets the event loop read sockets again. */
-const SYNC_BURST = 64;
+/**
+ * Time, in ms, a worker runs synchronous calls back to back before it lets
+ * the event loop read sockets again. By time, not by count: a yield every 64
+ * no-op calls (~20 µs of work) let a flood's reads outrun the workers, so
+ * the queue filled and dropped three quarters of a 1M-event flood that the
+ * daemon could have handled.
+ */
+const BURST_MS = 5;
 /**
  * After this much synchronous handler time (summed over all workers) without
  * a timer turn, workers step aside for one, so a heartbeat that fell due
@@ -336,7 +342,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
    */
   async #work(w: Worker, adopted?: { readonly call: Call; readonly context: Abortable; readonly result: PromiseLike<unknown>; readonly type: string }): Promise<void> {
     try {
-      let burst = 0;
+      let burstFrom = performance.now();
       // One clock reading per call: a synchronous call ends when the next one starts.
       let clock = performance.now();
       if (adopted !== undefined) {
@@ -354,8 +360,8 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       for (;;) {
         if (this.#syncMs - this.#syncMsAtTurn > SLICE_MS) {
           await this.#stepAside();
-          burst = 0;
           clock = performance.now();
+          burstFrom = clock;
         }
         const call = this.#take();
         if (call === undefined) return;
@@ -375,7 +381,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
             this.#markAsync(call.binding);
             settled = await this.#settle(w, result);
             clock = performance.now();
-            burst = 0;
+            burstFrom = clock;
           } else {
             settled = OK;
             clock = performance.now();
@@ -391,10 +397,10 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
         w.release = undefined;
         this.#busy--;
         this.#settled(call.binding.plugin, type, clock - startedAt, settled);
-        if (++burst >= SYNC_BURST) {
-          burst = 0;
+        if (clock - burstFrom >= BURST_MS) {
           await nextTurn();
           clock = performance.now();
+          burstFrom = clock;
         }
       }
     } catch (err) {
