@@ -80,6 +80,9 @@ const BAD_LOG_EVERY_MS = 5_000;
 export class Intake {
   readonly #o: IntakeOptions;
   readonly #counts: EventCounters;
+  /** The last channel and event type that passed the channel check. */
+  #passedChannel = '';
+  #passedType = '';
   /** Bad messages logged in the current window, and those counted but not logged, by reason. */
   #badLogged = 0;
   readonly #badSuppressed = new Map<BadInputReason | TrustReason, number>();
@@ -128,9 +131,14 @@ export class Intake {
   /** The trust checks: the reason to drop the message, or undefined to dispatch it (warn mode counts and logs). */
   #trust(security: IntakeSecurity, channel: string, payload: Buffer, event: AgentEvent): TrustReason | undefined {
     // Only agentd's event channels have a type; other subscribed channels are not checked.
-    if (security.channelCheck && channel.startsWith(EVENT_CHANNEL_PREFIX) && !isChannelOf(channel, event.event)) {
-      this.#counts.untrusted.channel_mismatch++;
-      return 'channel_mismatch';
+    // Floods come on one channel with one type: the last pair that passed is not checked again.
+    if (security.channelCheck && (channel !== this.#passedChannel || event.event !== this.#passedType)) {
+      if (channel.startsWith(EVENT_CHANNEL_PREFIX) && !isChannelOf(channel, event.event)) {
+        this.#counts.untrusted.channel_mismatch++;
+        return 'channel_mismatch';
+      }
+      this.#passedChannel = channel;
+      this.#passedType = event.event;
     }
     if (security.signing === 'off' || security.verifier === undefined) return undefined;
     const reason = security.verifier.verify(channel, payload, event.id, event.ts);

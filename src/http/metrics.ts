@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type { Registry } from 'prom-client';
 import type { EventCounters } from '../bus/counters.ts';
 import type { HandlerOutcome } from '../bus/dispatcher.ts';
-import { ReadCounter, TallyCounter, TallyHistogram, type CustomMetric } from './tally.ts';
+import { ReadCounter, TallyCounter, TallyHistogram, type Cell, type CustomMetric } from './tally.ts';
 
 type PromClient = typeof import('prom-client');
 /** prom-client is loaded when a registry is first needed (/metrics, the status page): a daemon serving neither never loads it. */
@@ -41,6 +41,8 @@ const OTHER = 'other';
  */
 export class Metrics {
   #registry: Registry | undefined;
+  /** The cells of the last (plugin, type) a handler call finished for (see handler()). */
+  #run: { readonly plugin: string; readonly type: string; readonly label: string; readonly calls: Partial<Record<HandlerOutcome, Cell>>; readonly duration: Cell } | undefined;
   /** The counters and histograms, registered when the registry is made. */
   readonly #custom: CustomMetric[] = [];
   #source: MetricsSource | undefined;
@@ -219,9 +221,15 @@ export class Metrics {
     new Gauge({ name: 'agentd_redis_memory_warn_ratio', help: 'The memory.warnRatio setting: the daemon warns when Redis used memory passes this share of maxmemory.', registers }).set(info.memoryWarnRatio);
   }
 
+  /** A finished handler call. Calls come in runs of one plugin and type: their cells are looked up once a run. */
   handler(plugin: string, type: string, seconds: number, outcome: HandlerOutcome): void {
-    this.#calls.inc(plugin, this.#counters.label(type), outcome);
-    this.#duration.observe(seconds, plugin);
+    let run = this.#run;
+    if (run === undefined || run.plugin !== plugin || run.type !== type) {
+      run = { plugin, type, label: this.#counters.label(type), calls: {}, duration: this.#duration.cell(plugin) };
+      this.#run = run;
+    }
+    (run.calls[outcome] ??= this.#calls.cell(plugin, run.label, outcome)).value++;
+    this.#duration.observeIn(run.duration, seconds);
   }
 
   reconnect(conn: string): void {

@@ -25,7 +25,7 @@ export interface CustomMetric {
 }
 
 /** Leaf of a tally: the label values and the running figures. */
-interface Cell {
+export interface Cell {
   readonly labels: Labels;
   value: number;
   sum: number;
@@ -51,7 +51,7 @@ abstract class Tally implements CustomMetric {
   protected abstract newCell(labels: Labels): Cell;
 
   /** The cell for these label values (as many as labelNames), created on first use; no allocation once it exists. */
-  protected cell(a: string, b?: string, c?: string): Cell {
+  cell(a: string, b?: string, c?: string): Cell {
     const depth = this.labelNames.length;
     let node = this.#root;
     if (depth > 1) node = this.#child(node, a);
@@ -122,7 +122,11 @@ export class TallyHistogram extends Tally {
   }
 
   observe(value: number, a: string, b?: string, c?: string): void {
-    const cell = this.cell(a, b, c);
+    this.observeIn(this.cell(a, b, c), value);
+  }
+
+  /** observe() into a cell looked up before (cell()). */
+  observeIn(cell: Cell, value: number): void {
     cell.value++;
     cell.sum += value;
     const bounds = this.#bounds;
