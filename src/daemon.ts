@@ -27,6 +27,7 @@ import { Connections, createClient, redisDb, redisOptions, type ConnectionStateC
 import { DAEMON_COMMANDS, preflight } from './redis/preflight.ts';
 import { deadLetterKey, denMembersKey, denTasksKey, heartbeatKeyspacePattern, inboxKey, probeChannel } from './redis/keys.ts';
 import { VERSION } from './version.ts';
+import { orAfter } from './deadline.ts';
 import { loadKeys, type KeyRing } from './security/keys.ts';
 import { Verifier } from './security/signing.ts';
 import { checkTlsRequired } from './security/tls-policy.ts';
@@ -655,8 +656,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     this.#presence.stop();
     // A start in progress stops at its next checkpoint (a first beat in flight lands first); leave after it.
     if (this.#state === 'starting' && this.#starting !== undefined) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.#starting, new Promise((r) => (timer = setTimeout(r, 2_000)))]).finally(() => clearTimeout(timer));
+      await orAfter(this.#starting, 2_000, undefined, { ref: true });
     }
     await this.#presence.leave(reason);
   }
@@ -685,13 +685,7 @@ export class AgentDaemon extends EventEmitter<DaemonEvents> {
     if (this.#starting === undefined) return;
     this.#plugins?.shutdownStarted();
     const limitMs = this.config.lifecycle.setupTimeoutMs + 5_000;
-    let timer: NodeJS.Timeout | undefined;
-    const late = await Promise.race([
-      this.#starting.then(() => false),
-      new Promise<boolean>((r) => {
-        timer = setTimeout(() => r(true), limitMs);
-      }),
-    ]).finally(() => clearTimeout(timer));
+    const late = await orAfter(this.#starting.then(() => false), limitMs, true, { ref: true });
     if (late) this.log.warn({ limitMs }, 'start did not stop in time; closing anyway');
   }
 

@@ -4,6 +4,7 @@ import { Code, describeError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { freezeData, type AgentEvent } from './envelope.ts';
 import { Fifo } from './fifo.ts';
+import { orAfter } from '../deadline.ts';
 import { EventCounters, type TypeCounts } from './counters.ts';
 
 /** What a handler call can be aborted through: the call's own context (its `signal` is created on first use). */
@@ -578,9 +579,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     while (this.#waiting.length > 0 || this.#workers.size > 0) {
       const left = deadline - performance.now();
       if (left <= 0) break;
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.#whenIdle(), new Promise((resolve) => (timer = setTimeout(resolve, left)))]);
-      clearTimeout(timer);
+      await orAfter(this.#whenIdle(), left, undefined, { ref: true });
       if (this.#waiting.length > 0) this.#flush();
     }
     if (this.#waiting.length === 0 && this.#workers.size === 0) {
