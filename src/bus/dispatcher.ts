@@ -271,7 +271,8 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   }
 
   /**
-   * Calls the event's handlers one after another, now. A handler that returns
+   * Calls the event's handlers one after another, now; once the slice is
+   * used up, the rest are queued for the workers. A handler that returns
    * a promise after all is marked async (its calls go through workers from
    * now on) and its promise is handed to a worker of its own, with the time
    * limit as for any call.
