@@ -381,6 +381,9 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
           clock = performance.now();
           burstFrom = clock;
         }
+        // Every slot taken while this worker paused (an inline call's first promise, adopted by a worker of
+        // its own): that worker takes the next call when its call settles; this one ends.
+        if (this.#busy >= this.#options.concurrency) return;
         const call = this.#take();
         if (call === undefined) return;
         w.call = call;

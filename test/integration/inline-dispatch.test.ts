@@ -10,11 +10,11 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { AgentEvent } from '../../src/bus/envelope.ts';
-import type { HandlerFailedInfo } from '../../src/bus/dispatcher.ts';
+import { Dispatcher, type Binding, type HandlerFailedInfo } from '../../src/bus/dispatcher.ts';
 import type { AgentDaemon, DaemonStats } from '../../src/daemon.ts';
 import { definePlugin } from '../../src/plugins/types.ts';
-import { makeDaemon, redisSuite } from '../helpers/inproc.ts';
-import { collect, hasMsg, metric, parseMetrics, waitFor } from '../helpers/util.ts';
+import { captureLogger, makeDaemon, redisSuite } from '../helpers/inproc.ts';
+import { collect, gate, hasMsg, metric, parseMetrics, waitFor } from '../helpers/util.ts';
 
 const suite = redisSuite();
 const send = (type: string, data: unknown) => suite.cmd.publish(`agent:events:${type}`, JSON.stringify({ event: type, data }));
@@ -139,9 +139,11 @@ describe('inline dispatch: a careless plugin author', () => {
     const t = await suite.start(
       makeDaemon(suite.redis.url, { events: { subscribe: 'pattern' } }, [definePlugin({ name: 'p', handlers: { other: () => void others++ } })]),
     );
+    await waitFor('own agent_online read', () => t.daemon.stats().received >= 1);
+    const before = t.daemon.stats();
     await send('other', 1);
     await send('zzz-unknown', 2);
-    await waitFor('both read', () => others === 1 && t.daemon.stats().unhandled >= 1, 5_000);
+    await waitFor('both read', () => others === 1 && t.daemon.stats().unhandled === before.unhandled + 1, 5_000);
     const samples = parseMetrics(await t.daemon.metrics.registry.metrics());
     const seen = new Map<string, number>();
     for (const s of samples) {
@@ -371,5 +373,66 @@ describe('inline dispatch: what must keep holding', () => {
     await suite.cmd.publish('agent:events:early', JSON.stringify({ event: 'early', data: 5 }));
     await waitFor('sixth handled', () => n === 6);
     expect(metric(await t.daemon.metrics.registry.metrics(), 'agentd_events_received_total', { event: 'early' })).toBe(6);
+  });
+});
+
+describe('inline dispatch: the concurrency bound', () => {
+  it('queue.concurrency 1: a first promise adopted while a worker pauses between bursts does not run beside the next queued call', async () => {
+    // The dispatcher alone, driven step by step: the moment is when a worker has run a burst of
+    // synchronous calls (SYNC_BURST, 64), emptied the queue and waits for the next turn; an event
+    // read then runs inline, and a handler returning its first promise is adopted by a worker of
+    // its own. The call queued behind it must wait for that promise, not run on the pausing worker.
+    const { logger } = captureLogger('warn');
+    const dispatcher = new Dispatcher({ concurrency: 1, maxWaiting: 1_000, overflow: 'drop-newest', handlerTimeoutMs: 10_000, log: logger });
+    const ev = (type: string): AgentEvent => ({ event: type, data: null, channel: `agent:events:${type}` });
+    const hold = gate();
+    let running = 0;
+    let most = 0;
+    let fast = 0;
+    let bRan = false;
+    const enter = (): void => void (most = Math.max(most, ++running));
+    const bind = (on: string, handler: (e: AgentEvent) => unknown): Binding => ({ plugin: on, on, context: () => ({ abort: () => undefined }), handler });
+    dispatcher.setBindings([
+      // Uses up the slice, so the fast calls after it are queued for a worker.
+      bind('blocker', () => {
+        enter();
+        const end = performance.now() + 25;
+        while (performance.now() < end);
+        running--;
+      }),
+      bind('fast', () => {
+        enter();
+        running--;
+        // The 64th: the worker pauses right after this call; two events are read in that pause.
+        if (++fast === 64)
+          queueMicrotask(() => {
+            dispatcher.dispatch(ev('slow'));
+            dispatcher.dispatch(ev('b'));
+          });
+      }),
+      bind('slow', async () => {
+        enter();
+        await hold.promise;
+        running--;
+      }),
+      bind('b', () => {
+        enter();
+        bRan = true;
+        running--;
+      }),
+    ]);
+    dispatcher.dispatch(ev('blocker'));
+    for (let i = 0; i < 64; i++) dispatcher.dispatch(ev('fast'));
+    await waitFor('the slow call running', () => fast === 64 && running === 1, 5_000, 1);
+    // Give a wrongly started b every chance to run: a few turns of the loop.
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    const ranBeside = bRan;
+    hold.open();
+    await waitFor('b ran after the slow call', () => bRan, 5_000, 1);
+    const drained = await dispatcher.drain(1_000);
+    expect(drained.drained).toBe(true);
+    expect(ranBeside, 'b ran while the slow call held the only slot').toBe(false);
+    expect(most, 'calls running at once').toBe(1);
+    expect(dispatcher.counts.completed).toBe(1 + 64 + 2);
   });
 });
