@@ -26,7 +26,7 @@ interface Stats {
   unhandled: number;
   completed: number;
   failed: number;
-  dropped: Record<string, number>;
+  dropped: { queue_full: number; evicted: number; shutdown: number };
   invalid: Record<string, number>;
 }
 

@@ -378,37 +378,43 @@ describe('inline dispatch: what must keep holding', () => {
 
 describe('inline dispatch: the concurrency bound', () => {
   it('queue.concurrency 1: a first promise adopted while a worker pauses between bursts does not run beside the next queued call', async () => {
-    // The dispatcher alone, driven step by step: the moment is when a worker has run a burst of
-    // synchronous calls (SYNC_BURST, 64), emptied the queue and waits for the next turn; an event
-    // read then runs inline, and a handler returning its first promise is adopted by a worker of
-    // its own. The call queued behind it must wait for that promise, not run on the pausing worker.
+    // The dispatcher alone, driven step by step: the moment is when a worker has run synchronous
+    // calls back to back for BURST_MS (5 ms), emptied the queue and waits for the next turn; an
+    // event read then runs inline, and a handler returning its first promise is adopted by a
+    // worker of its own. The call queued behind it must wait for that promise, not run on the
+    // pausing worker.
     const { logger } = captureLogger('warn');
     const dispatcher = new Dispatcher({ concurrency: 1, maxWaiting: 1_000, overflow: 'drop-newest', handlerTimeoutMs: 10_000, log: logger });
     const ev = (type: string): AgentEvent => ({ event: type, data: null, channel: `agent:events:${type}` });
+    const spin = (ms: number): void => {
+      const end = performance.now() + ms;
+      while (performance.now() < end);
+    };
     const hold = gate();
     let running = 0;
     let most = 0;
-    let fast = 0;
+    let bursts = 0;
     let bRan = false;
     const enter = (): void => void (most = Math.max(most, ++running));
     const bind = (on: string, handler: (e: AgentEvent) => unknown): Binding => ({ plugin: on, on, context: () => ({ abort: () => undefined }), handler });
     dispatcher.setBindings([
-      // Uses up the slice, so the fast calls after it are queued for a worker.
+      // Uses up the slice (20 ms), so the next event is queued for a worker.
       bind('blocker', () => {
         enter();
-        const end = performance.now() + 25;
-        while (performance.now() < end);
+        spin(25);
         running--;
       }),
-      bind('fast', () => {
+      // Longer than a burst, shorter than the slice: the worker pauses for one turn right after it,
+      // and two events are read in that pause.
+      bind('burst', () => {
         enter();
+        spin(8);
         running--;
-        // The 64th: the worker pauses right after this call; two events are read in that pause.
-        if (++fast === 64)
-          queueMicrotask(() => {
-            dispatcher.dispatch(ev('slow'));
-            dispatcher.dispatch(ev('b'));
-          });
+        bursts++;
+        queueMicrotask(() => {
+          dispatcher.dispatch(ev('slow'));
+          dispatcher.dispatch(ev('b'));
+        });
       }),
       bind('slow', async () => {
         enter();
@@ -422,8 +428,8 @@ describe('inline dispatch: the concurrency bound', () => {
       }),
     ]);
     dispatcher.dispatch(ev('blocker'));
-    for (let i = 0; i < 64; i++) dispatcher.dispatch(ev('fast'));
-    await waitFor('the slow call running', () => fast === 64 && running === 1, 5_000, 1);
+    dispatcher.dispatch(ev('burst'));
+    await waitFor('the slow call running', () => bursts === 1 && running === 1, 5_000, 1);
     // Give a wrongly started b every chance to run: a few turns of the loop.
     for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
     const ranBeside = bRan;
@@ -433,6 +439,6 @@ describe('inline dispatch: the concurrency bound', () => {
     expect(drained.drained).toBe(true);
     expect(ranBeside, 'b ran while the slow call held the only slot').toBe(false);
     expect(most, 'calls running at once').toBe(1);
-    expect(dispatcher.counts.completed).toBe(1 + 64 + 2);
+    expect(dispatcher.counts.completed).toBe(4);
   });
 });
