@@ -356,6 +356,23 @@ describe('inline dispatch: what must keep holding', () => {
     expect(daemon.readiness()).toMatchObject({ ready: true });
   });
 
+  it('registry.resetMetrics() by embedding code: handler calls after it are counted again, in the same run of one plugin and type', async () => {
+    let n = 0;
+    const t = await suite.start(makeDaemon(suite.redis.url, {}, [definePlugin({ name: 'p', handlers: { tick: () => void n++ } })]));
+    const registry = t.daemon.metrics.registry;
+    const calls = async (): Promise<number> => metric(await registry.metrics(), 'agentd_handler_calls_total', { plugin: 'p', event: 'tick', outcome: 'ok' });
+    const observed = async (): Promise<number> => metric(await registry.metrics(), 'agentd_handler_duration_seconds_count', { plugin: 'p' });
+    for (let i = 0; i < 3; i++) await suite.cmd.publish('agent:events:tick', JSON.stringify({ event: 'tick', data: i }));
+    await waitFor('three handled', () => n === 3);
+    expect(await calls()).toBe(3);
+    registry.resetMetrics();
+    expect(await calls()).toBe(0);
+    for (let i = 0; i < 2; i++) await suite.cmd.publish('agent:events:tick', JSON.stringify({ event: 'tick', data: i }));
+    await waitFor('two more handled', () => n === 5);
+    expect(await calls(), 'calls counted after the reset').toBe(2);
+    expect(await observed(), 'durations observed after the reset').toBe(2);
+  });
+
   it('metrics built on first use: what was counted before the registry existed is in its first scrape', async () => {
     let n = 0;
     const t = await suite.start(makeDaemon(suite.redis.url, {}, [definePlugin({ name: 'p', handlers: { early: () => void n++ } })]));
