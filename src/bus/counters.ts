@@ -58,9 +58,12 @@ export class EventCounters {
     this.know(OWN_EVENT_TYPES);
   }
 
-  /** Event types that get counts of their own, and are label values ('*' is not a type). */
+  /**
+   * Event types that get counts of their own, and are label values ('*' is not a type; a type named
+   * "other" counts under "other", which byType() yields once, not as a second series with the same label).
+   */
   know(types: Iterable<string>): void {
-    for (const t of types) if (t !== '*' && !this.#types.has(t)) this.#types.set(t, { received: 0, dispatched: 0, dropped: zeros(DROP_REASONS) });
+    for (const t of types) if (t !== '*' && t !== OTHER_TYPE && !this.#types.has(t)) this.#types.set(t, { received: 0, dispatched: 0, dropped: zeros(DROP_REASONS) });
   }
 
   /** The counts of this event type, or those of "other". */

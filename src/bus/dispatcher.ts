@@ -81,6 +81,8 @@ interface Route {
 /** A worker: runs waiting calls one after another until none is left. */
 interface Worker {
   call: Call | undefined;
+  /** The event type of `call`, read before the handler got the event (one handler may change its own event). */
+  type: string;
   context: Abortable | undefined;
   startedAt: number;
   /** Set while an async call runs: settles the wait for it early (time limit, shutdown). */
@@ -251,51 +253,62 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     // Nothing waiting, a free slot, handlers that have only ever returned synchronously, and the slice
     // not used up (see SLICE_MS): call them right here, without a queue entry, a worker or a microtask.
     if (route.sync && this.#waiting.length === 0 && this.#busy < this.#options.concurrency && this.#syncMs - this.#syncMsAtTurn <= SLICE_MS) {
-      this.#runInline(bindings, event);
+      this.#runInline(bindings, event, bytes);
       return 'queued';
     }
+    this.#enqueue(bindings, 0, event, bytes);
+    return 'queued';
+  }
+
+  /** Queues the calls of `bindings` from `from` on; the first of them carries the event's bytes. */
+  #enqueue(bindings: readonly Binding[], from: number, event: AgentEvent, bytes: number): void {
     this.#waitingBytes += bytes;
-    let first = true;
-    for (const binding of bindings) {
-      this.#waiting.push({ binding, event, bytes: first ? bytes : 0 });
-      first = false;
-    }
+    for (let i = from; i < bindings.length; i++) this.#waiting.push({ binding: bindings[i]!, event, bytes: i === from ? bytes : 0 });
     // Start workers after the current burst: ioredis hands over a whole socket read synchronously.
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       queueMicrotask(this.#flush);
     }
-    return 'queued';
   }
 
   /**
-   * Calls the event's handlers one after another, now. A handler that returns
+   * Calls the event's handlers one after another, now; once the slice is
+   * used up, the rest are queued for the workers. A handler that returns
    * a promise after all is marked async (its calls go through workers from
    * now on) and its promise is handed to a worker of its own, with the time
    * limit as for any call.
    */
-  #runInline(bindings: readonly Binding[], event: AgentEvent): void {
+  #runInline(bindings: readonly Binding[], event: AgentEvent, bytes: number): void {
     const type = event.event;
     let startedAt = performance.now();
-    for (const binding of bindings) {
+    for (let i = 0; i < bindings.length; i++) {
+      const binding = bindings[i]!;
+      // The handlers of one event must not add up past the slice either: the rest wait for a timer turn.
+      if (i > 0 && this.#syncMs - this.#syncMsAtTurn > SLICE_MS) {
+        this.#enqueue(bindings, i, event, bytes);
+        return;
+      }
       this.#busy++;
       let settled: Settled = OK;
       let result: unknown;
       let context: Abortable | undefined;
+      let thenable = false;
       try {
         context = binding.context();
         result = binding.handler(event, context as never);
+        // Part of the call: a `then` getter (or a Proxy) may throw.
+        thenable = isThenable(result);
       } catch (error) {
         settled = { outcome: 'error', error };
       }
       const endedAt = performance.now();
       this.#syncMs += endedAt - startedAt;
       this.#busy--;
-      if (settled === OK && isThenable(result)) {
+      if (thenable) {
         this.#markAsync(binding);
-        const worker: Worker = { call: undefined, context: undefined, startedAt, release: undefined };
+        const worker: Worker = { call: undefined, type, context: undefined, startedAt, release: undefined };
         this.#workers.add(worker);
-        void this.#work(worker, { call: { binding, event, bytes: 0 }, context: context!, result, type });
+        void this.#work(worker, { call: { binding, event, bytes: 0 }, context: context!, result: result as PromiseLike<unknown>, type });
       } else {
         try {
           this.#settled(binding.plugin, type, endedAt - startedAt, settled);
@@ -320,10 +333,15 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     this.#watchTimeouts();
     return new Promise<Settled>((resolve) => {
       w.release = resolve;
-      result.then(
-        () => resolve(OK),
-        (error: unknown) => resolve({ outcome: 'error', error }),
-      );
+      try {
+        result.then(
+          () => resolve(OK),
+          (error: unknown) => resolve({ outcome: 'error', error }),
+        );
+      } catch (error) {
+        // A thenable whose then() throws: the call failed (not the worker).
+        resolve({ outcome: 'error', error });
+      }
     });
   }
 
@@ -331,7 +349,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   readonly #flush = (): void => {
     this.#flushScheduled = false;
     while (this.#workers.size < this.#options.concurrency && this.#workers.size - this.#busy < this.#waiting.length) {
-      const worker: Worker = { call: undefined, context: undefined, startedAt: 0, release: undefined };
+      const worker: Worker = { call: undefined, type: '', context: undefined, startedAt: 0, release: undefined };
       this.#workers.add(worker);
       void this.#work(worker);
     }
@@ -364,6 +382,9 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
           clock = performance.now();
           burstFrom = clock;
         }
+        // Every slot taken while this worker paused (an inline call's first promise, adopted by a worker of
+        // its own): that worker takes the next call when its call settles; this one ends.
+        if (this.#busy >= this.#options.concurrency) return;
         const call = this.#take();
         if (call === undefined) return;
         w.call = call;
@@ -373,6 +394,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
         w.startedAt = startedAt;
         // Read before the call: a handler that is the only one to get its event may change it.
         const type = call.event.event;
+        w.type = type;
         try {
           const context = call.binding.context();
           w.context = context;
@@ -593,7 +615,7 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       waiting: this.#waiting.length,
       running: [...this.#workers]
         .filter((w) => w.call !== undefined)
-        .map((w) => ({ plugin: w.call!.binding.plugin, event: w.call!.event.event, runningMs: Math.round(now - w.startedAt) })),
+        .map((w) => ({ plugin: w.call!.binding.plugin, event: w.type, runningMs: Math.round(now - w.startedAt) })),
     };
     this.abort();
     return result;

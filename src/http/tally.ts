@@ -38,8 +38,8 @@ abstract class Tally implements CustomMetric {
   abstract readonly type: 'counter' | 'histogram';
   readonly aggregator = 'sum' as const;
   protected readonly labelNames: readonly string[];
-  protected cells: Cell[] = [];
-  #root = new Map<string, unknown>();
+  protected readonly cells: Cell[] = [];
+  readonly #root = new Map<string, unknown>();
 
   constructor(options: { name: string; help: string; labelNames: readonly string[]; registry: CustomMetric[] }) {
     this.name = options.name;
@@ -80,9 +80,16 @@ abstract class Tally implements CustomMetric {
 
   abstract get(): { name: string; help: string; type: string; aggregator: 'sum'; values: Sample[] };
 
+  /**
+   * Zeroes every cell in place (prom-client's registry.resetMetrics()): cells
+   * looked up before (Metrics.handler keeps a run's cells) stay the counted ones.
+   */
   reset(): void {
-    this.#root = new Map();
-    this.cells = [];
+    for (const c of this.cells) {
+      c.value = 0;
+      c.sum = 0;
+      c.buckets?.fill(0);
+    }
   }
 }
 
