@@ -283,8 +283,9 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
     let startedAt = performance.now();
     for (let i = 0; i < bindings.length; i++) {
       const binding = bindings[i]!;
-      // The handlers of one event must not add up past the slice either: the rest wait for a timer turn.
-      if (i > 0 && this.#syncMs - this.#syncMsAtTurn > SLICE_MS) {
+      // The handlers of one event must not add up past the slice either, nor past queue.concurrency (an
+      // earlier one's promise, adopted by a worker, holds a slot): the rest wait in the queue.
+      if (i > 0 && (this.#syncMs - this.#syncMsAtTurn > SLICE_MS || this.#busy >= this.#options.concurrency)) {
         this.#enqueue(bindings, i, event, bytes);
         return;
       }

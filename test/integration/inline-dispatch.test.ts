@@ -458,4 +458,34 @@ describe('inline dispatch: the concurrency bound', () => {
     expect(most, 'calls running at once').toBe(1);
     expect(dispatcher.counts.completed).toBe(4);
   });
+
+  it('queue.concurrency 1: two handlers of one event that both return their first promise inline run one after the other', async () => {
+    const { logger } = captureLogger('warn');
+    const dispatcher = new Dispatcher({ concurrency: 1, maxWaiting: 1_000, overflow: 'drop-newest', handlerTimeoutMs: 10_000, log: logger });
+    const hold = gate();
+    let running = 0;
+    let most = 0;
+    const order: string[] = [];
+    const asyncHandler = (name: string) => async (): Promise<void> => {
+      most = Math.max(most, ++running);
+      order.push(`${name} start`);
+      await hold.promise;
+      order.push(`${name} end`);
+      running--;
+    };
+    dispatcher.setBindings([
+      { plugin: 'first', on: 'job', context: () => ({ abort: () => undefined }), handler: asyncHandler('first') },
+      { plugin: 'second', on: 'job', context: () => ({ abort: () => undefined }), handler: asyncHandler('second') },
+    ]);
+    dispatcher.dispatch({ event: 'job', data: null, channel: 'agent:events:job' });
+    await waitFor('the first call running', () => running === 1, 5_000, 1);
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    expect(order, 'the second waits for the only slot').toEqual(['first start']);
+    hold.open();
+    const drained = await dispatcher.drain(2_000);
+    expect(drained.drained).toBe(true);
+    expect(most, 'calls running at once').toBe(1);
+    expect(order).toEqual(['first start', 'first end', 'second start', 'second end']);
+    expect(dispatcher.counts.completed).toBe(2);
+  });
 });
