@@ -20,13 +20,15 @@ import { newSecret, writeKeysFile } from '../test/helpers/keys.ts';
 import { makeEnvelope } from '../src/bus/publish.ts';
 import { parseKeys } from '../src/security/keys.ts';
 import { sealEnvelope } from '../src/security/signing.ts';
-import { CONSUMERS, PEERS_DIR, ensurePeer, flood, startConsumer, sleep } from './lib.ts';
+import { CONSUMERS, ensureBuilt, PEERS_DIR, ensurePeer, flood, startConsumer, sleep } from './lib.ts';
 import { median, output } from './stats.ts';
 
 const opts = benchOptions('dispatch', 'Dispatch throughput: a backlog read after SIGCONT, agentd against the bare ioredis loop.');
 const EVENTS = opts.events;
 const REPS = opts.reps;
 
+// Built before anything is timed (the agentd consumers run dist/).
+ensureBuilt();
 const server = await startRedis({ requireControl: true });
 const admin = server.client();
 // Unlimited pubsub output buffers: the backlog waits in Redis while a consumer is stopped.
