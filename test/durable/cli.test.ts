@@ -1,42 +1,25 @@
 /** `agentd send | request | submit | inbox | dead-letter` as real child processes against a running daemon. */
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { hasMsg, uniqueId, waitFor } from '../helpers/util.ts';
-import { readFileSync, existsSync } from 'node:fs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { processSuite, readRecords } from '../helpers/process.ts';
+import { uniqueId, waitFor } from '../helpers/util.ts';
 
-const WORKER = fileURLToPath(new URL('../fixtures/plugins/durable-worker.js', import.meta.url));
+const den = uniqueId('cli-den');
+const suite = processSuite({
+  redis: { requireControl: true },
+  env: { AGENTD_DEN: den, AGENTD_DURABLE_ATTEMPTS: '2', AGENTD_DURABLE_BACKOFF_MS: '50', AGENTD_DURABLE_POLL_INTERVAL: '0.2' },
+});
 
 describe('durable commands', () => {
-  let redis: TestRedis;
-  let c: Redis;
-  let daemon: DaemonProcess;
   let file: string;
   const id = uniqueId('cli-target');
-  const den = uniqueId('cli-den');
-  let env: Record<string, string>;
 
-  const done = (): Array<{ n: number; phase: string }> =>
-    existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { n: number; phase: string }) : [];
-  const agentd = (...args: string[]) => runAgentd(args, { env: { ...env, AGENTD_AGENT_ID: uniqueId('cli') }, timeoutMs: 20_000 });
+  const done = () => readRecords<{ n: number; phase: string }>(file);
+  const agentd = (...args: string[]) => suite.run(args, { env: { AGENTD_AGENT_ID: uniqueId('cli') }, timeoutMs: 20_000 });
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    c = redis.client();
-    file = join(mkdtempSync(join(tmpdir(), 'durable-cli-')), 'rec.jsonl');
-    env = { AGENTD_REDIS_URL: redis.url, AGENTD_DEN: den, AGENTD_DURABLE_ATTEMPTS: '2', AGENTD_DURABLE_BACKOFF_MS: '50', AGENTD_DURABLE_POLL_INTERVAL: '0.2' };
-    daemon = spawnAgentd(['run'], { env: { ...env, AGENTD_AGENT_ID: id, AGENTD_PLUGINS: WORKER, DURABLE_RECORD_FILE: file } });
-    await daemon.waitForLog(hasMsg('agentd ready'), 20_000);
-  });
-
-  afterAll(async () => {
-    await daemon?.stop();
-    await redis?.stop();
+    file = join(suite.tmp, 'rec.jsonl');
+    await suite.start({ id, den, plugins: ['durable-worker.js'], env: { DURABLE_RECORD_FILE: file } });
   });
 
   it('send and submit reach the handlers; usage errors exit 2', async () => {
@@ -70,7 +53,7 @@ describe('durable commands', () => {
     expect(info.code, info.stderr).toBe(0);
     expect(JSON.parse(info.stdout)).toMatchObject({ stream: `inbox:${id}`, deadLetters: 0 });
     await agentd('submit', 'job', '{"n": 9, "failUntil": 99}');
-    await waitFor('dead-lettered', async () => (await c.xlen(`den:${den}:dead`)) === 1);
+    await waitFor('dead-lettered', async () => (await suite.cmd.xlen(`den:${den}:dead`)) === 1);
     const list = await agentd('dead-letter', 'list', '--json');
     expect(list.code, list.stderr).toBe(0);
     const entries = (JSON.parse(list.stdout) as { entries: Array<{ event: string; attempts: number; error: string }> }).entries;
@@ -83,10 +66,10 @@ describe('durable commands', () => {
     expect(retry.code, retry.stderr).toBe(0);
     expect(retry.stdout).toContain('moved 1 dead letter');
     // Handled again from attempt 1, fails again, dead-lettered again.
-    await waitFor('dead-lettered again', async () => (await c.xlen(`den:${den}:dead`)) === 1 && done().filter((l) => l.n === 9).length === 4, 10_000);
+    await waitFor('dead-lettered again', async () => (await suite.cmd.xlen(`den:${den}:dead`)) === 1 && done().filter((l) => l.n === 9).length === 4, 10_000);
     expect((await agentd('dead-letter', 'purge')).code).toBe(2);
     const purge = await agentd('dead-letter', 'purge', '--yes');
     expect(purge.code).toBe(0);
-    expect(await c.exists(`den:${den}:dead`)).toBe(0);
+    expect(await suite.cmd.exists(`den:${den}:dead`)).toBe(0);
   });
 });

@@ -9,7 +9,10 @@
  *   await waitFor('job recorded', () => a.records().length === 1);
  *
  * Every daemon a test spawns is SIGKILLed after that test (one spawned in a beforeAll
- * after the file); the Redis and the temp folder go after the file. The checks fault
+ * after the file); the Redis and the temp folder go after the file. Called inside a
+ * describe block, "the file" is that block. `run` runs a CLI command to its end with the
+ * same settings; `freshRedis`, `sentinels`, `certs` and `aclUser` give the servers,
+ * certificates and Redis users a test needs beyond the file's Redis. The checks fault
  * tests end with (no event handled twice, no fatal line, alive) are here too.
  */
 import { existsSync, readFileSync } from 'node:fs';
@@ -18,10 +21,12 @@ import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, expect } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from './daemon.ts';
+import { runAgentd, spawnAgentd, type DaemonProcess, type RunAgentdResult } from './daemon.ts';
 import { freePort } from './ports.ts';
 import { startProxy, type TcpProxy } from './proxy.ts';
-import { startRedis, type StartRedisOptions, type TestRedis } from './redis.ts';
+import { redisUrl, startRedis, type StartRedisOptions, type TestRedis } from './redis.ts';
+import { startSentinelTopology, type SentinelTopology } from './sentinel.ts';
+import { makeTestCerts, type TestCerts } from './tls.ts';
 import { redisFixture, type RedisFixture } from './suite.ts';
 import { hasMsg, uniqueId, type LogLine } from './util.ts';
 
@@ -69,6 +74,19 @@ export interface Agent extends DaemonProcess {
   scrape(): Promise<string>;
 }
 
+/** A CLI command run to its end (`agentd config`, `members`, a `run` that must fail). */
+export interface RunOptions {
+  /** Environment on top of the suite's (a value '' leaves the variable out). */
+  env?: Record<string, string>;
+  /** Default: the suite Redis's URL, if the suite has one. */
+  redisUrl?: string;
+  cwd?: string;
+  /** Written to stdin. */
+  input?: string;
+  /** Default 30 s. */
+  timeoutMs?: number;
+}
+
 export interface ProcessSuite extends RedisFixture {
   /** A temp folder for the file, removed after it. */
   readonly tmp: string;
@@ -76,10 +94,25 @@ export interface ProcessSuite extends RedisFixture {
   spawn(opts?: AgentOptions): Promise<Agent>;
   /** Spawns a daemon and waits for its ready line. */
   start(opts?: AgentOptions): Promise<Agent>;
+  /** Runs `agentd <args>` to its end with the suite's environment (and its Redis URL). */
+  run(args: readonly string[], opts?: RunOptions): Promise<RunAgentdResult>;
   /** Starts `n` daemons in one den (opts.den or a fresh one) and waits for all to be ready. */
   group(n: number, opts?: AgentOptions, optsOf?: (i: number) => AgentOptions): Promise<{ den: string; agents: Agent[] }>;
-  /** A Redis of the test's own (stopped after it), for tests that need a server of their own (AOF, OOM). */
+  /**
+   * Another Redis (AOF, OOM, TLS, a replica, Cluster mode...): started in a test, it is
+   * stopped after the test; started in a beforeAll, after the file.
+   */
   freshRedis(options?: StartRedisOptions): Promise<TestRedis>;
+  /** One primary, one replica and three Sentinels (test/helpers/sentinel.ts); stopped like freshRedis. */
+  sentinels(options?: Parameters<typeof startSentinelTopology>[0]): Promise<SentinelTopology>;
+  /** A CA, a server certificate for localhost and an unrelated CA (test/helpers/tls.ts), made once per file in tmp. */
+  certs(): Promise<TestCerts>;
+  /**
+   * (Re)creates the ACL user `user` on the suite Redis with `rule` (the words after the
+   * user name; `>PASSWORD`, as `agentd acl` and docs/operations.md print it, becomes
+   * `>password`) and returns the suite Redis's URL logged in as that user.
+   */
+  aclUser(user: string, rule: readonly string[], password: string): Promise<string>;
   /** A TCP proxy in front of the suite Redis (test/helpers/proxy.ts), closed after the test. */
   proxy(): Promise<TcpProxy>;
   /** Stops `d` with the test's daemons (for processes a test spawns itself). */
@@ -100,6 +133,7 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
     return base;
   };
   let tmp: string | undefined;
+  let certs: Promise<TestCerts> | undefined;
   let inTest = false;
   const ofTest: Array<{ stop(): Promise<void> }> = [];
   const ofFile: Array<{ stop(): Promise<void> }> = [];
@@ -116,6 +150,8 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
   afterAll(async () => {
     await Promise.all([...ofTest.splice(0), ...ofFile.splice(0)].map((d) => d.stop()));
     if (tmp) await rm(tmp, { recursive: true, force: true });
+    tmp = undefined;
+    certs = undefined;
   });
 
   const track = <T extends { stop(): Promise<void> }>(d: T): T => {
@@ -123,23 +159,34 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
     return d;
   };
 
+  const tmpDir = (): string => {
+    if (tmp === undefined) throw new Error('processSuite: tmp, spawn() and certs() only inside tests and hooks');
+    return tmp;
+  };
+  /** The suite's environment, then `env`; a value '' leaves the variable out. */
+  const envOf = (first: Record<string, string>, env: Record<string, string> | undefined): Record<string, string> => {
+    const all: Record<string, string> = { ...first, ...options.env, ...env };
+    for (const [k, v] of Object.entries(all)) if (v === '') delete all[k];
+    return all;
+  };
+
   const spawn = async (opts: AgentOptions = {}): Promise<Agent> => {
-    if (tmp === undefined) throw new Error('processSuite: spawn() only inside tests and hooks');
+    const tmp = tmpDir();
     const id = opts.id ?? uniqueId('agent');
     const den = opts.den ?? uniqueId('den');
     const file = opts.file ?? join(tmp, `${id}.jsonl`);
     const httpPort = opts.http ? await freePort() : 0;
-    const env: Record<string, string> = {
-      AGENTD_REDIS_URL: opts.redisUrl ?? must().redis.url,
-      AGENTD_AGENT_ID: id,
-      AGENTD_DEN: den,
-      RECORD_FILE: file,
-      ...(opts.plugins ? { AGENTD_PLUGINS: opts.plugins.map((p) => (isAbsolute(p) ? p : fixture(p))).join(',') } : {}),
-      ...(opts.http ? { AGENTD_HTTP_PORT: String(httpPort) } : {}),
-      ...options.env,
-      ...opts.env,
-    };
-    for (const [k, v] of Object.entries(env)) if (v === '') delete env[k];
+    const env = envOf(
+      {
+        AGENTD_REDIS_URL: opts.redisUrl ?? must().redis.url,
+        AGENTD_AGENT_ID: id,
+        AGENTD_DEN: den,
+        RECORD_FILE: file,
+        ...(opts.plugins ? { AGENTD_PLUGINS: opts.plugins.map((p) => (isAbsolute(p) ? p : fixture(p))).join(',') } : {}),
+        ...(opts.http ? { AGENTD_HTTP_PORT: String(httpPort) } : {}),
+      },
+      opts.env,
+    );
     const d = track(spawnAgentd([...(opts.args ?? ['run'])], { env }));
     return {
       ...d,
@@ -167,11 +214,20 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
       return must().cmd;
     },
     get tmp() {
-      if (tmp === undefined) throw new Error('processSuite: tmp only inside tests and hooks');
-      return tmp;
+      return tmpDir();
     },
     spawn,
     start,
+    run(args, opts = {}) {
+      const url = opts.redisUrl ?? base?.redis.url;
+      const env = envOf(url === undefined ? {} : { AGENTD_REDIS_URL: url }, opts.env);
+      return runAgentd([...args], {
+        env,
+        ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
+        ...(opts.input === undefined ? {} : { input: opts.input }),
+        ...(opts.timeoutMs === undefined ? {} : { timeoutMs: opts.timeoutMs }),
+      });
+    },
     async group(n, opts = {}, optsOf) {
       const den = opts.den ?? uniqueId('den');
       const agents = await Promise.all(
@@ -185,6 +241,19 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
     },
     async freshRedis(redisOptions) {
       return track(await startRedis(redisOptions));
+    },
+    async sentinels(topologyOptions) {
+      return track(await startSentinelTopology(topologyOptions));
+    },
+    certs() {
+      certs ??= makeTestCerts(join(tmpDir(), 'certs'));
+      return certs;
+    },
+    async aclUser(user, rule, password) {
+      const { redis, cmd } = must();
+      await cmd.call('ACL', 'DELUSER', user);
+      await cmd.call('ACL', 'SETUSER', user, ...rule.map((w) => (w === '>PASSWORD' ? `>${password}` : w)));
+      return redisUrl(redis, { user, password });
     },
     async proxy() {
       const p = await startProxy({ host: must().redis.host, port: must().redis.port });

@@ -27,6 +27,8 @@ export interface StartRedisOptions {
   tlsAuthClients?: boolean;
   /** The test needs kill/start/pause/resume: never use an external server. */
   requireControl?: boolean;
+  /** --requirepass: `url` and `client()` carry it (never an external server). */
+  password?: string;
 }
 
 /**
@@ -40,11 +42,11 @@ export interface TestRedis {
   readonly kind: RedisKind;
   readonly host: string;
   readonly port: number;
-  /** redis://127.0.0.1:PORT, or rediss://localhost:PORT for TLS servers. */
+  /** redis://127.0.0.1:PORT, or rediss://localhost:PORT for TLS servers; with the password, if any. */
   readonly url: string;
   /** Whether kill/start/pause/resume are available. */
   readonly controllable: boolean;
-  /** New ioredis client to this server; tracked and closed by stop(). TLS servers get the CA automatically. */
+  /** New ioredis client to this server; tracked and closed by stop(). TLS servers get the CA, password servers the password, automatically. */
   client(options?: TestClientOptions): Redis;
   /** Send a signal (default SIGKILL) and resolve once the server has exited. */
   kill(signal?: NodeJS.Signals): Promise<void>;
@@ -74,7 +76,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<TestRedi
     throw new Error(`AGENTD_TEST_REDIS must be "local" or "docker", got ${JSON.stringify(forced)}`);
   }
   const externalUrl = process.env['AGENTD_TEST_REDIS_URL'];
-  if (!forced && externalUrl && !opts.tls && !opts.requireControl) {
+  if (!forced && externalUrl && !opts.tls && !opts.requireControl && opts.password === undefined) {
     return new ExternalRedis(externalUrl);
   }
 
@@ -170,6 +172,24 @@ async function waitForPing(
   }
 }
 
+function requirePass(opts: StartRedisOptions): string[] {
+  return opts.password === undefined ? [] : ['--requirepass', opts.password];
+}
+
+/** The URL a daemon is given for a server: rediss:// for TLS, with the password when there is one. */
+function serverUrl(opts: StartRedisOptions, host: string, port: number): string {
+  const auth = opts.password === undefined ? '' : `:${encodeURIComponent(opts.password)}@`;
+  return `${opts.tls ? 'rediss' : 'redis'}://${auth}${host}:${port}`;
+}
+
+/** `redis.url` logged in as another user (an ACL user) or with another password. */
+export function redisUrl(redis: Pick<TestRedis, 'url'>, auth: { user?: string; password?: string }): string {
+  const u = new URL(redis.url);
+  u.username = auth.user === undefined ? '' : encodeURIComponent(auth.user);
+  u.password = auth.password === undefined ? '' : encodeURIComponent(auth.password);
+  return u.toString();
+}
+
 function tlsClientConfig(files: TlsServerFiles | undefined): TlsClientConfig | undefined {
   return files && { ca: readFileSync(files.caCert), servername: 'localhost' };
 }
@@ -183,11 +203,13 @@ abstract class BaseRedis implements TestRedis {
   abstract readonly controllable: boolean;
   protected readonly clients = new Set<Redis>();
   protected tlsClient: TlsClientConfig | undefined;
+  protected password: string | undefined;
   private stopping: Promise<void> | undefined;
 
   client(options: TestClientOptions = {}): Redis {
     const base: TestClientOptions = { host: this.host, port: this.port };
     if (this.tlsClient) base.tls = { ...this.tlsClient };
+    if (this.password !== undefined) base.password = this.password;
     const c = new Redis({ ...base, ...options });
     this.track(c);
     return c;
@@ -273,6 +295,7 @@ class LocalRedis extends BaseRedis {
     this.dir = dir;
     this.logFile = join(dir, 'redis.log');
     this.opts = opts;
+    this.password = opts.password;
     this.tlsClient = tlsClientConfig(opts.tls);
     if (this.tlsClient && opts.tls && opts.tlsAuthClients) {
       this.tlsClient.cert = readFileSync(opts.tls.serverCert);
@@ -303,7 +326,7 @@ class LocalRedis extends BaseRedis {
 
   private setPort(port: number): void {
     this.port = port;
-    this.url = this.opts.tls ? `rediss://localhost:${port}` : `redis://127.0.0.1:${port}`;
+    this.url = serverUrl(this.opts, this.opts.tls ? 'localhost' : '127.0.0.1', port);
   }
 
   private args(): string[] {
@@ -320,7 +343,7 @@ class LocalRedis extends BaseRedis {
           '--tls-ca-cert-file', tls.caCert, '--tls-auth-clients', this.opts.tlsAuthClients ? 'yes' : 'no',
         ]
       : ['--bind', '127.0.0.1', '--port', p];
-    return [...listen, ...common, ...(this.opts.args ?? [])];
+    return [...listen, ...common, ...requirePass(this.opts), ...(this.opts.args ?? [])];
   }
 
   private running(): boolean {
@@ -419,15 +442,16 @@ class ContainerRedis extends BaseRedis {
   private readonly docker: DockerodeContainer;
   private paused = false;
 
-  private constructor(started: StartedRedisContainer, docker: DockerodeContainer, port: number, tls: TlsServerFiles | undefined) {
+  private constructor(started: StartedRedisContainer, docker: DockerodeContainer, port: number, opts: StartRedisOptions) {
     super();
     this.started = started;
     this.docker = docker;
     this.port = port;
-    this.tlsClient = tlsClientConfig(tls);
+    this.password = opts.password;
+    this.tlsClient = tlsClientConfig(opts.tls);
     // The test certificate is issued for localhost, so TLS must use that name.
-    this.host = tls ? 'localhost' : started.getHost();
-    this.url = tls ? `rediss://localhost:${port}` : `redis://${this.host}:${port}`;
+    this.host = opts.tls ? 'localhost' : started.getHost();
+    this.url = serverUrl(opts, this.host, port);
   }
 
   static async launch(opts: StartRedisOptions): Promise<ContainerRedis> {
@@ -447,7 +471,7 @@ class ContainerRedis extends BaseRedis {
       : [];
     let container = new RedisContainer(CONTAINER_IMAGE)
       .withExposedPorts({ container: 6379, host: port })
-      .withCommand(['redis-server', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', ...listen, ...(opts.args ?? [])]);
+      .withCommand(['redis-server', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', ...listen, ...requirePass(opts), ...(opts.args ?? [])]);
     if (tls) {
       // 0o644: the image runs redis as a non-root user.
       container = container.withCopyFilesToContainer([
@@ -458,7 +482,7 @@ class ContainerRedis extends BaseRedis {
     }
     const started = await container.start();
     const client = await getContainerRuntimeClient();
-    const r = new ContainerRedis(started, client.container.getById(started.getId()), port, tls);
+    const r = new ContainerRedis(started, client.container.getById(started.getId()), port, opts);
     await waitForPing(r.host, r.port, r.tlsClient, () => undefined);
     return r;
   }

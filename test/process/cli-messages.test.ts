@@ -4,19 +4,15 @@
  * catches what `agentd run` would fail on.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFileSync, existsSync, mkdtempSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runAgentd, type RunAgentdResult } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { FIXTURES } from '../helpers/process.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { RunAgentdResult } from '../helpers/daemon.ts';
+import { fixture as plugin, processSuite } from '../helpers/process.ts';
 import { PACKAGE_VERSION, uniqueId } from '../helpers/util.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const plugin = (name: string): string => join(FIXTURES, name);
 const stderrLines = (res: RunAgentdResult): string[] => res.stderr.split('\n').filter((l) => l.trim() !== '');
 const jsonLines = (res: RunAgentdResult): Array<Record<string, unknown>> =>
   res.stdout
@@ -24,24 +20,11 @@ const jsonLines = (res: RunAgentdResult): Array<Record<string, unknown>> =>
     .filter((l) => l.trim().startsWith('{'))
     .map((l) => JSON.parse(l) as Record<string, unknown>);
 
+const suite = processSuite({ env: { AGENTD_AGENT_ID: uniqueId('msg'), AGENTD_DEN: uniqueId('msg-den') } });
+
 describe('agentd: one clean line per mistake', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  let base: Record<string, string>;
-
-  beforeAll(async () => {
-    redis = await startRedis();
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-climsg-'));
-    base = { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('msg'), AGENTD_DEN: uniqueId('msg-den') };
-  });
-
-  afterAll(async () => {
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
   const agentd = (args: string[], env: Record<string, string> = {}): Promise<RunAgentdResult> =>
-    runAgentd(args, { env: { ...base, ...env }, cwd: tmp, timeoutMs: 20_000 });
+    suite.run(args, { env, cwd: suite.tmp, timeoutMs: 20_000 });
 
   it('a number setting given text quotes the text', async () => {
     const res = await agentd(['config'], { AGENTD_HEARTBEAT_TTL: 'abc' });
@@ -81,7 +64,7 @@ describe('agentd: one clean line per mistake', () => {
   });
 
   it('a malformed % escape in the password fails `agentd config` and `run` alike: exit 2, redis.url named, password redacted', async () => {
-    const url = redis.url.replace('redis://', 'redis://agentd:s3cr%zz@');
+    const url = suite.redis.url.replace('redis://', 'redis://agentd:s3cr%zz@');
     for (const cmd of ['config', 'run']) {
       const res = await agentd([cmd], { AGENTD_REDIS_URL: url });
       expect(res.code, cmd).toBe(2);
@@ -112,16 +95,12 @@ describe('agentd: one clean line per mistake', () => {
     beforeAll(() => {
       if (!isOld) return;
       // The package as installed: dist/ from the TypeScript build, package.json, dependencies.
-      build = mkdtempSync(join(tmpdir(), 'agentd-oldnode-'));
+      build = mkdtempSync(join(suite.tmp, 'oldnode-'));
       const tsc = spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.build.json'), '--outDir', join(build, 'dist'), '--declaration', 'false', '--sourceMap', 'false'], { encoding: 'utf8' });
       if (tsc.status !== 0) throw new Error(`build failed: ${tsc.stdout}${tsc.stderr}`);
       copyFileSync(join(ROOT, 'package.json'), join(build, 'package.json'));
       symlinkSync(join(ROOT, 'node_modules'), join(build, 'node_modules'));
     }, 60_000);
-
-    afterAll(() => {
-      if (build) rmSync(build, { recursive: true, force: true });
-    });
 
     it.skipIf(!isOld)(`refuses with one line under ${OLD_NODE} (v${old}), and runs under this node`, () => {
       const bin = join(build, 'dist/bin/agentd.js');

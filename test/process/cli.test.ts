@@ -3,17 +3,13 @@
  * configuration errors, help and version, `config` precedence, and the
  * `members` / `publish` commands against a running daemon.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { hostname, tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
-import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runAgentd, spawnAgentd, type DaemonProcess, type RunAgentdResult } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { FIXTURES, readRecords, RECORDER } from '../helpers/process.ts';
-import { collect, hasMsg, keys, PACKAGE_VERSION, uniqueId, waitFor } from '../helpers/util.ts';
-
-const plugin = (name: string): string => join(FIXTURES, name);
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { RunAgentdResult } from '../helpers/daemon.ts';
+import { fixture as plugin, processSuite, readRecords, type Agent } from '../helpers/process.ts';
+import { collect, keys, PACKAGE_VERSION, uniqueId, waitFor } from '../helpers/util.ts';
 
 function stderrLines(res: RunAgentdResult): string[] {
   return res.stderr.split('\n').filter((l) => l.trim() !== '');
@@ -33,29 +29,17 @@ function expectExit2OneLine(res: RunAgentdResult, needle: string | RegExp): stri
   return first;
 }
 
+const suite = processSuite({ redis: { requireControl: true } });
+
 describe('agentd command line', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  /** Settings every run gets, so no run ever touches a developer's Redis. */
-  let base: Record<string, string>;
-
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-cli-'));
-    base = { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('cli'), AGENTD_DEN: uniqueId('cli-den') };
-  });
-
-  afterAll(async () => {
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
+  /** Settings every run gets (with the suite Redis's URL), so no run ever touches a developer's Redis. */
+  const base = { AGENTD_AGENT_ID: uniqueId('cli'), AGENTD_DEN: uniqueId('cli-den') };
   const agentd = (args: string[], env: Record<string, string> = {}): Promise<RunAgentdResult> =>
-    runAgentd(args, { env: { ...base, ...env }, cwd: tmp, timeoutMs: 20_000 });
+    suite.run(args, { env: { ...base, ...env }, cwd: suite.tmp, timeoutMs: 20_000 });
 
   describe('configuration errors exit 2 with one line naming the setting', () => {
     it('unknown key in a JSON config file names the key', async () => {
-      const file = join(tmp, 'bogus.json');
+      const file = join(suite.tmp, 'bogus.json');
       await writeFile(file, JSON.stringify({ bogus: 1 }));
       const line = expectExit2OneLine(await agentd(['run', '--config', file]), 'bogus');
       expect(line).toMatch(/unknown/i);
@@ -136,7 +120,7 @@ describe('agentd command line', () => {
 
   describe('agentd config', () => {
     it('precedence: flag over environment over config file over default', async () => {
-      const file = join(tmp, 'precedence.json');
+      const file = join(suite.tmp, 'precedence.json');
       await writeFile(
         file,
         JSON.stringify({
@@ -158,7 +142,7 @@ describe('agentd command line', () => {
       expect(conf['log']).toEqual({ level: 'debug' }); // flag > env > file
       expect(conf['heartbeat']).toEqual({ ttl: 30, interval: 5 }); // file > default
       expect(conf['queue']).toMatchObject({ concurrency: 3, handlerTimeoutMs: 1234, max: 10_000 }); // file, env, default
-      expect(conf['redis']?.['url']).toBe(redis.url);
+      expect(conf['redis']?.['url']).toBe(suite.redis.url);
 
       // AGENTD_CONFIG names the file too.
       const viaEnv = await agentd(['config'], { AGENTD_CONFIG: file, AGENTD_AGENT_ID: 'from-env' });
@@ -169,46 +153,26 @@ describe('agentd command line', () => {
     });
 
     it('REDIS_URL is used when AGENTD_REDIS_URL is unset, and loses to it when both are set', async () => {
-      const onlyRedisUrl = await runAgentd(['config'], {
-        env: { REDIS_URL: `redis://127.0.0.1:${redis.port}/3`, AGENTD_AGENT_ID: 'x' },
-        cwd: tmp,
-        timeoutMs: 20_000,
-      });
+      const onlyRedisUrl = await agentd(['config'], { AGENTD_REDIS_URL: '', AGENTD_DEN: '', REDIS_URL: `redis://127.0.0.1:${suite.redis.port}/3`, AGENTD_AGENT_ID: 'x' });
       expect(onlyRedisUrl.code, onlyRedisUrl.stderr).toBe(0);
-      expect((JSON.parse(onlyRedisUrl.stdout) as { redis: { url: string } }).redis.url).toBe(`redis://127.0.0.1:${redis.port}/3`);
+      expect((JSON.parse(onlyRedisUrl.stdout) as { redis: { url: string } }).redis.url).toBe(`redis://127.0.0.1:${suite.redis.port}/3`);
 
-      const both = await agentd(['config'], { REDIS_URL: `redis://127.0.0.1:${redis.port}/3` });
+      const both = await agentd(['config'], { REDIS_URL: `redis://127.0.0.1:${suite.redis.port}/3` });
       expect(both.code, both.stderr).toBe(0);
-      expect((JSON.parse(both.stdout) as { redis: { url: string } }).redis.url).toBe(redis.url);
+      expect((JSON.parse(both.stdout) as { redis: { url: string } }).redis.url).toBe(suite.redis.url);
     });
   });
 
   describe('members and publish against a running daemon', () => {
-    let d: DaemonProcess;
-    let c: Redis;
+    let d: Agent;
     const id = uniqueId('cli-agent');
     const den = uniqueId('cli-den');
     let recordFile: string;
 
     beforeAll(async () => {
-      recordFile = join(tmp, 'records.jsonl');
-      d = spawnAgentd(['run'], {
-        env: {
-          AGENTD_REDIS_URL: redis.url,
-          AGENTD_AGENT_ID: id,
-          AGENTD_DEN: den,
-          AGENTD_PLUGINS: RECORDER,
-          RECORD_FILE: recordFile,
-          AGENTD_HEARTBEAT_TTL: '10',
-          AGENTD_HEARTBEAT_INTERVAL: '2',
-        },
-      });
-      await d.waitForLog(hasMsg('agentd ready'), 15_000);
-      c = redis.client();
-    });
-
-    afterAll(async () => {
-      await d?.stop();
+      d = await suite.spawn({ id, den, plugins: ['recorder.js'], env: { AGENTD_HEARTBEAT_TTL: '10', AGENTD_HEARTBEAT_INTERVAL: '2' } });
+      recordFile = d.file;
+      await d.ready(15_000);
     });
 
     it('members --den D --json lists the daemon with host and ttlMs > 0', async () => {
@@ -231,7 +195,7 @@ describe('agentd command line', () => {
     });
 
     it('publish EVENT JSON reaches the daemon; the envelope has id, source, ts and den', async () => {
-      const watcher = redis.client();
+      const watcher = suite.redis.client();
       const seen = await collect(watcher, keys.channel('new_message'));
       const before = Date.now();
       const res = await agentd(['publish', 'new_message', '{"a":1}', '--json'], { AGENTD_AGENT_ID: 'cli-publisher', AGENTD_DEN: den });
@@ -260,11 +224,11 @@ describe('agentd command line', () => {
       await waitFor('second publish recorded', () =>
         readRecords(recordFile).some((r) => r.event === 'new_message' && JSON.stringify(r.data) === '{"a":2}'),
       );
-      expect(await c.sismember(keys.den(den), id)).toBe(1);
+      expect(await suite.cmd.sismember(keys.den(den), id)).toBe(1);
     });
 
     it('publish with invalid JSON exits 2 and publishes nothing', async () => {
-      const watcher = redis.client();
+      const watcher = suite.redis.client();
       const seen = await collect(watcher, keys.channel('bad_json_test'));
       expectExit2OneLine(await agentd(['publish', 'bad_json_test', '{a:1']), /JSON/);
       await new Promise((r) => setTimeout(r, 200));

@@ -4,17 +4,18 @@
  * file and line, never the secret (docs/security.md "Keys file").
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { runAgentd } from '../helpers/daemon.ts';
+import { processSuite } from '../helpers/process.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'agentd-keysfile-'));
+// No Redis: each start stops at the keys file, before connecting.
+const suite = processSuite({ redis: false });
 
 async function start(keysFile: string): Promise<{ code: number | null; out: string; lines: string[] }> {
-  const res = await runAgentd(['run'], {
-    env: { AGENTD_REDIS_URL: 'redis://127.0.0.1:1/0', AGENTD_AGENT_ID: 'keys-a1', AGENTD_SECURITY_SIGNING: 'require', AGENTD_SECURITY_KEYS_FILE: keysFile },
+  const res = await suite.run(['run'], {
+    redisUrl: 'redis://127.0.0.1:1/0',
+    env: { AGENTD_AGENT_ID: 'keys-a1', AGENTD_SECURITY_SIGNING: 'require', AGENTD_SECURITY_KEYS_FILE: keysFile },
     timeoutMs: 15_000,
   });
   return { code: res.code, out: `${res.stdout}${res.stderr}`, lines: res.stderr.split('\n').filter((l) => l.trim() !== '') };
@@ -23,7 +24,7 @@ async function start(keysFile: string): Promise<{ code: number | null; out: stri
 describe('keys file mistakes', () => {
   it('a secret written without its key id (openssl rand -hex 32) is refused without printing it', async () => {
     const secret = randomBytes(32).toString('hex');
-    const file = join(dir, 'hex');
+    const file = join(suite.tmp, 'hex');
     writeFileSync(file, `${secret}\n`, { mode: 0o600 });
     const res = await start(file);
     expect(res.code).toBe(2);
@@ -35,12 +36,12 @@ describe('keys file mistakes', () => {
 
   it('a world-readable file, also behind a symlink, and a missing one: exit 2, one line, no secret', async () => {
     const secret = randomBytes(32).toString('base64');
-    const open = join(dir, 'open');
+    const open = join(suite.tmp, 'open');
     writeFileSync(open, `k1 ${secret}\n`);
     chmodSync(open, 0o644);
-    const link = join(dir, 'link');
+    const link = join(suite.tmp, 'link');
     symlinkSync(open, link);
-    for (const [file, why] of [[open, /other users may read/], [link, /other users may read/], [join(dir, 'missing'), /cannot read .*ENOENT/]] as const) {
+    for (const [file, why] of [[open, /other users may read/], [link, /other users may read/], [join(suite.tmp, 'missing'), /cannot read .*ENOENT/]] as const) {
       const res = await start(file);
       expect(res.code).toBe(2);
       expect(res.lines).toHaveLength(1);

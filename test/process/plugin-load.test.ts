@@ -5,32 +5,23 @@
  * line that did not name the plugin. Pass: exit 2 within the setup time limit
  * and one line naming the module, from `run` and from `config`.
  */
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runAgentd } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { FIXTURES } from '../helpers/process.ts';
+import { describe, expect, it } from 'vitest';
+import { fixture, processSuite } from '../helpers/process.ts';
 import { uniqueId } from '../helpers/util.ts';
 
 const LIMIT_MS = 500;
 
-describe('a plugin module that never finishes loading', () => {
-  let redis: TestRedis;
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-  });
-  afterAll(async () => {
-    await redis?.stop();
-  });
+const suite = processSuite({ redis: { requireControl: true } });
 
+describe('a plugin module that never finishes loading', () => {
   for (const [file, command] of [
     ['load-hangs.js', 'run'],
     ['load-never.js', 'run'],
     ['load-hangs.js', 'config'],
   ] as const) {
     it(`${file}, agentd ${command}: exit 2, one line naming the module and the limit`, async () => {
-      const res = await runAgentd([command], {
-        env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: uniqueId('load'), AGENTD_PLUGINS: join(FIXTURES, file), AGENTD_SETUP_TIMEOUT_MS: String(LIMIT_MS) },
+      const res = await suite.run([command], {
+        env: { AGENTD_AGENT_ID: uniqueId('load'), AGENTD_PLUGINS: fixture(file), AGENTD_SETUP_TIMEOUT_MS: String(LIMIT_MS) },
         timeoutMs: LIMIT_MS + 15_000,
       });
       expect(res.code, res.stderr).toBe(2);
