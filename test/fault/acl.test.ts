@@ -8,16 +8,11 @@
  * degraded with the reason, and ready again once it is given back.
  */
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.ts';
 import { aclRule } from '../../src/redis/preflight.ts';
-import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
 import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { expectSound, httpGet, readRecords, RECORDER } from '../helpers/process.ts';
+import { expectSound, httpGet, processSuite } from '../helpers/process.ts';
 import { collect, hasMsg, keys, seedMessage, uniqueId, waitFor } from '../helpers/util.ts';
 
 const PASSWORD = 'acl-test-password';
@@ -30,34 +25,19 @@ function documentedRule(): string {
   return lines[0] as string;
 }
 
-/** The rule's words after the user name, with the password filled in and `drop` left out. */
+/** The rule's words after the user name, with `drop` left out. */
 function ruleArgs(rule: string, drop?: string): string[] {
   const words = rule.split(' ').slice(3);
   if (drop !== undefined) expect(words, `the rule holds ${drop}`).toContain(drop);
-  return words.filter((w) => w !== drop).map((w) => (w === '>PASSWORD' ? `>${PASSWORD}` : w));
+  return words.filter((w) => w !== drop);
 }
 
+const suite = processSuite({ redis: { requireControl: true, args: ['--notify-keyspace-events', 'Kx'] } });
+
 describe('fault 22: the least-privilege ACL user', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  let admin: ReturnType<TestRedis['client']>;
   const rule = documentedRule();
-
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true, args: ['--notify-keyspace-events', 'Kx'] });
-    admin = redis.client();
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-acl-'));
-  });
-  afterAll(async () => {
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
-  const setUser = async (user: string, args: string[]): Promise<void> => {
-    await admin.call('ACL', 'DELUSER', user);
-    await admin.call('ACL', 'SETUSER', user, ...args);
-  };
-  const url = (user: string): string => `redis://${user}:${PASSWORD}@${redis.host}:${redis.port}/0`;
+  /** The user made afresh with these rule words; its URL. */
+  const setUser = (user: string, args: string[]): Promise<string> => suite.aclUser(user, args, PASSWORD);
 
   it('the documented rule is the one the code derives from the default settings', () => {
     const config = loadConfig({ env: { AGENTD_DEN: 'x' }, args: [], cwd: process.cwd(), file: undefined }).config;
@@ -65,43 +45,36 @@ describe('fault 22: the least-privilege ACL user', () => {
   });
 
   it('a daemon logged in as exactly that user works: ready, events handled, a dead peer reaped', { timeout: 60_000 }, async () => {
-    await setUser('agentd', ruleArgs(rule));
+    const url = await setUser('agentd', ruleArgs(rule));
     const id = uniqueId('acl');
     const den = uniqueId('aclden');
-    const file = join(tmp, `${id}.jsonl`);
-    const httpPort = await freePort();
-    const watcher = redis.client();
+    const admin = suite.cmd;
+    const watcher = suite.redis.client();
     const downs = await collect(watcher, keys.channel('agent_down'));
     // A peer that died without leaving: in the den and the registry, no heartbeat.
     const dead = uniqueId('acldead');
     await admin.sadd(keys.den(den), dead);
     await admin.hset(keys.registry, dead, JSON.stringify({ id: dead, den, host: 'h', pid: 1, status: 'online', lastSeen: Date.now() - 60_000 }));
-    let d: DaemonProcess | undefined;
-    try {
-      d = spawnAgentd(['run'], {
-        env: {
-          AGENTD_REDIS_URL: url('agentd'),
-          AGENTD_AGENT_ID: id,
-          AGENTD_DEN: den,
-          AGENTD_PLUGINS: RECORDER,
-          RECORD_FILE: file,
-          AGENTD_HEARTBEAT_TTL: '6',
-          AGENTD_HEARTBEAT_INTERVAL: '1',
-          AGENTD_WATCH_SWEEP_INTERVAL: '1',
-          AGENTD_HTTP_PORT: String(httpPort),
-        },
-      });
-      await d.waitForLog(hasMsg('agentd ready'), 15_000);
-      expect((await httpGet(httpPort, '/readyz')).status).toBe(200);
-      await admin.publish(keys.channel('acl_ok'), seedMessage('acl_ok', { uid: 'a1' }));
-      await waitFor('event handled', () => readRecords(file).some((r) => r.event === 'acl_ok'), 5_000);
-      await waitFor('the dead peer reaped (sweep and reap scripts ran as the ACL user)', () => downs.some((m) => (m.json?.['data'] as { agent?: string } | undefined)?.agent === dead), 10_000);
-      expect((await httpGet(httpPort, '/metrics')).status).toBe(200);
-      expect(d.logs.filter(hasMsg(/NOPERM|refused/))).toEqual([]);
-      expectSound(d, file);
-    } finally {
-      await d?.stop();
-    }
+    const d = await suite.spawn({
+      redisUrl: url,
+      id,
+      den,
+      plugins: ['recorder.js'],
+      http: true,
+      env: {
+        AGENTD_HEARTBEAT_TTL: '6',
+        AGENTD_HEARTBEAT_INTERVAL: '1',
+        AGENTD_WATCH_SWEEP_INTERVAL: '1',
+      },
+    });
+    await d.ready(15_000);
+    expect((await httpGet(d.httpPort, '/readyz')).status).toBe(200);
+    await admin.publish(keys.channel('acl_ok'), seedMessage('acl_ok', { uid: 'a1' }));
+    await waitFor('event handled', () => d.records().some((r) => r.event === 'acl_ok'), 5_000);
+    await waitFor('the dead peer reaped (sweep and reap scripts ran as the ACL user)', () => downs.some((m) => (m.json?.['data'] as { agent?: string } | undefined)?.agent === dead), 10_000);
+    expect((await httpGet(d.httpPort, '/metrics')).status).toBe(200);
+    expect(d.logs.filter(hasMsg(/NOPERM|refused/))).toEqual([]);
+    expectSound(d, d.file);
   });
 
   // One permission taken away at a time: [word dropped from the rule, what the line must name].
@@ -130,9 +103,10 @@ describe('fault 22: the least-privilege ACL user', () => {
   for (const [drop, names] of removals) {
     it(`without ${drop}: exit 2, one line naming it`, { timeout: 30_000 }, async () => {
       const user = `agentd-no-${removals.findIndex((r) => r[0] === drop)}`;
-      await setUser(user, ruleArgs(rule, drop));
-      const r = await runAgentd(['run'], {
-        env: { AGENTD_REDIS_URL: url(user), AGENTD_AGENT_ID: uniqueId('aclno'), AGENTD_DEN: uniqueId('aclnoden'), AGENTD_HTTP_PORT: String(await freePort()) },
+      const url = await setUser(user, ruleArgs(rule, drop));
+      const r = await suite.run(['run'], {
+        redisUrl: url,
+        env: { AGENTD_AGENT_ID: uniqueId('aclno'), AGENTD_DEN: uniqueId('aclnoden'), AGENTD_HTTP_PORT: String(await freePort()) },
         timeoutMs: 20_000,
       });
       expect(r.code, `stdout: ${r.stdout.slice(-2000)}`).toBe(2);
@@ -147,42 +121,38 @@ describe('fault 22: the least-privilege ACL user', () => {
   }
 
   it('EVALSHA and EVAL taken away while it runs: degraded naming it; ready again once given back', { timeout: 60_000 }, async () => {
-    await setUser('agentd-rt', ruleArgs(rule));
-    const httpPort = await freePort();
-    let d: DaemonProcess | undefined;
-    try {
-      d = spawnAgentd(['run'], {
-        env: {
-          AGENTD_REDIS_URL: url('agentd-rt'),
-          AGENTD_AGENT_ID: uniqueId('aclrt'),
-          AGENTD_DEN: uniqueId('aclrtden'),
-          AGENTD_HEARTBEAT_TTL: '6',
-          AGENTD_HEARTBEAT_INTERVAL: '1',
-          AGENTD_WATCH_SWEEP_INTERVAL: '1',
-          AGENTD_HTTP_PORT: String(httpPort),
-        },
-      });
-      await d.waitForLog(hasMsg('agentd ready'), 15_000);
-      await admin.call('ACL', 'SETUSER', 'agentd-rt', '-evalsha', '-eval');
-      // ioredis sends EVALSHA, or EVAL when it has not loaded the script on this connection yet.
-      const line = await d.waitForLog(hasMsg(/refused EVAL(SHA)? \(NOPERM\)/), 10_000);
-      expect(line['level']).toBe('error');
-      const degraded = await d.waitForLog(hasMsg('agentd degraded'), 5_000);
-      expect(String(degraded['reason'])).toMatch(/EVAL(SHA)?: NOPERM .*'eval(sha)?' command/i);
-      const r = await waitFor('/readyz 503 naming EVAL', async () => {
-        const x = await httpGet(httpPort, '/readyz');
-        return x.status === 503 ? x : undefined;
-      }, 5_000);
-      expect(r.body).toMatch(/EVAL(SHA)?/);
-      // Logged once per command, however many sweeps fail.
-      await new Promise((res) => setTimeout(res, 3_000));
-      expect(d.logs.filter(hasMsg(/refused EVAL/)).length).toBeLessThanOrEqual(2);
+    const url = await setUser('agentd-rt', ruleArgs(rule));
+    const d = await suite.spawn({
+      redisUrl: url,
+      id: uniqueId('aclrt'),
+      den: uniqueId('aclrtden'),
+      http: true,
+      env: {
+        AGENTD_HEARTBEAT_TTL: '6',
+        AGENTD_HEARTBEAT_INTERVAL: '1',
+        AGENTD_WATCH_SWEEP_INTERVAL: '1',
+      },
+    });
+    const httpPort = d.httpPort;
+    const admin = suite.cmd;
+    await d.ready(15_000);
+    await admin.call('ACL', 'SETUSER', 'agentd-rt', '-evalsha', '-eval');
+    // ioredis sends EVALSHA, or EVAL when it has not loaded the script on this connection yet.
+    const line = await d.waitForLog(hasMsg(/refused EVAL(SHA)? \(NOPERM\)/), 10_000);
+    expect(line['level']).toBe('error');
+    const degraded = await d.waitForLog(hasMsg('agentd degraded'), 5_000);
+    expect(String(degraded['reason'])).toMatch(/EVAL(SHA)?: NOPERM .*'eval(sha)?' command/i);
+    const r = await waitFor('/readyz 503 naming EVAL', async () => {
+      const x = await httpGet(httpPort, '/readyz');
+      return x.status === 503 ? x : undefined;
+    }, 5_000);
+    expect(r.body).toMatch(/EVAL(SHA)?/);
+    // Logged once per command, however many sweeps fail.
+    await new Promise((res) => setTimeout(res, 3_000));
+    expect(d.logs.filter(hasMsg(/refused EVAL/)).length).toBeLessThanOrEqual(2);
 
-      await admin.call('ACL', 'SETUSER', 'agentd-rt', '+evalsha', '+eval');
-      await waitFor('/readyz 200 once the permission is back', async () => (await httpGet(httpPort, '/readyz')).status === 200, 15_000);
-      expectSound(d, undefined);
-    } finally {
-      await d?.stop();
-    }
+    await admin.call('ACL', 'SETUSER', 'agentd-rt', '+evalsha', '+eval');
+    await waitFor('/readyz 200 once the permission is back', async () => (await httpGet(httpPort, '/readyz')).status === 200, 15_000);
+    expectSound(d, undefined);
   });
 });

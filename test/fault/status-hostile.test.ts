@@ -6,11 +6,9 @@
  * total_net_output_bytes), and a frozen Redis must not hang /status.json or
  * /healthz.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { httpGet } from '../helpers/process.ts';
+import type { Redis } from 'ioredis';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { httpGet, processSuite, type Agent } from '../helpers/process.ts';
 import { waitFor } from '../helpers/util.ts';
 
 const DEN = 'hostile';
@@ -20,39 +18,32 @@ const JUNK_ENTRIES = 300; // 60 MB of junk, well under REGISTRY_SCAN_LIMIT entri
 /** What one /status.json may pull from Redis here: a few KiB per listed row, nowhere near the junk. */
 const BUDGET_BYTES = 2_000_000;
 
-async function netOut(admin: ReturnType<TestRedis['client']>): Promise<number> {
+async function netOut(admin: Redis): Promise<number> {
   const info = await admin.info('stats');
   return Number(/total_net_output_bytes:(\d+)/.exec(info)?.[1]);
 }
 
+const suite = processSuite({ redis: { requireControl: true, password: PASSWORD, args: ['--maxmemory', '512mb'] } });
+
 describe('status page against hostile Redis data', () => {
-  let redis: TestRedis;
-  let admin: ReturnType<TestRedis['client']>;
-  let daemon: DaemonProcess;
+  let admin: Redis;
+  let daemon: Agent;
   let port = 0;
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true, args: ['--requirepass', PASSWORD, '--maxmemory', '512mb'] });
-    admin = redis.client({ password: PASSWORD });
-    port = await freePort();
-    daemon = spawnAgentd(['run'], {
+    admin = suite.cmd;
+    daemon = await suite.start({
+      id: 'self',
+      den: DEN,
+      http: true,
       env: {
-        AGENTD_REDIS_URL: `redis://:${PASSWORD}@127.0.0.1:${redis.port}/0`,
-        AGENTD_AGENT_ID: 'self',
-        AGENTD_DEN: DEN,
         AGENTD_HEARTBEAT_TTL: '3',
         AGENTD_HEARTBEAT_INTERVAL: '1',
-        AGENTD_HTTP_PORT: String(port),
         AGENTD_HTTP_STATUS_PAGE: 'true',
       },
     });
-    await daemon.waitForLog((l) => l['msg'] === 'agentd ready', 20_000);
+    port = daemon.httpPort;
   }, 60_000);
-
-  afterAll(async () => {
-    await daemon?.stop();
-    await redis?.stop();
-  });
 
   it('a registry of huge records is not pulled whole on every request', async () => {
     const junk = 'x'.repeat(JUNK_BYTES);
@@ -67,7 +58,7 @@ describe('status page against hostile Redis data', () => {
     await new Promise((r) => setTimeout(r, 600)); // past the snapshot reuse window
     // MONITOR shows the commands a script runs too: no junk value may be copied even inside Redis
     // (HSCAN or HGETALL of this registry block Redis for seconds: 1.2 s and 5.5 s measured at 2,000 x 200 KB).
-    const monitor = await redis.client({ password: PASSWORD }).monitor();
+    const monitor = await suite.redis.client().monitor();
     const seen: string[] = [];
     monitor.on('monitor', (_time: string, args: string[]) => seen.push(args.join(' ').slice(0, 80)));
     const before = await netOut(admin);
@@ -116,13 +107,13 @@ describe('status page against hostile Redis data', () => {
 
   it('a frozen Redis: /status.json answers with an error in bounded time, /healthz at once, reads do not pile up', async () => {
     // MONITOR, opened before the freeze, shows every status read once Redis runs again (SCARD starts the script).
-    const monitor = await redis.client({ password: PASSWORD }).monitor();
+    const monitor = await suite.redis.client().monitor();
     let reads = 0;
     monitor.on('monitor', (_time: string, args: string[]) => {
       if (String(args[0]).toLowerCase() === 'scard') reads++;
     });
     await new Promise((r) => setTimeout(r, 600)); // past the snapshot reuse window
-    await redis.pause();
+    await suite.redis.pause();
     const frozenAt = Date.now();
     let frozenMs = 0;
     try {
@@ -146,7 +137,7 @@ describe('status page against hostile Redis data', () => {
       await Promise.all(polls);
     } finally {
       frozenMs = Date.now() - frozenAt;
-      await redis.resume();
+      await suite.redis.resume();
     }
     // The reads queued behind the freeze run now; wait until they are through, before reading again.
     let last = -1;
@@ -175,8 +166,9 @@ describe('status page against hostile Redis data', () => {
   }, 30_000);
 
   it('a careless operator: the status page on with the endpoint off is a clear config error, not silence', async () => {
-    const r = await runAgentd(['run'], {
-      env: { AGENTD_REDIS_URL: `redis://:${PASSWORD}@127.0.0.1:${redis.port}/0`, AGENTD_AGENT_ID: 'careless', AGENTD_DEN: DEN, AGENTD_HTTP_PORT: '0', AGENTD_HTTP_STATUS_PAGE: 'true' },
+    expect(suite.redis.url, 'the URL carries the password').toContain(PASSWORD);
+    const r = await suite.run(['run'], {
+      env: { AGENTD_AGENT_ID: 'careless', AGENTD_DEN: DEN, AGENTD_HTTP_PORT: '0', AGENTD_HTTP_STATUS_PAGE: 'true' },
       timeoutMs: 20_000,
     });
     expect(r.code).toBe(2);

@@ -7,73 +7,56 @@
  * (NOPERM) when it writes another agent's heartbeat or memory.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { describe, expect, it } from 'vitest';
 import { newSecret, writeKeysFile } from '../helpers/keys.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { readRecords, RECORDER } from '../helpers/process.ts';
+import { processSuite, readRecords } from '../helpers/process.ts';
 import { collect, hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const run = promisify(execFile);
 const PASSWORDS = ['pw-agent-one-8f3a', 'pw-agent-two-1c9d', 'pw-agent-three-77e0'];
 
+const suite = processSuite({ redis: { requireControl: true } });
+
 describe('one least-privilege Redis user per agent', () => {
-  let redis: TestRedis;
-  let tmp: string;
-  const daemons: DaemonProcess[] = [];
-
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-acl3-'));
-  });
-  afterAll(async () => {
-    await Promise.all(daemons.map((d) => d.stop()));
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
   const cli = async (user: string, password: string, ...args: string[]): Promise<string> => {
-    const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), '--user', user, '--pass', password, '--no-auth-warning', ...args]);
+    const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(suite.redis.port), '--user', user, '--pass', password, '--no-auth-warning', ...args]);
     return stdout.trim();
+  };
+  /** The words `agentd acl <args>` prints after ACL SETUSER <user>, checked to name `user`. */
+  const aclWords = async (args: string[], user: string): Promise<string[]> => {
+    const res = await suite.run(['acl', ...args], { timeoutMs: 15_000 });
+    expect(res.code).toBe(0);
+    const words = res.stdout.trim().split(' ');
+    expect(words.slice(0, 3)).toEqual(['ACL', 'SETUSER', user]);
+    return words.slice(3);
   };
 
   it('three agents as three users: presence, a reaped death, and NOPERM on each other\'s keys', { timeout: 90_000 }, async () => {
-    const admin = redis.client();
+    const admin = suite.cmd;
     const den = uniqueId('acl3den');
     const ids = [uniqueId('u1'), uniqueId('u2'), uniqueId('u3')];
     const secret = newSecret();
-    const keysFile = writeKeysFile([['k1', secret]], tmp);
-    for (const [i, id] of ids.entries()) {
-      const res = await runAgentd(['acl', '--agent', id, '--den', den], { timeoutMs: 15_000 });
-      expect(res.code).toBe(0);
-      const words = res.stdout.trim().split(' ');
-      expect(words.slice(0, 3)).toEqual(['ACL', 'SETUSER', `agent-${id}`]);
-      await admin.call('ACL', 'SETUSER', `agent-${id}`, ...words.slice(3).map((w) => (w === '>PASSWORD' ? `>${PASSWORDS[i]}` : w)));
-    }
-    const downs = await collect(redis.client(), keys.channel('agent_down'));
-    const files = ids.map((id) => join(tmp, `${id}.jsonl`));
-    for (const [i, id] of ids.entries()) {
-      const d = spawnAgentd(['run'], {
+    const keysFile = writeKeysFile([['k1', secret]], suite.tmp);
+    const urls: string[] = [];
+    for (const [i, id] of ids.entries()) urls.push(await suite.aclUser(`agent-${id}`, await aclWords(['--agent', id, '--den', den], `agent-${id}`), PASSWORDS[i]!));
+    const downs = await collect(suite.redis.client(), keys.channel('agent_down'));
+    const { agents: daemons } = await suite.group(
+      ids.length,
+      {
+        den,
+        plugins: ['recorder.js'],
         env: {
-          AGENTD_REDIS_URL: `redis://agent-${id}:${PASSWORDS[i]}@127.0.0.1:${redis.port}/0`,
-          AGENTD_AGENT_ID: id,
-          AGENTD_DEN: den,
-          AGENTD_PLUGINS: RECORDER,
-          RECORD_FILE: files[i]!,
           AGENTD_HEARTBEAT_TTL: '2',
           AGENTD_HEARTBEAT_INTERVAL: '0.5',
           AGENTD_WATCH_SWEEP_INTERVAL: '0.3',
           AGENTD_SECURITY_SIGNING: 'require',
           AGENTD_SECURITY_KEYS_FILE: keysFile,
         },
-      });
-      daemons.push(d);
-    }
-    await Promise.all(daemons.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
+      },
+      (i) => ({ id: ids[i]!, redisUrl: urls[i]! }),
+    );
+    const files = daemons.map((d) => d.file);
     expect((await admin.smembers(keys.den(den))).sort()).toEqual([...ids].sort());
 
     // Each user is refused on another agent's heartbeat and memory; its own keys and reading peers' heartbeats work.
@@ -104,15 +87,10 @@ describe('one least-privilege Redis user per agent', () => {
   });
 
   it('--cli prints a read-only user: `agentd members` works with it, writes are refused', { timeout: 30_000 }, async () => {
-    const admin = redis.client();
-    const res = await runAgentd(['acl', '--cli'], { timeoutMs: 15_000 });
-    expect(res.code).toBe(0);
-    const words = res.stdout.trim().split(' ');
-    expect(words.slice(0, 3)).toEqual(['ACL', 'SETUSER', 'agentd-cli']);
-    await admin.call('ACL', 'SETUSER', 'agentd-cli', ...words.slice(3).map((w) => (w === '>PASSWORD' ? '>cli-pw-5521' : w)));
+    const url = await suite.aclUser('agentd-cli', await aclWords(['--cli'], 'agentd-cli'), 'cli-pw-5521');
     const den = uniqueId('clid');
-    await admin.sadd(keys.den(den), 'x1');
-    const members = await runAgentd(['members', '--den', den], { env: { AGENTD_REDIS_URL: `redis://agentd-cli:cli-pw-5521@127.0.0.1:${redis.port}/0` }, timeoutMs: 15_000 });
+    await suite.cmd.sadd(keys.den(den), 'x1');
+    const members = await suite.run(['members', '--den', den], { redisUrl: url, timeoutMs: 15_000 });
     expect(members.code).toBe(0);
     expect(members.stdout).toContain('x1');
     expect(`${members.stdout}${members.stderr}`).not.toContain('cli-pw-5521');
