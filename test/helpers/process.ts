@@ -115,8 +115,8 @@ export interface ProcessSuite extends RedisFixture {
   aclUser(user: string, rule: readonly string[], password: string): Promise<string>;
   /** A TCP proxy in front of the suite Redis (test/helpers/proxy.ts), closed after the test. */
   proxy(): Promise<TcpProxy>;
-  /** Stops `d` with the test's daemons (for processes a test spawns itself). */
-  track<T extends DaemonProcess>(d: T): T;
+  /** Stops `d` with the test's daemons, or the file's (for processes and servers a test starts itself). */
+  track<T extends { stop(): Promise<void> }>(d: T): T;
 }
 
 export interface ProcessSuiteOptions {

@@ -3,16 +3,13 @@
  * this test owns (a small Python receiver): READY=1 only once the daemon is
  * really ready, WATCHDOG=1 from its event loop, STOPPING=1 on SIGTERM.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { describe, expect, it } from 'vitest';
+import { processSuite, type Agent } from '../helpers/process.ts';
 import { trackChild } from '../helpers/reaper.ts';
 import { uniqueId, waitFor } from '../helpers/util.ts';
 
@@ -35,13 +32,22 @@ interface Datagram {
 interface Receiver {
   path: string;
   got: Datagram[];
-  child: ChildProcess;
 }
 
-async function receiver(dir: string): Promise<Receiver> {
-  const path = join(dir, `${uniqueId('notify')}.sock`);
+const suite = processSuite({ redis: { requireControl: true }, env: { AGENTD_LOG_LEVEL: 'debug' } });
+
+/** A notify socket in the suite's temp folder, its receiver killed after the test. */
+async function receiver(): Promise<Receiver> {
+  const path = join(suite.tmp, `${uniqueId('notify')}.sock`);
   const child = spawn('/usr/bin/python3', ['-u', RECEIVER, path], { stdio: ['ignore', 'pipe', 'inherit'] });
   trackChild(child);
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  suite.track({
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  });
   const got: Datagram[] = [];
   let bound = false;
   createInterface({ input: child.stdout! }).on('line', (line) => {
@@ -50,41 +56,17 @@ async function receiver(dir: string): Promise<Receiver> {
     else got.push(v as Datagram);
   });
   await waitFor('the notify socket to be bound', () => bound);
-  return { path, got, child };
+  return { path, got };
 }
 
 const lines = (r: Receiver, field: string) => r.got.filter((d) => d.message.split('\n').includes(field));
 
 describe('systemd notify', () => {
-  let redis: TestRedis;
-  let dir: string;
-  const children: Array<DaemonProcess | ChildProcess> = [];
-
-  beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    dir = await mkdtemp(join(tmpdir(), 'agentd-notify-'));
-  });
-  afterEach(async () => {
-    for (const c of children.splice(0)) {
-      if ('stop' in c) await c.stop();
-      else c.kill('SIGKILL');
-    }
-  });
-  afterAll(async () => {
-    await redis.stop();
-    await rm(dir, { recursive: true, force: true });
-  });
-
-  function daemon(env: Record<string, string>): DaemonProcess {
-    const d = spawnAgentd(['run'], { env: { AGENTD_AGENT_ID: uniqueId('agent'), AGENTD_DEN: uniqueId('den'), AGENTD_LOG_LEVEL: 'debug', ...env } });
-    children.push(d);
-    return d;
-  }
+  const daemon = (env: Record<string, string>, redisUrl?: string): Promise<Agent> => suite.spawn({ env, ...(redisUrl ? { redisUrl } : {}) });
 
   it('sends READY=1 after the subscription is confirmed, WATCHDOG=1 periodically, STOPPING=1 on SIGTERM', async () => {
-    const r = await receiver(dir);
-    children.push(r.child);
-    const d = daemon({ AGENTD_REDIS_URL: redis.url, NOTIFY_SOCKET: r.path, WATCHDOG_USEC: '400000' });
+    const r = await receiver();
+    const d = await daemon({ NOTIFY_SOCKET: r.path, WATCHDOG_USEC: '400000' });
     const confirmed = await d.waitForLog((l) => l['msg'] === 'event subscription confirmed');
     await waitFor('READY=1', () => lines(r, 'READY=1').length > 0);
     const ready = lines(r, 'READY=1')[0]!;
@@ -103,26 +85,20 @@ describe('systemd notify', () => {
   });
 
   it('keeps the watchdog alive but withholds READY=1 while Redis is unreachable', async () => {
-    const r = await receiver(dir);
-    children.push(r.child);
-    const late = await startRedis({ requireControl: true });
+    const r = await receiver();
+    const late = await suite.freshRedis({ requireControl: true });
     await late.kill();
-    try {
-      const d = daemon({ AGENTD_REDIS_URL: late.url, NOTIFY_SOCKET: r.path, WATCHDOG_USEC: '400000' });
-      await d.waitForLog((l) => l['msg'] === 'redis reconnecting');
-      await waitFor('watchdog pings', () => lines(r, 'WATCHDOG=1').length >= 3, 5_000);
-      expect(lines(r, 'READY=1')).toHaveLength(0);
-      await late.start(); // Redis appears: now the daemon becomes ready
-      await waitFor('READY=1 once Redis is there', () => lines(r, 'READY=1').length === 1, 10_000);
-    } finally {
-      await late.stop();
-    }
+    const d = await daemon({ NOTIFY_SOCKET: r.path, WATCHDOG_USEC: '400000' }, late.url);
+    await d.waitForLog((l) => l['msg'] === 'redis reconnecting');
+    await waitFor('watchdog pings', () => lines(r, 'WATCHDOG=1').length >= 3, 5_000);
+    expect(lines(r, 'READY=1')).toHaveLength(0);
+    await late.start(); // Redis appears: now the daemon becomes ready
+    await waitFor('READY=1 once Redis is there', () => lines(r, 'READY=1').length === 1, 10_000);
   });
 
   it('does not ping a watchdog that belongs to another process (WATCHDOG_PID)', async () => {
-    const r = await receiver(dir);
-    children.push(r.child);
-    const d = daemon({ AGENTD_REDIS_URL: redis.url, NOTIFY_SOCKET: r.path, WATCHDOG_USEC: '200000', WATCHDOG_PID: '1' });
+    const r = await receiver();
+    const d = await daemon({ NOTIFY_SOCKET: r.path, WATCHDOG_USEC: '200000', WATCHDOG_PID: '1' });
     await waitFor('READY=1', () => lines(r, 'READY=1').length > 0);
     await new Promise((res) => setTimeout(res, 500));
     expect(lines(r, 'WATCHDOG=1')).toHaveLength(0);

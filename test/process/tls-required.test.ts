@@ -4,37 +4,30 @@
  * server that requires client certificates, the daemon connects with one and
  * never without.
  */
-import { rm } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { runAgentd, spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { makeTestCerts, type TestCerts } from '../helpers/tls.ts';
-import { expectNoFatal, isAlive } from '../helpers/process.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { TestRedis } from '../helpers/redis.ts';
+import type { TestCerts } from '../helpers/tls.ts';
+import { expectNoFatal, isAlive, processSuite } from '../helpers/process.ts';
 import { hasMsg, keys, uniqueId } from '../helpers/util.ts';
+
+// The suite's Redis is the plain one; the mutual-TLS server is the file's second.
+const suite = processSuite();
 
 describe('redis.tls.required and mutual TLS', () => {
   let certs: TestCerts;
   let mtls: TestRedis;
-  let plain: TestRedis;
-  const daemons: DaemonProcess[] = [];
 
   beforeAll(async () => {
-    certs = await makeTestCerts();
-    [mtls, plain] = await Promise.all([startRedis({ tls: certs, tlsAuthClients: true }), startRedis({})]);
-  });
-  afterEach(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  });
-  afterAll(async () => {
-    await Promise.all([mtls?.stop(), plain?.stop()]);
-    if (certs) await rm(certs.dir, { recursive: true, force: true });
+    certs = await suite.certs();
+    mtls = await suite.freshRedis({ tls: certs, tlsAuthClients: true });
   });
 
   it('required=true: a plain redis:// URL stops the start with exit 2 and one line naming the setting, not the password', async () => {
     const id = uniqueId('tlsreq');
-    const res = await runAgentd(['run'], {
-      env: { AGENTD_REDIS_URL: `redis://:hunter2-pw@127.0.0.1:${plain.port}/0`, AGENTD_REDIS_TLS_REQUIRED: 'true', AGENTD_AGENT_ID: id },
+    const res = await suite.run(['run'], {
+      redisUrl: `redis://:hunter2-pw@127.0.0.1:${suite.redis.port}/0`,
+      env: { AGENTD_REDIS_TLS_REQUIRED: 'true', AGENTD_AGENT_ID: id },
       timeoutMs: 15_000,
     });
     expect(res.code).toBe(2);
@@ -43,20 +36,19 @@ describe('redis.tls.required and mutual TLS', () => {
     expect(lines[0]).toMatch(/redis\.tls\.required/);
     expect(`${res.stdout}${res.stderr}`).not.toContain('hunter2-pw');
     // It never connected: no presence.
-    expect(await plain.client().exists(keys.heartbeat(id))).toBe(0);
+    expect(await suite.cmd.exists(keys.heartbeat(id))).toBe(0);
   });
 
   it('required=auto (default): plain redis:// to loopback is allowed', async () => {
     const id = uniqueId('tlsauto');
-    const d = spawnAgentd(['run'], { env: { AGENTD_REDIS_URL: plain.url, AGENTD_AGENT_ID: id, AGENTD_HEARTBEAT_TTL: '2', AGENTD_HEARTBEAT_INTERVAL: '0.5' } });
-    daemons.push(d);
-    await d.waitForLog(hasMsg('agentd ready'), 15_000);
-    expect(await plain.client().exists(keys.heartbeat(id))).toBe(1);
+    const d = await suite.spawn({ id, env: { AGENTD_HEARTBEAT_TTL: '2', AGENTD_HEARTBEAT_INTERVAL: '0.5' } });
+    await d.ready(15_000);
+    expect(await suite.cmd.exists(keys.heartbeat(id))).toBe(1);
   });
 
   it('required=auto: a name under .localhost is not loopback (resolved by DNS like any other name): exit 2', async () => {
     // glibc does not special-case *.localhost: the name goes to DNS, which may answer with any address.
-    const res = await runAgentd(['run'], { env: { AGENTD_REDIS_URL: `redis://:hunter2-pw@redis.localhost:${plain.port}/0`, AGENTD_AGENT_ID: uniqueId('tlsdot') }, timeoutMs: 15_000 });
+    const res = await suite.run(['run'], { redisUrl: `redis://:hunter2-pw@redis.localhost:${suite.redis.port}/0`, env: { AGENTD_AGENT_ID: uniqueId('tlsdot') }, timeoutMs: 15_000 });
     expect(res.code).toBe(2);
     expect(res.stderr.trim().split('\n')).toHaveLength(1);
     expect(res.stderr).toMatch(/redis\.tls\.required: .*non-loopback host redis\.localhost/);
@@ -66,26 +58,24 @@ describe('redis.tls.required and mutual TLS', () => {
   it('mutual TLS: with the client certificate it registers; without one it is never ready', async () => {
     const den = uniqueId('mtls-den');
     const withCert = uniqueId('mtls');
-    const d = spawnAgentd(['run'], {
+    const d = await suite.spawn({
+      redisUrl: mtls.url,
+      id: withCert,
+      den,
       env: {
-        AGENTD_REDIS_URL: mtls.url,
         AGENTD_REDIS_TLS_CA_FILE: certs.caCert,
         AGENTD_REDIS_TLS_CERT_FILE: certs.serverCert,
         AGENTD_REDIS_TLS_KEY_FILE: certs.serverKey,
-        AGENTD_AGENT_ID: withCert,
-        AGENTD_DEN: den,
         AGENTD_HEARTBEAT_TTL: '2',
         AGENTD_HEARTBEAT_INTERVAL: '0.5',
       },
     });
-    daemons.push(d);
-    await d.waitForLog(hasMsg('agentd ready'), 15_000);
+    await d.ready(15_000);
     const c = mtls.client();
     expect(await c.sismember(keys.den(den), withCert)).toBe(1);
 
     const without = uniqueId('nocert');
-    const n = spawnAgentd(['run'], { env: { AGENTD_REDIS_URL: mtls.url, AGENTD_REDIS_TLS_CA_FILE: certs.caCert, AGENTD_AGENT_ID: without, AGENTD_DEN: den } });
-    daemons.push(n);
+    const n = await suite.spawn({ redisUrl: mtls.url, id: without, den, env: { AGENTD_REDIS_TLS_CA_FILE: certs.caCert } });
     await n.waitForLog((l) => l['msg'] === 'redis connection error' || hasMsg('redis reconnecting')(l), 10_000);
     await sleep(2_000);
     expect(n.logs.some(hasMsg('agentd ready'))).toBe(false);

@@ -7,71 +7,43 @@
  * unclean stop exits 0; SIGHUP and ctx.redis.quit() do not stop the daemon.
  */
 import { writeFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
-import { FIXTURES, httpGet, isAlive } from '../helpers/process.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { fixture, httpGet, isAlive, processSuite, type Agent, type AgentOptions } from '../helpers/process.ts';
 import { collect, type Collected, hasMsg, keys, seedMessage, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL_S = 2;
 const SWEEP_S = 0.3;
-const MISBEHAVES = `${FIXTURES}misbehaves.js`;
+const MISBEHAVES = fixture('misbehaves.js');
+
+const suite = processSuite({
+  redis: { requireControl: true },
+  env: { AGENTD_HEARTBEAT_TTL: String(TTL_S), AGENTD_HEARTBEAT_INTERVAL: '0.5', AGENTD_SWEEP_INTERVAL: String(SWEEP_S) },
+});
 
 describe('agentd run: unclean and early stops (child process)', () => {
-  let redis: TestRedis;
   let c: Redis;
-  let tmp: string;
   let downs: Collected[];
   let offline: Collected[];
-  let peer: DaemonProcess;
+  let peer: Agent;
   const den = uniqueId('usden');
   const ids: string[] = [];
-  const daemons: DaemonProcess[] = [];
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true });
-    c = redis.client({ connectionName: 'unclean-cmd' });
-    tmp = await mkdtemp(join(tmpdir(), 'agentd-unclean-'));
-    downs = await collect(redis.client({ connectionName: 'unclean-down' }), keys.channel('agent_down'));
-    offline = await collect(redis.client({ connectionName: 'unclean-offline' }), keys.channel('agent_offline'));
+    c = suite.cmd;
+    downs = await collect(suite.redis.client({ connectionName: 'unclean-down' }), keys.channel('agent_down'));
+    offline = await collect(suite.redis.client({ connectionName: 'unclean-offline' }), keys.channel('agent_offline'));
     // A live peer in the same den, watching it: it reports any of ours left behind.
-    peer = spawn(uniqueId('peer'), {}, false);
-    await peer.waitForLog(hasMsg('agentd ready'), 15_000);
+    peer = await suite.spawn({ id: uniqueId('peer'), den });
+    await peer.ready(15_000);
   });
 
-  afterEach(async () => {
-    await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  });
-
-  afterAll(async () => {
-    await peer?.stop();
-    await redis?.stop();
-    if (tmp) await rm(tmp, { recursive: true, force: true });
-  });
-
-  function spawn(id: string, env: Record<string, string> = {}, track = true): DaemonProcess {
-    const d = spawnAgentd(['run'], {
-      env: {
-        AGENTD_REDIS_URL: redis.url,
-        AGENTD_AGENT_ID: id,
-        AGENTD_DEN: den,
-        AGENTD_HEARTBEAT_TTL: String(TTL_S),
-        AGENTD_HEARTBEAT_INTERVAL: '0.5',
-        AGENTD_SWEEP_INTERVAL: String(SWEEP_S),
-        ...env,
-      },
-    });
-    if (track) {
-      ids.push(id);
-      daemons.push(d);
-    }
-    return d;
+  /** One of the daemons under test, in the peer's den (its id is checked for presence at the end). */
+  function spawn(id: string, env: Record<string, string> = {}, more: AgentOptions = {}): Promise<Agent> {
+    ids.push(id);
+    return suite.spawn({ ...more, id, den, env });
   }
 
   async function expectNoPresence(id: string): Promise<void> {
@@ -88,7 +60,7 @@ describe('agentd run: unclean and early stops (child process)', () => {
     for (const at of ['event subscription confirmed', 'agentd started']) {
       it(`right at "${at}": exits 0 and leaves no presence`, async () => {
         const id = uniqueId('early');
-        const d = spawn(id, { AGENTD_LOG_LEVEL: 'debug' });
+        const d = await spawn(id, { AGENTD_LOG_LEVEL: 'debug' });
         await d.waitForLog(hasMsg(at), 15_000);
         d.signal('SIGTERM');
         const exit = await d.exited;
@@ -100,9 +72,9 @@ describe('agentd run: unclean and early stops (child process)', () => {
 
   it('SIGHUP does not stop the daemon: it says reload is not supported and names what changed', async () => {
     const id = uniqueId('hup');
-    const file = join(tmp, `${id}.json`);
+    const file = join(suite.tmp, `${id}.json`);
     writeFileSync(file, JSON.stringify({ queue: { concurrency: 4 } }));
-    const d = spawn(id, { AGENTD_CONFIG: file });
+    const d = await spawn(id, { AGENTD_CONFIG: file });
     await d.waitForLog(hasMsg('agentd ready'), 15_000);
     d.signal('SIGHUP');
     await d.waitForLog(hasMsg(/^SIGHUP: reload is not supported; the configuration is unchanged/));
@@ -125,7 +97,7 @@ describe('agentd run: unclean and early stops (child process)', () => {
   });
 
   describe('plugins', () => {
-    const misbehaving = (id: string): DaemonProcess => spawn(id, { AGENTD_PLUGINS: MISBEHAVES });
+    const misbehaving = (id: string): Promise<Agent> => spawn(id, { AGENTD_PLUGINS: MISBEHAVES });
 
     for (const [event, data, why, reason] of [
       ['exit', 0, /^process\.exit\(\) called by a plugin or a dependency$/, /^fatal: process\.exit\(0\) called$/],
@@ -135,7 +107,7 @@ describe('agentd run: unclean and early stops (child process)', () => {
     ] as const) {
       it(`${event}(${String(data)}): exits 1 after leaving, agent_offline says why`, async () => {
         const id = uniqueId(event);
-        const d = misbehaving(id);
+        const d = await misbehaving(id);
         await d.waitForLog(hasMsg('agentd ready'), 15_000);
         await c.publish(keys.channel(event), seedMessage(event, data));
         const exit = await d.exited;
@@ -153,8 +125,8 @@ describe('agentd run: unclean and early stops (child process)', () => {
 
     it('ctx.redis cannot be closed, subscribed or re-selected: each is refused, the daemon stays ready', async () => {
       const id = uniqueId('quit');
-      const port = await freePort();
-      const d = spawn(id, { AGENTD_PLUGINS: MISBEHAVES, AGENTD_HTTP_PORT: String(port) });
+      const d = await spawn(id, { AGENTD_PLUGINS: MISBEHAVES }, { http: true });
+      const port = d.httpPort;
       await d.waitForLog(hasMsg('agentd ready'), 15_000);
       await c.publish(keys.channel('quit'), seedMessage('quit', null));
       const line = await d.waitForLog(hasMsg('misbehaves: tried to close the connection'));
