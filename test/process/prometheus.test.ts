@@ -12,17 +12,15 @@
  * - Prometheus sees both daemons, evaluates every dashboard expression
  *   without an error, and loads every rule with health "ok".
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../helpers/ports.ts';
+import { processSuite, type Agent } from '../helpers/process.ts';
 import { dashboardExprs, expandGrafana, metricNames, readDashboard, readRules, RULES_FILE } from '../helpers/promql.ts';
 import { trackChild } from '../helpers/reaper.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
 import { keys, seedMessage, waitFor } from '../helpers/util.ts';
 
 /**
@@ -59,33 +57,23 @@ function exposedNames(text: string): Set<string> {
   return names;
 }
 
+const suite = processSuite({
+  redis: { requireControl: true, args: ['--maxmemory', '64mb'] },
+  env: { AGENTD_HEARTBEAT_TTL: '3', AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_LOG_LEVEL: 'warn' },
+});
+
 describe('dashboard, rules and a real Prometheus against two real daemons', () => {
-  let redis: TestRedis;
-  const daemons: Array<{ id: string; port: number; d: DaemonProcess }> = [];
+  const daemons: Array<{ id: string; port: number; d: Agent }> = [];
   let exposed = new Set<string>();
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true, args: ['--maxmemory', '64mb'] });
     for (const id of ['alpha', 'bravo']) {
-      const port = await freePort();
-      const d = spawnAgentd(['run'], {
-        env: {
-          AGENTD_REDIS_URL: redis.url,
-          AGENTD_AGENT_ID: id,
-          AGENTD_DEN: DEN,
-          AGENTD_PLUGINS: PLUGINS,
-          AGENTD_HTTP_PORT: String(port),
-          AGENTD_HEARTBEAT_TTL: '3',
-          AGENTD_HEARTBEAT_INTERVAL: '1',
-          AGENTD_MEMORY_CHECK_INTERVAL: '1',
-          AGENTD_LOG_LEVEL: 'warn',
-        },
-      });
-      daemons.push({ id, port, d });
+      const d = await suite.spawn({ id, den: DEN, plugins: [PLUGINS], http: true, env: { AGENTD_MEMORY_CHECK_INTERVAL: '1' } });
+      daemons.push({ id, port: d.httpPort, d });
     }
     await Promise.all(daemons.map(({ port }) => waitFor('daemon ready', async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200, 20_000)));
     // Traffic so that every series exists: handled events, a reconnect-free drop (bad input).
-    const pub = redis.client();
+    const pub = suite.cmd;
     await pub.publish(keys.channel('new_message'), seedMessage('new_message', { n: 1 }));
     await pub.publish(keys.channel('new_message'), 'not json');
     const scrape = async (port: number) => (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
@@ -94,11 +82,6 @@ describe('dashboard, rules and a real Prometheus against two real daemons', () =
       return text.includes('agentd_events_dropped_total{') && text.includes('agentd_redis_memory_bytes{kind="used"}') && text.includes('agentd_handler_duration_seconds_bucket');
     }, 10_000);
     exposed = exposedNames(await scrape(daemons[0]!.port));
-  });
-
-  afterAll(async () => {
-    await Promise.all(daemons.map(({ d }) => d.stop()));
-    await redis?.stop();
   });
 
   it('the dashboard selects only metrics the daemon exposes', () => {
@@ -168,8 +151,6 @@ describe('dashboard, rules and a real Prometheus against two real daemons', () =
   });
 
   describe.skipIf(!hasPrometheus)('real Prometheus', () => {
-    let prom: ChildProcess | undefined;
-    let dir = '';
     let api = '';
     const query = async (q: string): Promise<{ status: string; error?: string; data: { result: Array<{ metric: Record<string, string>; value: [number, string] }> } }> => {
       const res = await fetch(`${api}/api/v1/query?query=${encodeURIComponent(q)}`);
@@ -177,7 +158,7 @@ describe('dashboard, rules and a real Prometheus against two real daemons', () =
     };
 
     beforeAll(async () => {
-      dir = mkdtempSync(join(tmpdir(), 'agentd-prometheus-'));
+      const dir = mkdtempSync(join(suite.tmp, 'prometheus-'));
       const config = join(dir, 'prometheus.yml');
       writeFileSync(
         config,
@@ -197,22 +178,22 @@ describe('dashboard, rules and a real Prometheus against two real daemons', () =
       const port = await freePort();
       api = `http://127.0.0.1:${port}`;
       const stderr: string[] = [];
-      prom = spawn('prometheus', [`--config.file=${config}`, `--web.listen-address=127.0.0.1:${port}`, `--storage.tsdb.path=${join(dir, 'data')}`, '--log.level=warn'], {
+      const prom = spawn('prometheus', [`--config.file=${config}`, `--web.listen-address=127.0.0.1:${port}`, `--storage.tsdb.path=${join(dir, 'data')}`, '--log.level=warn'], {
         stdio: ['ignore', 'ignore', 'pipe'],
       });
       trackChild(prom);
+      // Stopped after the file, before its folder goes: SIGTERM, then SIGKILL if it lingers.
+      suite.track({
+        async stop() {
+          if (prom.exitCode !== null) return;
+          const exited = new Promise((r) => prom.once('exit', r));
+          prom.kill('SIGTERM');
+          await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
+          if (prom.exitCode === null) prom.kill('SIGKILL');
+        },
+      });
       prom.stderr?.setEncoding('utf8').on('data', (s: string) => stderr.push(s));
       await waitFor(`prometheus ready (${stderr.join('').slice(-500)})`, async () => (await fetch(`${api}/-/ready`)).ok, 20_000, 200);
-    });
-
-    afterAll(async () => {
-      if (prom && prom.exitCode === null) {
-        const exited = new Promise((r) => prom!.once('exit', r));
-        prom.kill('SIGTERM');
-        await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
-        if (prom.exitCode === null) prom.kill('SIGKILL');
-      }
-      if (dir) rmSync(dir, { recursive: true, force: true });
     });
 
     it('scrapes both daemons: up{job="agentd"} has two series at 1, agentd metrics carry both instances', async () => {
@@ -265,26 +246,20 @@ describe('dashboard, rules and a real Prometheus against two real daemons', () =
       // A third agent the two scraped daemons watch; kill -9 it. Before any death no daemon has an
       // agentd_agents_down_total series of its den unless it exports one at 0: a series that first
       // appears at 1 has no increase() and the alert would never fire.
-      const charlie = spawnAgentd(['run'], {
-        env: { AGENTD_REDIS_URL: redis.url, AGENTD_AGENT_ID: 'charlie', AGENTD_DEN: DEN, AGENTD_HEARTBEAT_TTL: '3', AGENTD_HEARTBEAT_INTERVAL: '1', AGENTD_LOG_LEVEL: 'warn' },
-      });
-      try {
-        await waitFor('charlie online', async () => (await redis.client().exists(keys.heartbeat('charlie'))) === 1, 20_000, 200);
-        // Prometheus has scraped the den's counter before the death.
-        await waitFor('down counter of the den scraped at 0', async () => {
-          const r = await query(`agentd_agents_down_total{den="${DEN}"} == 0`);
-          return r.data.result.length === 2 ? true : undefined;
-        }, 10_000, 250);
-        charlie.signal('SIGKILL');
-        await charlie.exited;
-        const alert = await waitFor('AgentdAgentDown firing for the den', async () => {
-          const r = await query(`ALERTS{alertname="AgentdAgentDown", alertstate="firing", den="${DEN}"}`);
-          return r.data.result.length === 1 ? r : undefined;
-        }, 30_000, 250);
-        expect(alert.data.result[0]!.metric['severity']).toBe('warning');
-      } finally {
-        await charlie.stop();
-      }
+      const charlie = await suite.spawn({ id: 'charlie', den: DEN });
+      await waitFor('charlie online', async () => (await suite.cmd.exists(keys.heartbeat('charlie'))) === 1, 20_000, 200);
+      // Prometheus has scraped the den's counter before the death.
+      await waitFor('down counter of the den scraped at 0', async () => {
+        const r = await query(`agentd_agents_down_total{den="${DEN}"} == 0`);
+        return r.data.result.length === 2 ? true : undefined;
+      }, 10_000, 250);
+      charlie.signal('SIGKILL');
+      await charlie.exited;
+      const alert = await waitFor('AgentdAgentDown firing for the den', async () => {
+        const r = await query(`ALERTS{alertname="AgentdAgentDown", alertstate="firing", den="${DEN}"}`);
+        return r.data.result.length === 1 ? r : undefined;
+      }, 30_000, 250);
+      expect(alert.data.result[0]!.metric['severity']).toBe('warning');
     });
   });
 });

@@ -7,15 +7,13 @@
  *
  * AGENTD_UPDATE_SCREENSHOT=1 rewrites docs/status-page.png from this run.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Redis } from 'ioredis';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { freePort } from '../helpers/ports.ts';
-import { startRedis, type TestRedis } from '../helpers/redis.ts';
+import { processSuite, type Agent, type AgentOptions } from '../helpers/process.ts';
 import { keys, seedMessage, waitFor } from '../helpers/util.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -35,16 +33,25 @@ const DEN = 'ops';
 const TTL = 2;
 const INTERVAL = 0.5;
 const SWEEP = 0.5;
-const PLUGINS = ['log-events.js', 'task-runner.js'].map((p) => fileURLToPath(new URL(`../../examples/plugins/${p}`, import.meta.url))).join(',');
+const PLUGINS = ['log-events.js', 'task-runner.js'].map((p) => fileURLToPath(new URL(`../../examples/plugins/${p}`, import.meta.url)));
 const SCREENSHOT = fileURLToPath(new URL('../../docs/status-page.png', import.meta.url));
 
 const hasChromium = existsSync(CHROMIUM);
 if (!hasChromium) process.stderr.write(`[status-page] skipped: ${CHROMIUM} is missing (bash .ci/run installs Debian's chromium)\n`);
 
+const suite = processSuite({
+  redis: { requireControl: true, password: PASSWORD, args: ['--maxmemory', '64mb'] },
+  env: {
+    AGENTD_HEARTBEAT_TTL: String(TTL),
+    AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
+    AGENTD_SWEEP_INTERVAL: String(SWEEP),
+    AGENTD_MEMORY_CHECK_INTERVAL: '1',
+  },
+});
+
 describe.skipIf(!hasChromium)('den status page in Chromium', () => {
-  let redis: TestRedis;
-  const agents = new Map<string, DaemonProcess>();
-  let pub: ReturnType<TestRedis['client']>;
+  const agents = new Map<string, Agent>();
+  let pub: Redis;
   let statusPort = 0;
   let plainPort = 0;
   let context: BrowserContext;
@@ -56,34 +63,25 @@ describe.skipIf(!hasChromium)('den status page in Chromium', () => {
   const base = (): string => `http://127.0.0.1:${statusPort}`;
 
   beforeAll(async () => {
-    redis = await startRedis({ requireControl: true, args: ['--requirepass', PASSWORD, '--maxmemory', '64mb'] });
-    const url = `redis://:${PASSWORD}@127.0.0.1:${redis.port}/0`;
-    statusPort = await freePort();
-    plainPort = await freePort();
-    const env = (id: string, extra: Record<string, string>) => ({
-      AGENTD_REDIS_URL: url,
-      AGENTD_AGENT_ID: id,
-      AGENTD_DEN: DEN,
-      AGENTD_PLUGINS: PLUGINS,
-      AGENTD_HEARTBEAT_TTL: String(TTL),
-      AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
-      AGENTD_SWEEP_INTERVAL: String(SWEEP),
-      AGENTD_MEMORY_CHECK_INTERVAL: '1',
-      ...extra,
-    });
+    expect(suite.redis.url, 'the daemons log in with the password').toContain(PASSWORD);
+    const agent = (id: string, more: AgentOptions = {}): AgentOptions => ({ ...more, id, den: DEN, plugins: PLUGINS });
     // alpha (the one serving the page) first, so it sees the others come online.
-    agents.set('alpha', spawnAgentd(['run'], { env: env('alpha', { AGENTD_HTTP_PORT: String(statusPort), AGENTD_HTTP_STATUS_PAGE: 'true' }) }));
-    await agents.get('alpha')!.waitForLog((l) => l['msg'] === 'agentd ready', 20_000);
-    agents.set('bravo', spawnAgentd(['run'], { env: env('bravo', { AGENTD_HTTP_PORT: String(plainPort) }) }));
-    agents.set('charlie', spawnAgentd(['run'], { env: env('charlie', {}) }));
-    await Promise.all([...agents.values()].map((d) => d.waitForLog((l) => l['msg'] === 'agentd ready', 20_000)));
+    const alpha = await suite.start(agent('alpha', { http: true, env: { AGENTD_HTTP_STATUS_PAGE: 'true' } }));
+    statusPort = alpha.httpPort;
+    agents.set('alpha', alpha);
+    const bravo = await suite.spawn(agent('bravo', { http: true }));
+    const charlie = await suite.spawn(agent('charlie'));
+    await Promise.all([bravo.ready(), charlie.ready()]);
+    plainPort = bravo.httpPort;
+    agents.set('bravo', bravo);
+    agents.set('charlie', charlie);
 
     // Some traffic for the handler table: a task for alpha, and an event carrying the payload marker.
-    pub = redis.client({ password: PASSWORD });
+    pub = suite.cmd;
     await pub.publish(keys.channel('task_request'), seedMessage('task_request', { task_id: 'status-1', agent: 'alpha' }));
     await pub.publish(keys.channel('new_message'), seedMessage('new_message', { user_id: 'u1', text: MARKER }));
 
-    userDataDir = mkdtempSync(join(tmpdir(), 'agentd-chromium-'));
+    userDataDir = mkdtempSync(join(suite.tmp, 'chromium-'));
     context = await chromium.launchPersistentContext(userDataDir, {
       executablePath: CHROMIUM,
       headless: true,
@@ -102,9 +100,6 @@ describe.skipIf(!hasChromium)('den status page in Chromium', () => {
 
   afterAll(async () => {
     await context?.close();
-    if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
-    await Promise.all([...agents.values()].map((d) => d.stop()));
-    await redis?.stop();
   });
 
   it('lists the three agents of the den with heartbeat bars, host, version and uptime', async () => {
@@ -185,7 +180,7 @@ describe.skipIf(!hasChromium)('den status page in Chromium', () => {
   });
 
   it('says so when Redis cannot be read, and still shows this agent\'s own data (runs last: it stops Redis)', async () => {
-    await redis.kill('SIGKILL');
+    await suite.redis.kill('SIGKILL');
     const error = page.locator('#members-error');
     await waitFor('the page reports Redis unreadable', async () => /could not read the den from Redis/.test((await error.textContent()) ?? ''), 10_000);
     expect(await page.locator('#queue tr[data-key="waiting"]').count()).toBe(1);
