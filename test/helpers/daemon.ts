@@ -59,8 +59,8 @@ function nodeArgs(args: string[]): string[] {
   return [...strip, '--disable-warning=ExperimentalWarning', ENTRY, ...args];
 }
 
-/** The developer's AGENTD_* / REDIS_URL settings must never leak into a test daemon. */
-function childEnv(extra: Record<string, string> | undefined): NodeJS.ProcessEnv {
+/** The developer's AGENTD_* / REDIS_URL settings must never leak into a test daemon (or another child that runs agentd). */
+export function childEnv(extra: Record<string, string> | undefined): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (v === undefined || k.startsWith('AGENTD_') || k === 'REDIS_URL') continue;

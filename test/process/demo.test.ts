@@ -4,7 +4,12 @@ import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { childEnv } from '../helpers/daemon.ts';
+import { processSuite } from '../helpers/process.ts';
 import { trackChild } from '../helpers/reaper.ts';
+
+// No Redis of the suite's: the demo starts its own. The suite stops the demo after the test.
+const suite = processSuite({ redis: false });
 
 interface PageSeen {
   html: string;
@@ -19,6 +24,13 @@ function runDemo(env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ stdout: s
   const strip = process.features.typescript ? [] : ['--experimental-strip-types'];
   const child = spawn(process.execPath, [...strip, '--disable-warning=ExperimentalWarning', DEMO], { env, stdio: ['pipe', 'pipe', 'inherit'] });
   trackChild(child);
+  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
+  suite.track({
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await closed;
+    },
+  });
   let stdout = '';
   let page: Promise<PageSeen> | undefined;
   createInterface({ input: child.stdout! }).on('line', (line) => {
@@ -60,9 +72,7 @@ function refused(port: number): Promise<boolean> {
 
 describe('npm run demo', () => {
   it('runs three agents, reports the killed one down exactly once, and cleans up', async () => {
-    const env: NodeJS.ProcessEnv = {};
-    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('AGENTD_') && k !== 'REDIS_URL') env[k] = v;
-    const { stdout, page, pageError } = await runDemo(env, 60_000);
+    const { stdout, page, pageError } = await runDemo(childEnv({}), 60_000);
     // The status page of the demo den was up while the demo ran, listing the three agents.
     expect(pageError).toBeUndefined();
     expect(page?.html).toContain('<table id="members-table">');

@@ -11,18 +11,12 @@
  * Depends on READONLY recycling the connection (src/redis/connection.ts on
  * main, from the connection-health work); skipped on a tree without it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Redis } from 'ioredis';
-import { afterAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
+import { describe, expect, it } from 'vitest';
 import { freePort } from '../helpers/ports.ts';
-import { trackChild, trackTempDir } from '../helpers/reaper.ts';
-import { expectNoFatal, isAlive } from '../helpers/process.ts';
+import { expectNoFatal, isAlive, processSuite } from '../helpers/process.ts';
 import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL = 3;
@@ -47,64 +41,39 @@ function endpoint(port: number, target: { port: number }): Server {
   return server;
 }
 
+// Both servers are the test's own (each in its own folder: a replica's full sync writes an RDB file even with --save '').
+const suite = processSuite({ redis: false });
+
 describe.skipIf(!READONLY_RECYCLES)('failover behind one endpoint (the old primary answers READONLY)', () => {
-  const servers: ChildProcess[] = [];
-  const daemons: DaemonProcess[] = [];
-  const clients: Redis[] = [];
-  let proxy: Server | undefined;
-
-  afterAll(async () => {
-    await Promise.all(daemons.map((d) => d.stop()));
-    for (const c of clients) c.disconnect();
-    proxy?.close();
-    for (const s of servers) s.kill('SIGKILL');
-  });
-
-  async function redisServer(port: number, extra: string[] = []): Promise<Redis> {
-    // Its own folder: a replica's full sync writes an RDB file even with --save ''.
-    const dir = mkdtempSync(join(tmpdir(), 'agentd-failover-'));
-    trackTempDir(dir);
-    const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...extra], { stdio: 'ignore' });
-    trackChild(child);
-    servers.push(child);
-    const c = new Redis({ port, host: '127.0.0.1', retryStrategy: () => 50 });
-    c.on('error', () => undefined);
-    clients.push(c);
-    await waitFor(`redis on ${port}`, async () => (await c.ping()) === 'PONG', 5_000);
-    return c;
-  }
-
   it('every daemon moves to the new primary and nobody is reported down', async () => {
-    const [pA, pB, pE] = [await freePort(), await freePort(), await freePort()];
-    const a = await redisServer(pA);
-    const b = await redisServer(pB, ['--replicaof', '127.0.0.1', String(pA)]);
+    const serverA = await suite.freshRedis({ requireControl: true });
+    const serverB = await suite.freshRedis({ requireControl: true, args: ['--replicaof', '127.0.0.1', String(serverA.port)] });
+    const [pB, pE] = [serverB.port, await freePort()];
+    const a = serverA.client({ retryStrategy: () => 50 });
+    const b = serverB.client({ retryStrategy: () => 50 });
     await waitFor('replica in sync', async () => /master_link_status:up/.test(await b.info('replication')), 10_000);
-    const target = { port: pA };
-    proxy = endpoint(pE, target);
+    const target = { port: serverA.port };
+    const proxy = endpoint(pE, target);
+    suite.track({ stop: async () => void proxy.close() });
     const downs: string[] = [];
-    const watch = new Redis({ port: pB, host: '127.0.0.1' });
-    clients.push(watch);
+    const watch = serverB.client();
     watch.on('message', (_c: string, m: string) => downs.push((JSON.parse(m) as { data: { agent: string } }).data.agent));
     await watch.subscribe(keys.channel('agent_down'));
 
-    const den = uniqueId('den');
-    const ids = [uniqueId('mf'), uniqueId('mf')];
-    for (const id of ids) {
-      daemons.push(
-        spawnAgentd(['run'], {
-          env: {
-            AGENTD_REDIS_URL: `redis://127.0.0.1:${pE}/0`,
-            AGENTD_AGENT_ID: id,
-            AGENTD_DEN: den,
-            AGENTD_HEARTBEAT_TTL: String(TTL),
-            AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
-            AGENTD_SWEEP_INTERVAL: '0.5',
-            AGENTD_LOG_LEVEL: 'info',
-          },
-        }),
-      );
-    }
-    await Promise.all(daemons.map((d) => d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    const { den, agents: daemons } = await suite.group(
+      2,
+      {
+        redisUrl: `redis://127.0.0.1:${pE}/0`,
+        env: {
+          AGENTD_HEARTBEAT_TTL: String(TTL),
+          AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
+          AGENTD_SWEEP_INTERVAL: '0.5',
+          AGENTD_LOG_LEVEL: 'info',
+        },
+      },
+      () => ({ id: uniqueId('mf') }),
+    );
+    const ids = daemons.map((d) => d.id);
 
     // The provider's failover: B becomes the primary, the endpoint points at it, A becomes B's replica.
     await b.replicaof('NO', 'ONE');

@@ -11,15 +11,11 @@
  * only heartbeats that have expired: the reap grace after a reconnect is what
  * keeps the watchers from burying agents that simply have not beaten yet.
  */
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentd, type DaemonProcess } from '../helpers/daemon.ts';
-import { MASTER_NAME, startSentinelTopology, type SentinelTopology } from '../helpers/sentinel.ts';
-import { expectNoFatal, isAlive, readRecords, RECORDER } from '../helpers/process.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { MASTER_NAME, type SentinelTopology } from '../helpers/sentinel.ts';
+import { expectNoFatal, isAlive, processSuite, readRecords, type Agent } from '../helpers/process.ts';
 import { hasMsg, keys, uniqueId, waitFor } from '../helpers/util.ts';
 
 const TTL = 3;
@@ -32,15 +28,17 @@ describe.each([
   // The primary hangs (ioredis #1314): its sockets stay open and silent; only +switch-master tells the daemons.
   ['SIGSTOP'],
 ] as const)('Sentinel failover, primary stopped with %s (real primary, replica and three Sentinels)', (signal) => {
+  // A suite per block: its topology is stopped after the block, before the next one starts its own.
+  const suite = processSuite({ redis: false });
   let topo: SentinelTopology;
-  const daemons: Array<{ id: string; d: DaemonProcess; file: string }> = [];
+  const daemons: Array<{ id: string; d: Agent; file: string }> = [];
   const downs: string[] = [];
   let switchedAt = 0;
   let sentinelSub: Redis;
   let watchReplica: Redis;
 
   beforeAll(async () => {
-    topo = await startSentinelTopology({ downAfterMs: 1000, failoverTimeoutMs: 3000 });
+    topo = await suite.sentinels({ downAfterMs: 1000, failoverTimeoutMs: 3000 });
     sentinelSub = topo.client(topo.sentinelPorts[1]!);
     sentinelSub.on('message', (channel: string) => {
       if (channel === '+switch-master' && switchedAt === 0) switchedAt = Date.now();
@@ -52,36 +50,21 @@ describe.each([
     await watchReplica.subscribe(keys.channel('agent_down'));
   }, 60_000);
 
-  afterAll(async () => {
-    await Promise.all(daemons.map((x) => x.d.stop()));
-    await topo?.stop();
-  });
-
   it('every daemon follows the new primary; nobody live is reported down', async () => {
-    const den = uniqueId('den');
-    const dir = mkdtempSync(join(tmpdir(), 'agentd-sentinel-rec-'));
-    for (let i = 0; i < 3; i++) {
-      const id = uniqueId('sn');
-      const file = join(dir, `${id}.jsonl`);
-      const d = spawnAgentd(['run'], {
-        env: {
-          // Host and port are not used with redis.sentinels; the database is.
-          AGENTD_REDIS_URL: 'redis://127.0.0.1:1/0',
-          AGENTD_REDIS_SENTINELS: topo.sentinels.join(','),
-          AGENTD_REDIS_SENTINEL_NAME: MASTER_NAME,
-          AGENTD_AGENT_ID: id,
-          AGENTD_DEN: den,
-          AGENTD_LOG_LEVEL: 'info',
-          AGENTD_HEARTBEAT_TTL: String(TTL),
-          AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
-          AGENTD_SWEEP_INTERVAL: String(SWEEP),
-          AGENTD_PLUGINS: RECORDER,
-          RECORD_FILE: file,
-        },
-      });
-      daemons.push({ id, d, file });
-    }
-    await Promise.all(daemons.map((x) => x.d.waitForLog(hasMsg('agentd ready'), 20_000)));
+    const { den, agents } = await suite.group(3, {
+      // Host and port are not used with redis.sentinels; the database is.
+      redisUrl: 'redis://127.0.0.1:1/0',
+      plugins: ['recorder.js'],
+      env: {
+        AGENTD_REDIS_SENTINELS: topo.sentinels.join(','),
+        AGENTD_REDIS_SENTINEL_NAME: MASTER_NAME,
+        AGENTD_LOG_LEVEL: 'info',
+        AGENTD_HEARTBEAT_TTL: String(TTL),
+        AGENTD_HEARTBEAT_INTERVAL: String(INTERVAL),
+        AGENTD_SWEEP_INTERVAL: String(SWEEP),
+      },
+    }, () => ({ id: uniqueId('sn') }));
+    for (const d of agents) daemons.push({ id: d.id, d, file: d.file });
     const primary = topo.client(topo.primaryPort);
     for (const x of daemons) expect(await primary.exists(keys.heartbeat(x.id))).toBe(1);
 
