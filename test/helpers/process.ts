@@ -15,6 +15,7 @@
  * certificates and Redis users a test needs beyond the file's Redis. The checks fault
  * tests end with (no event handled twice, no fatal line, alive) are here too.
  */
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -25,6 +26,7 @@ import { runAgentd, spawnAgentd, type DaemonProcess, type RunAgentdResult } from
 import { freePort } from './ports.ts';
 import { startProxy, type TcpProxy } from './proxy.ts';
 import { redisUrl, startRedis, type StartRedisOptions, type TestRedis } from './redis.ts';
+import { trackChild } from './reaper.ts';
 import { startSentinelTopology, type SentinelTopology } from './sentinel.ts';
 import { makeTestCerts, type TestCerts } from './tls.ts';
 import { redisFixture, type RedisFixture } from './suite.ts';
@@ -117,6 +119,11 @@ export interface ProcessSuite extends RedisFixture {
   proxy(): Promise<TcpProxy>;
   /** Stops `d` with the test's daemons, or the file's (for processes and servers a test starts itself). */
   track<T extends { stop(): Promise<void> }>(d: T): T;
+  /**
+   * Stops a child process of the test's own (a receiver, Prometheus, the demo) like
+   * `track`: SIGKILL, or SIGTERM and SIGKILL after `graceMs` when it is given.
+   */
+  trackProcess(child: ChildProcess, graceMs?: number): ChildProcess;
 }
 
 export interface ProcessSuiteOptions {
@@ -261,6 +268,23 @@ export function processSuite(options: ProcessSuiteOptions = {}): ProcessSuite {
       return p;
     },
     track,
+    trackProcess(child, graceMs) {
+      trackChild(child);
+      const gone = (): boolean => child.exitCode !== null || child.signalCode !== null;
+      const exited = new Promise<void>((resolve) => (gone() ? resolve() : child.once('exit', () => resolve())));
+      track({
+        async stop() {
+          if (gone()) return;
+          if (graceMs !== undefined) {
+            child.kill('SIGTERM');
+            await Promise.race([exited, new Promise((r) => setTimeout(r, graceMs))]);
+          }
+          if (!gone()) child.kill('SIGKILL');
+          await exited;
+        },
+      });
+      return child;
+    },
   };
 }
 

@@ -6,7 +6,6 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { childEnv } from '../helpers/daemon.ts';
 import { processSuite } from '../helpers/process.ts';
-import { trackChild } from '../helpers/reaper.ts';
 
 // No Redis of the suite's: the demo starts its own. The suite stops the demo after the test.
 const suite = processSuite({ redis: false });
@@ -23,14 +22,7 @@ interface PageSeen {
 function runDemo(env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ stdout: string; page: PageSeen | undefined; pageError: string | undefined }> {
   const strip = process.features.typescript ? [] : ['--experimental-strip-types'];
   const child = spawn(process.execPath, [...strip, '--disable-warning=ExperimentalWarning', DEMO], { env, stdio: ['pipe', 'pipe', 'inherit'] });
-  trackChild(child);
-  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
-  suite.track({
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      await closed;
-    },
-  });
+  suite.trackProcess(child);
   let stdout = '';
   let page: Promise<PageSeen> | undefined;
   createInterface({ input: child.stdout! }).on('line', (line) => {

@@ -20,7 +20,6 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../helpers/ports.ts';
 import { processSuite, type Agent } from '../helpers/process.ts';
 import { dashboardExprs, expandGrafana, metricNames, readDashboard, readRules, RULES_FILE } from '../helpers/promql.ts';
-import { trackChild } from '../helpers/reaper.ts';
 import { keys, seedMessage, waitFor } from '../helpers/util.ts';
 
 /**
@@ -181,17 +180,8 @@ describe('dashboard, rules and a real Prometheus against two real daemons', () =
       const prom = spawn('prometheus', [`--config.file=${config}`, `--web.listen-address=127.0.0.1:${port}`, `--storage.tsdb.path=${join(dir, 'data')}`, '--log.level=warn'], {
         stdio: ['ignore', 'ignore', 'pipe'],
       });
-      trackChild(prom);
       // Stopped after the file, before its folder goes: SIGTERM, then SIGKILL if it lingers.
-      suite.track({
-        async stop() {
-          if (prom.exitCode !== null) return;
-          const exited = new Promise((r) => prom.once('exit', r));
-          prom.kill('SIGTERM');
-          await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
-          if (prom.exitCode === null) prom.kill('SIGKILL');
-        },
-      });
+      suite.trackProcess(prom, 5_000);
       prom.stderr?.setEncoding('utf8').on('data', (s: string) => stderr.push(s));
       await waitFor(`prometheus ready (${stderr.join('').slice(-500)})`, async () => (await fetch(`${api}/-/ready`)).ok, 20_000, 200);
     });

@@ -10,7 +10,6 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { processSuite, type Agent } from '../helpers/process.ts';
-import { trackChild } from '../helpers/reaper.ts';
 import { uniqueId, waitFor } from '../helpers/util.ts';
 
 function nativeAvailable(): boolean {
@@ -40,14 +39,7 @@ const suite = processSuite({ redis: { requireControl: true }, env: { AGENTD_LOG_
 async function receiver(): Promise<Receiver> {
   const path = join(suite.tmp, `${uniqueId('notify')}.sock`);
   const child = spawn('/usr/bin/python3', ['-u', RECEIVER, path], { stdio: ['ignore', 'pipe', 'inherit'] });
-  trackChild(child);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  suite.track({
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      await exited;
-    },
-  });
+  suite.trackProcess(child);
   const got: Datagram[] = [];
   let bound = false;
   createInterface({ input: child.stdout! }).on('line', (line) => {
