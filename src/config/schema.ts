@@ -109,6 +109,27 @@ export const schema = {
       env: 'AGENTD_REDIS_RECONNECT_MAX_DELAY_MS',
       arg: 'redis-reconnect-max-delay-ms',
     },
+    reconnectLogIntervalMs: {
+      doc: 'While a connection is reconnecting, how often the "redis reconnecting" line is repeated at info, in ms (the first attempt is always logged; the attempts between are logged at debug).',
+      format: 'positive-int',
+      default: 30_000,
+      env: 'AGENTD_REDIS_RECONNECT_LOG_INTERVAL_MS',
+      arg: 'redis-reconnect-log-interval-ms',
+    },
+    flapLosses: {
+      doc: 'Flap damping: a connection lost this many times within redis.flapWindowMs is flapping; its per-loss lines (error, lost, reconnecting, ready again) go to debug until it stays up for a whole window.',
+      format: 'positive-int',
+      default: 3,
+      env: 'AGENTD_REDIS_FLAP_LOSSES',
+      arg: 'redis-flap-losses',
+    },
+    flapWindowMs: {
+      doc: 'Flap damping window, in ms: losses are counted over it; while a connection flaps, "redis connection still flapping" is logged at most once per window; it is steady again once it stayed up for a whole window.',
+      format: 'positive-int',
+      default: 60_000,
+      env: 'AGENTD_REDIS_FLAP_WINDOW_MS',
+      arg: 'redis-flap-window-ms',
+    },
   },
   agent: {
     id: {
@@ -620,6 +641,9 @@ export interface AgentdConfig {
      * @defaultValue `1000`
      */
     readonly reconnectMaxDelayMs: number;
+    readonly reconnectLogIntervalMs: number;
+    readonly flapLosses: number;
+    readonly flapWindowMs: number;
   };
   readonly agent: {
     /**

@@ -25,15 +25,6 @@ export interface ConnectionStateChange {
 /** Initial delay before the first TCP keepalive probe, in ms (Linux then probes every 75 s by default). */
 export const KEEPALIVE_MS = 10_000;
 
-/**
- * A connection lost this many times within FLAP_WINDOW_MS is flapping: its
- * per-loss lines (error, lost, reconnecting, ready again) go to debug, one
- * warn line says so (again every window while it goes on), and one info
- * line says when it has stayed up for a whole window.
- */
-export const FLAP_LOSSES = 3;
-export const FLAP_WINDOW_MS = 60_000;
-
 /** Exponential backoff with equal jitter: half fixed, half random, so a fleet does not reconnect in step. */
 export function reconnectDelay(attempt: number, maxDelayMs: number, random: () => number = Math.random): number {
   const base = Math.min(maxDelayMs, 50 * 2 ** Math.min(attempt, 16));
@@ -130,7 +121,7 @@ const IGNORED_REFUSALS = new Set(['client', 'quit']);
 
 interface ConnectionEvents {
   state: (change: ConnectionStateChange) => void;
-  /** A flapping connection stayed up for a whole FLAP_WINDOW_MS. */
+  /** A flapping connection stayed up for a whole redis.flapWindowMs. */
   steady: (role: ConnectionRole) => void;
   refused: (refusal: Refusal) => void;
 }
@@ -148,6 +139,9 @@ export class Connections extends EventEmitter<ConnectionEvents> {
   readonly #connectTimeoutMs: number;
   readonly #minRecycleGapMs: number;
   readonly #sentinelName: string;
+  readonly #reconnectLogIntervalMs: number;
+  readonly #flapThreshold: number;
+  readonly #flapWindowMs: number;
   readonly #lastRecycle: Record<ConnectionRole, number> = { command: 0, subscriber: 0 };
   readonly #flapping: Record<ConnectionRole, boolean> = { command: false, subscriber: false };
   #closing = false;
@@ -158,6 +152,9 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     this.#connectTimeoutMs = config.redis.connectTimeoutMs;
     this.#minRecycleGapMs = config.redis.reconnectMaxDelayMs;
     this.#sentinelName = config.redis.sentinelName;
+    this.#reconnectLogIntervalMs = config.redis.reconnectLogIntervalMs;
+    this.#flapThreshold = config.redis.flapLosses;
+    this.#flapWindowMs = config.redis.flapWindowMs;
     const commandOptions = redisOptions(config, 'command');
     this.#secrets = [commandOptions.password, new URL(config.redis.url).password].filter(
       (s): s is string => typeof s === 'string' && s.length >= 3,
@@ -225,8 +222,11 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     let wasReady = false;
     let lastReconnectLog = 0;
     let reconnectLogged = false;
-    // Flap damping (FLAP_LOSSES within FLAP_WINDOW_MS): a path that drops every few hundred ms must
-    // not write four lines per drop.
+    // Flap damping (redis.flapLosses within redis.flapWindowMs): a connection lost that many times
+    // within the window is flapping: its per-loss lines (error, lost, reconnecting, ready again) go
+    // to debug, one warn line says so (again every window while it goes on), and one info line says
+    // when it has stayed up for a whole window. A path that drops every few hundred ms must not
+    // write four lines per drop.
     const losses: number[] = [];
     let flapping = false;
     let flapLosses = 0;
@@ -291,9 +291,9 @@ export class Connections extends EventEmitter<ConnectionEvents> {
           flapping = false;
           this.#flapping[role] = false;
           losses.length = 0;
-          this.#log.info({ conn: role, losses: flapLosses, steadyMs: FLAP_WINDOW_MS }, 'redis connection steady again: up for a whole flap window');
+          this.#log.info({ conn: role, losses: flapLosses, steadyMs: this.#flapWindowMs }, 'redis connection steady again: up for a whole flap window');
           this.emit('steady', role);
-        }, FLAP_WINDOW_MS);
+        }, this.#flapWindowMs);
         steadyTimer.unref();
       }
       emit(wasReady ? { role, state: 'ready', downMs } : { role, state: 'ready' });
@@ -306,9 +306,9 @@ export class Connections extends EventEmitter<ConnectionEvents> {
         downSince = now;
         if (this.#closing) return;
         losses.push(now);
-        while ((losses[0] ?? now) <= now - FLAP_WINDOW_MS) losses.shift();
+        while ((losses[0] ?? now) <= now - this.#flapWindowMs) losses.shift();
         if (flapping) flapLosses++;
-        if (!flapping && losses.length >= FLAP_LOSSES) {
+        if (!flapping && losses.length >= this.#flapThreshold) {
           flapping = true;
           this.#flapping[role] = true;
           flapErrors.clear();
@@ -316,12 +316,12 @@ export class Connections extends EventEmitter<ConnectionEvents> {
           flapLosses = losses.length;
           lastFlapLog = now;
           this.#log.warn(
-            { conn: role, losses: losses.length, windowMs: FLAP_WINDOW_MS, ...(lastError ? { err: lastError } : {}) },
+            { conn: role, losses: losses.length, windowMs: this.#flapWindowMs, ...(lastError ? { err: lastError } : {}) },
             'redis connection flapping: lost again and again; its lost, reconnecting and ready lines are logged at debug until it stays up for a whole window',
           );
-        } else if (flapping && now - lastFlapLog >= FLAP_WINDOW_MS) {
+        } else if (flapping && now - lastFlapLog >= this.#flapWindowMs) {
           lastFlapLog = now;
-          this.#log.warn({ conn: role, losses: flapLosses, windowMs: FLAP_WINDOW_MS, ...(lastError ? { err: lastError } : {}) }, 'redis connection still flapping');
+          this.#log.warn({ conn: role, losses: flapLosses, windowMs: this.#flapWindowMs, ...(lastError ? { err: lastError } : {}) }, 'redis connection still flapping');
         }
         this.#log[flapping ? 'debug' : 'warn']({ conn: role, ...(lastError ? { err: lastError } : {}) }, 'redis connection lost');
       }
@@ -329,10 +329,11 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     client.on('reconnecting', (delayMs: number) => {
       if (this.#closing) return;
       const attempt = (client as unknown as { retryAttempts?: number }).retryAttempts;
-      // One line when reconnecting starts, then one every 30 s: an outage must not flood the log.
+      // One line when reconnecting starts, then one every redis.reconnectLogIntervalMs (30 s): an
+      // outage must not flood the log.
       // (ioredis counts attempts from 1 again after every cut attempt, so "first" is "first since ready".)
       const now = Date.now();
-      const level = (!reconnectLogged && !flapping) || now - lastReconnectLog >= 30_000 ? 'info' : 'debug';
+      const level = (!reconnectLogged && !flapping) || now - lastReconnectLog >= this.#reconnectLogIntervalMs ? 'info' : 'debug';
       if (level === 'info') {
         lastReconnectLog = now;
         reconnectLogged = true;
@@ -412,7 +413,7 @@ export class Connections extends EventEmitter<ConnectionEvents> {
     });
   }
 
-  /** Whether either connection is flapping (see FLAP_LOSSES): its owner may damp its own per-loss lines too. */
+  /** Whether either connection is flapping (see redis.flapLosses): its owner may damp its own per-loss lines too. */
   get flapping(): boolean {
     return this.#flapping.command || this.#flapping.subscriber;
   }
