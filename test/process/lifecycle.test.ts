@@ -5,11 +5,10 @@
  * a stop by SIGTERM with work queued in test/fault/graceful-stop.test.ts.
  */
 import { execFile } from 'node:child_process';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { expectNoFatal, isAlive, processSuite, readRecords } from '../helpers/process.ts';
-import { hasMsg, keys, parseClientList, seedMessage, waitFor } from '../helpers/util.ts';
+import { hasMsg, keys, metric, parseClientList, seedMessage, waitFor } from '../helpers/util.ts';
 
 const execFileP = promisify(execFile);
 const suite = processSuite({ redis: { requireControl: true }, env: { AGENTD_HEARTBEAT_TTL: '2', AGENTD_HEARTBEAT_INTERVAL: '0.5' } });
@@ -20,7 +19,13 @@ describe('agentd run (child process)', () => {
   it('opens exactly one command and one subscriber connection', async () => {
     const d = await startDaemon();
     const { id } = d;
-    await sleep(600); // let a beat or two run: no extra connection may appear later
+    // Let two beats run: no extra connection may appear later.
+    const beat0 = await suite.cmd.get(keys.heartbeat(id));
+    const beat1 = await waitFor('a beat after ready', async () => {
+      const v = await suite.cmd.get(keys.heartbeat(id));
+      return v !== beat0 ? v : undefined;
+    }, 3_000);
+    await waitFor('a second beat', async () => (await suite.cmd.get(keys.heartbeat(id))) !== beat1, 3_000);
 
     // Earlier test daemons were SIGKILLed; wait until the server has noticed their sockets closed.
     const clients = await waitFor(
@@ -77,15 +82,19 @@ describe('agentd run (child process)', () => {
   });
 
   it('a second signal exits 1 at once', async () => {
-    const d = await startDaemon({ RECORD_DELAY_MS: '5000', AGENTD_QUEUE_CONCURRENCY: '2' });
+    const d = await suite.start({ plugins: ['recorder.js'], http: true, env: { RECORD_DELAY_MS: '5000', AGENTD_QUEUE_CONCURRENCY: '2' } });
     const pipe = suite.cmd.pipeline();
     for (let i = 0; i < 3; i++) pipe.publish(keys.channel('new_message'), seedMessage('new_message', { seq: i }));
     await pipe.exec();
-    await sleep(300);
+    // Read off the socket and queued (per /metrics): both slots running 5 s handlers, the third waiting.
+    await waitFor('2 handler calls running, 3 in all', async () => {
+      const m = await d.scrape();
+      const running = metric(m, 'agentd_queue_running');
+      return running === 2 && running + metric(m, 'agentd_queue_waiting') >= 3;
+    }, 5_000);
 
     d.signal('SIGTERM');
     await d.waitForLog(hasMsg(/shutting down/), 5_000);
-    await sleep(100);
     expect(isAlive(d)).toBe(true); // still draining 5 s handlers
     const t0 = Date.now();
     d.signal('SIGTERM');
