@@ -64,7 +64,7 @@ describe('fault 22: the least-privilege ACL user', () => {
       env: {
         AGENTD_HEARTBEAT_TTL: '6',
         AGENTD_HEARTBEAT_INTERVAL: '1',
-        AGENTD_WATCH_SWEEP_INTERVAL: '1',
+        AGENTD_SWEEP_INTERVAL: '1',
       },
     });
     await d.ready(15_000);
@@ -130,7 +130,7 @@ describe('fault 22: the least-privilege ACL user', () => {
       env: {
         AGENTD_HEARTBEAT_TTL: '6',
         AGENTD_HEARTBEAT_INTERVAL: '1',
-        AGENTD_WATCH_SWEEP_INTERVAL: '1',
+        AGENTD_SWEEP_INTERVAL: '1',
       },
     });
     const httpPort = d.httpPort;

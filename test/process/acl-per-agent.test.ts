@@ -49,7 +49,7 @@ describe('one least-privilege Redis user per agent', () => {
         env: {
           AGENTD_HEARTBEAT_TTL: '2',
           AGENTD_HEARTBEAT_INTERVAL: '0.5',
-          AGENTD_WATCH_SWEEP_INTERVAL: '0.3',
+          AGENTD_SWEEP_INTERVAL: '0.3',
           AGENTD_SECURITY_SIGNING: 'require',
           AGENTD_SECURITY_KEYS_FILE: keysFile,
         },
