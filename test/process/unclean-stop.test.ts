@@ -86,11 +86,10 @@ describe('agentd run: unclean and early stops (child process)', () => {
     d.signal('SIGHUP');
     await d.waitForLog(hasMsg(/^SIGHUP: the configuration on disk is invalid/));
     // Still alive, still beating, still in its den.
-    await sleep(1_000);
-    expect(isAlive(d)).toBe(true);
-    expect(await c.sismember(keys.den(den), id)).toBe(1);
     const before = Number(await c.get(keys.heartbeat(id)));
     await waitFor('a fresh beat after SIGHUP', async () => Number(await c.get(keys.heartbeat(id))) > before, 3_000);
+    expect(isAlive(d)).toBe(true);
+    expect(await c.sismember(keys.den(den), id)).toBe(1);
     d.signal('SIGTERM');
     expect(await d.exited).toEqual({ code: 0, signal: null });
     await expectNoPresence(id);
