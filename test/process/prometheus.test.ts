@@ -203,8 +203,8 @@ describe('dashboard, rules and a real Prometheus against two real daemons', () =
     });
 
     it('evaluates every dashboard expression without an error; the fleet panels see the den', async () => {
-      // A few scrapes, so that rate() over 1m has two points.
-      await new Promise((r) => setTimeout(r, 3_000));
+      // Two scrapes of each daemon, so that rate() over 1m has two points.
+      await waitFor('two scrapes of both daemons', async () => (await query('count_over_time(up{job="agentd"}[1m]) >= 2')).data.result.length === 2, 20_000, 250);
       const failures: string[] = [];
       for (const { where, expr } of dashboardExprs()) {
         const r = await query(expandGrafana(expr));
