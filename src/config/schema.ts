@@ -641,8 +641,29 @@ export interface AgentdConfig {
      * @defaultValue `1000`
      */
     readonly reconnectMaxDelayMs: number;
+    /**
+     * While a connection is reconnecting, how often the "redis reconnecting" line is repeated at info, in ms (the
+     * first attempt is always logged; the attempts between are logged at debug).
+     *
+     * Setting `redis.reconnectLogIntervalMs`: environment `AGENTD_REDIS_RECONNECT_LOG_INTERVAL_MS`, flag `--redis-reconnect-log-interval-ms`.
+     * @defaultValue `30000`
+     */
     readonly reconnectLogIntervalMs: number;
+    /**
+     * Flap damping: a connection lost this many times within redis.flapWindowMs is flapping; its per-loss lines
+     * (error, lost, reconnecting, ready again) go to debug until it stays up for a whole window.
+     *
+     * Setting `redis.flapLosses`: environment `AGENTD_REDIS_FLAP_LOSSES`, flag `--redis-flap-losses`.
+     * @defaultValue `3`
+     */
     readonly flapLosses: number;
+    /**
+     * Flap damping window, in ms: losses are counted over it; while a connection flaps, "redis connection still
+     * flapping" is logged at most once per window; it is steady again once it stayed up for a whole window.
+     *
+     * Setting `redis.flapWindowMs`: environment `AGENTD_REDIS_FLAP_WINDOW_MS`, flag `--redis-flap-window-ms`.
+     * @defaultValue `60000`
+     */
     readonly flapWindowMs: number;
   };
   readonly agent: {
