@@ -1,10 +1,7 @@
 /**
- * Fault 3, hung Redis: redis-server is frozen with SIGSTOP for 15 s (its
+ * Fault 3, hung Redis: redis-server is frozen with SIGSTOP for 30 s (its
  * connections stay open, nothing is answered), then continued. With
- * heartbeat.ttl 6 s and heartbeat.interval 1 s, that is 15 beats, more than
- * two TTLs, and well past commandTimeoutMs (5 s): the command connection's
- * socket timeout fires and it reconnects into the freeze (a 30 s freeze logs
- * the same lines). Pass: the daemon notices
+ * heartbeat.ttl 6 s and heartbeat.interval 1 s. Pass: the daemon notices
  * within 2 × interval ('heartbeat failed', /readyz 503) and recovers within
  * 2 s of SIGCONT (a heartbeat written after it, a new event handled, /readyz 200).
  *
@@ -16,7 +13,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { expectSound, httpGet, isAlive, mb, processSuite, readRecords, rssKb } from '../helpers/process.ts';
 import { hasMsg, keys, logTime, waitFor } from '../helpers/util.ts';
 
-const FREEZE_MS = 15_000;
+const FREEZE_MS = 30_000;
 const TTL_S = 6;
 const INTERVAL_S = 1;
 const NOTICE_BOUND_MS = 2 * INTERVAL_S * 1000;
@@ -26,12 +23,12 @@ const READYZ_POLL_MS = 5;
 
 const suite = processSuite({ redis: { requireControl: true } });
 
-describe('fault 3: hung Redis (SIGSTOP 15 s)', () => {
+describe('fault 3: hung Redis (SIGSTOP 30 s)', () => {
   afterAll(async () => {
     await suite.redis.resume().catch(() => undefined);
   });
 
-  it('notices within 2 × interval (heartbeat failed, /readyz 503), recovers within 2 s of SIGCONT', { timeout: 60_000 }, async () => {
+  it('notices within 2 × interval (heartbeat failed, /readyz 503), recovers within 2 s of SIGCONT', { timeout: 90_000 }, async () => {
     const d = await suite.start({
       plugins: ['recorder.js'],
       http: true,
@@ -65,7 +62,7 @@ describe('fault 3: hung Redis (SIGSTOP 15 s)', () => {
       const noticedMs = logTime(failed) - pausedAt;
       const readyz = await httpGet(httpPort, '/readyz');
 
-      // Stay frozen for the rest of FREEZE_MS, checking liveness and readiness now and then.
+      // Stay frozen for the rest of the 30 s, checking liveness and readiness now and then.
       const readyzDuring: number[] = [];
       while (Date.now() - pausedAt < FREEZE_MS) {
         await sleep(Math.min(3_000, FREEZE_MS - (Date.now() - pausedAt)));
@@ -111,7 +108,7 @@ describe('fault 3: hung Redis (SIGSTOP 15 s)', () => {
       expect(readyzDownMs, '/readyz 503 within 2 × interval of the freeze').toBeLessThanOrEqual(NOTICE_BOUND_MS + READYZ_POLL_MS);
       expect(new Set(readyzDuring), '/readyz while frozen').toEqual(new Set([503]));
       expect(frozenLines.filter(hasMsg('heartbeat failed')), 'one heartbeat failed line, not one per beat').toHaveLength(1);
-      expect(frozenLines.length, 'log lines during the freeze').toBeLessThanOrEqual(10);
+      expect(frozenLines.length, 'log lines during a 30 s freeze').toBeLessThanOrEqual(10);
 
       expect(beatMs, 'fresh heartbeat within 2 s of SIGCONT').toBeLessThan(RECOVER_BOUND_MS);
       expect(eventMs, 'a new event handled within 2 s of SIGCONT').toBeLessThan(RECOVER_BOUND_MS);
