@@ -40,7 +40,7 @@ export { inboxKey, denTasksKey, deadLetterKey } from './redis/keys.ts';
 // Reachable from AgentDaemon's public fields (daemon.metrics, daemon.readiness(), daemon.durable) and from
 // publishEvent: exported as types so a program can name them. Not a promise that they stay: agentd is 0.x.
 export type { Readiness } from './http/server.ts';
-export type { Metrics, MetricsSource } from './http/metrics.ts';
+export type { DaemonInfo, Metrics, MetricsSource } from './http/metrics.ts';
 export type { Durable, DurableOptions } from './durable/durable.ts';
 export type { ConsumerHooks, ConsumerOptions, DeadLetterReason, DurableConsumer, ReplyError } from './durable/consumer.ts';
 export type { PendingInfo } from './durable/streams.ts';

@@ -8,7 +8,8 @@ type PromClient = typeof import('prom-client');
 /** prom-client is loaded when a registry is first needed (/metrics, the status page): a daemon serving neither never loads it. */
 const loadPromClient = (): PromClient => createRequire(import.meta.url)('prom-client') as PromClient;
 
-interface DaemonInfo {
+/** Who a daemon is and the settings its alert thresholds scale with (Metrics.describe). */
+export interface DaemonInfo {
   agent: string;
   den: string;
   version: string;
