@@ -68,7 +68,7 @@ const idAfter = await subId();
 const out = await consumer.result;
 scraping = false;
 await scraper;
-const stats = out['stats'] as { received: number; completed: number; dropped: { queue_full: number } };
+const stats = out['stats'] as { received: number; completed: number; waiting: number; running: number; dropped: { queue_full: number } };
 publisher.disconnect();
 admin.disconnect();
 if (consumer.child.exitCode === null) await new Promise((r) => consumer.child.once('exit', r));
@@ -80,7 +80,8 @@ const row = {
   'published/s': Math.round(total / publishSeconds),
   handled: stats.completed,
   dropped: stats.dropped.queue_full,
-  'handled+dropped+left': stats.completed + stats.dropped.queue_full,
+  // Left: still waiting or running when the last event was read.
+  'handled+dropped+left': stats.completed + stats.dropped.queue_full + stats.waiting + stats.running,
   'queue.max': QUEUE_MAX,
   'max waiting seen': maxWaiting,
   'subscriber kept (same client id)': idBefore !== undefined && idBefore === idAfter ? 'yes' : 'NO',

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { PluginSpec } from '../config/schema.ts';
 import { withDeadline } from '../deadline.ts';
@@ -95,6 +94,8 @@ function syntaxErrorAt(module: string): string | undefined {
   } catch {
     return undefined;
   }
+  // node:child_process only here, on a module that failed to load: a daemon that starts never loads it.
+  const { spawnSync } = process.getBuiltinModule('node:child_process');
   const r = spawnSync(process.execPath, ['--check', file], { encoding: 'utf8', timeout: 5_000 });
   const lines = (r.stderr ?? '').split('\n');
   const where = /^(.*):(\d+)$/.exec(lines[0] ?? '');

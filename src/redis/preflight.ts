@@ -229,6 +229,9 @@ export async function checkServer(redis: Redis, config: AgentdConfig, probe: str
   const target = new URL(config.redis.url).host;
   // A server or proxy without INFO (renamed or not offered): the mode and role cannot be checked.
   const unknownCommand = (err: unknown): boolean => /unknown command|ERR unknown|not supported/i.test(describeError(err));
+  // Both INFO sections asked at once (one round trip); the replication answer is used only for a data server.
+  const replicationReply = redis.call('INFO', 'replication');
+  replicationReply.catch(() => undefined);
   let server: Map<string, string>;
   try {
     server = parseInfo(String(await redis.call('INFO', 'server')));
@@ -250,7 +253,7 @@ export async function checkServer(redis: Redis, config: AgentdConfig, probe: str
   }
   let replication: Map<string, string>;
   try {
-    replication = mode === 'unknown' ? new Map([['role', 'unknown']]) : parseInfo(String(await redis.call('INFO', 'replication')));
+    replication = mode === 'unknown' ? new Map([['role', 'unknown']]) : parseInfo(String(await replicationReply));
   } catch (err) {
     if (!unknownCommand(err)) throw err;
     replication = new Map([['role', 'unknown']]);
@@ -267,16 +270,12 @@ export async function checkServer(redis: Redis, config: AgentdConfig, probe: str
   // Permissions: queue everything in a transaction that is then discarded.
   const refused: Array<{ c: NeededCommand; err: string }> = [];
   const needed = neededCommands(config, probe);
-  for (const [name, what] of [
-    ['EXEC', 'EXEC'],
-    ['DISCARD', 'DISCARD'],
-  ] as const) {
-    try {
-      await redis.call(name);
-    } catch (err) {
-      if (isNoPerm(err)) refused.push({ c: { feature: 'presence', what, args: [name] }, err: describeError(err) });
-    }
-  }
+  // EXEC and DISCARD outside a transaction: refused by the ACL, or "without MULTI" (allowed). Sent together.
+  const outside = await Promise.allSettled([redis.call('EXEC'), redis.call('DISCARD')]);
+  (['EXEC', 'DISCARD'] as const).forEach((name, i) => {
+    const a = outside[i];
+    if (a?.status === 'rejected' && isNoPerm(a.reason)) refused.push({ c: { feature: 'presence', what: name, args: [name] }, err: describeError(a.reason) });
+  });
   let inMulti = false;
   try {
     await redis.call('MULTI');
