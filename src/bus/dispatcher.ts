@@ -163,6 +163,16 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
   /** Synchronous handler time, in ms, summed over all calls ever; and its value at the last timer turn seen (see SLICE_MS). */
   #syncMs = 0;
   #syncMsAtTurn = 0;
+  /** A timer is set to note the next timer turn (see #markTurn). */
+  #turnMarked = false;
+  /**
+   * Runs in the timer phase after the inline calls that set it, so after every timer that fell due
+   * during them (a heartbeat included): the handler time so far is followed by a timer turn.
+   */
+  readonly #markTurn = (): void => {
+    this.#turnMarked = false;
+    this.#syncMsAtTurn = this.#syncMs;
+  };
   /** Settles drain's wait when the last worker ends. */
   #idle: { promise: Promise<void>; resolve: () => void } | undefined;
   #accepting = true;
@@ -304,6 +314,12 @@ export class Dispatcher extends EventEmitter<DispatcherEvents> {
       }
       const endedAt = performance.now();
       this.#syncMs += endedAt - startedAt;
+      // Inline calls see the timer turns too: without this the slice would only ever end in a worker's
+      // stepAside, and a flood of cheap calls would use it up and go through the queue for good.
+      if (!this.#turnMarked) {
+        this.#turnMarked = true;
+        setTimeout(this.#markTurn, 0).unref();
+      }
       this.#busy--;
       if (thenable) {
         this.#markAsync(binding);
