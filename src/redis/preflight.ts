@@ -255,6 +255,8 @@ export async function checkServer(redis: Redis, config: AgentdConfig, probe: str
   try {
     replication = mode === 'unknown' ? new Map([['role', 'unknown']]) : parseInfo(String(await replicationReply));
   } catch (err) {
+    // An ACL that lets INFO run for some sections only (+info|server): refused like INFO itself.
+    if (isNoPerm(err)) throw refusedError(config, [{ c: { feature: 'connection', what: 'INFO replication', args: ['INFO', 'replication'] }, err: describeError(err) }]);
     if (!unknownCommand(err)) throw err;
     replication = new Map([['role', 'unknown']]);
   }
