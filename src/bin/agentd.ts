@@ -17,9 +17,19 @@ if (major < 22 || (major === 22 && minor < 12)) {
 // Node's code cache for agentd's modules and its dependencies' (NODE_COMPILE_CACHE names the folder,
 // by default one in the OS temp folder; NODE_DISABLE_COMPILE_CACHE=1 turns it off): a restart compiles
 // less and is ready sooner. Best effort: a folder that cannot be written only costs the cache.
+// Node's own recursive mkdir of the default folder spins forever where mkdir answers ENOENT under a
+// folder that exists (TMPDIR=/proc): the folder is made here first, and the cache left off if that fails.
 try {
   var nodeModule = process.getBuiltinModule('node:module');
-  if (nodeModule && typeof nodeModule.enableCompileCache === 'function') nodeModule.enableCompileCache();
+  var usable = true;
+  if (!process.env.NODE_COMPILE_CACHE) {
+    try {
+      process.getBuiltinModule('node:fs').mkdirSync(process.getBuiltinModule('node:path').join(process.getBuiltinModule('node:os').tmpdir(), 'node-compile-cache'));
+    } catch (err) {
+      usable = !!err && err.code === 'EEXIST';
+    }
+  }
+  if (usable && nodeModule && typeof nodeModule.enableCompileCache === 'function') nodeModule.enableCompileCache();
 } catch (err) {
   // No cache, then.
 }
