@@ -26,7 +26,7 @@ try {
     try {
       process.getBuiltinModule('node:fs').mkdirSync(process.getBuiltinModule('node:path').join(process.getBuiltinModule('node:os').tmpdir(), 'node-compile-cache'));
     } catch (err) {
-      usable = !!err && err.code === 'EEXIST';
+      usable = Object(err).code === 'EEXIST';
     }
   }
   if (usable && nodeModule && typeof nodeModule.enableCompileCache === 'function') nodeModule.enableCompileCache();
