@@ -97,6 +97,8 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   #started = false;
   /** Messages delivered on the subscriber connection (any channel): a probe behind a backlog is not a deaf connection. */
   #delivered = 0;
+  /** Connections closed so far: a probe started on an earlier connection counts against nobody. */
+  #closes = 0;
   /** Patterns with a listener of their own (listenPattern): their messages never reach onMessage. */
   readonly #own = new Map<string, (channel: string, message: string) => void>();
 
@@ -126,6 +128,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
     });
     subscriber.on('ready', () => void this.#confirm());
     subscriber.on('close', () => {
+      this.#closes++;
       clearTimeout(this.#probeTimer);
       if (!this.#confirmed) return;
       this.#confirmed = false;
@@ -268,13 +271,16 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
   async #periodicProbe(): Promise<void> {
     if (!this.#confirmed || this.#stopped || this.#confirming) return;
     const { command, log } = this.#o;
+    const closes = this.#closes;
     let outcome: ProbeOutcome;
     try {
       outcome = await this.#probeOnce(command);
     } catch {
       outcome = 'not-sent';
     }
-    if (!this.#confirmed || this.#stopped) return;
+    // The connection it probed closed meanwhile (lost, and reported, then): whatever came of it says
+    // nothing about the connection now, which its own confirmation probed and its timer probes next.
+    if (!this.#confirmed || this.#stopped || this.#closes !== closes) return;
     if (outcome === 'arrived' || outcome === 'not-sent') {
       this.#scheduleProbe();
       return;
@@ -303,6 +309,7 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
    */
   async #probeOnce(command: Redis): Promise<ProbeOutcome> {
     if (command.status !== 'ready') return 'not-sent';
+    const closes = this.#closes;
     const token = randomBytes(8).toString('hex');
     let arrivedNow = false;
     let arrive!: () => void;
@@ -326,11 +333,13 @@ export class EventSubscriber extends EventEmitter<SubscriberEvents> {
       if (receivers === 0) return 'no-subscriber';
       // A probe queued behind a backlog is late, not lost: while messages keep arriving the connection
       // delivers, and recycling it would throw the backlog away. Lost only after a timeout with nothing.
+      // The connection closed (the token went with it) or another probe took the waiter: the wait ends,
+      // else what the next connection delivers would keep it going.
       for (;;) {
         const delivered = this.#delivered;
         await orAfter(arrival, this.#probeTimeoutMs, undefined);
         if (arrivedNow) return 'arrived';
-        if (this.#delivered === delivered) return 'lost';
+        if (this.#delivered === delivered || this.#closes !== closes || this.#probeWaiter?.token !== token) return 'lost';
       }
     } finally {
       if (this.#probeWaiter?.token === token) this.#probeWaiter = undefined;
