@@ -60,7 +60,8 @@ describe('fault 8: hostile input', () => {
     const { file } = d;
     const c = suite.cmd;
     const channel = keys.channel('sentinel');
-    await sleep(500);
+    // The daemon's own agent_online counted first, so the deltas below move only with what the test sends.
+    await waitFor('own agent_online counted', async () => metric(await d.scrape(), 'agentd_events_received_total', { event: 'agent_online' }) >= 1, 5_000);
     const before = await d.scrape();
     const rssBefore = rssKb(d.pid);
     const linesBefore = d.logs.length;

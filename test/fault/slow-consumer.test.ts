@@ -40,7 +40,8 @@ describe('fault 7: slow consumer under a low pubsub output-buffer limit', () => 
       parseClientList((await c.client('LIST')) as string).find((x) => x['name'] === `agentd:${id}:sub`);
     const subBefore = await subClient();
     expect(subBefore, `CLIENT LIST has agentd:${id}:sub`).toBeDefined();
-    await sleep(300);
+    // The daemon's own agent_online counted first, so the deltas below move only with the flood.
+    await waitFor('own agent_online counted', async () => metric(await scrape(httpPort), 'agentd_events_received_total', { event: 'agent_online' }) >= 1, 5_000);
     const before = await scrape(httpPort);
     const rssBefore = rssKb(d.pid);
 
